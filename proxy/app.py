@@ -1,0 +1,115 @@
+"""``create_app(config)``: the proxy as an aiohttp application.
+
+Routes, in the order they match:
+
+    /-/healthy            the process is alive (200)
+    /-/ready              200 while a valid gateway token is held, else 503
+    /-/...                reserved for the proxy: anything else here is 404, never forwarded
+    POST /ids/auth/login  the local token endpoint (login.py)
+    everything else       forwarded to the gateway (forward.py)
+
+The upstream ``ClientSession`` and the token manager live for the life of the app, opened and
+closed in ``cleanup_ctx``; they are reached through typed ``AppKey``s, never globals, so
+several apps (or, later, several credential sets) can share one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .forward import Forwarder
+from .login import LocalTokenIssuer, LoginHandler
+from .responses import error_response, json_response
+from .tokens import Clock, TokenClient, TokenManager
+
+__all__ = ["CONFIG", "FORWARDER", "LOCAL_TOKENS", "TOKENS", "create_app"]
+
+CONFIG = web.AppKey("config", Config)
+TOKENS = web.AppKey("tokens", TokenManager)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+LOCAL_TOKENS = web.AppKey("local_tokens", LocalTokenIssuer)
+
+
+def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
+    """The proxy application; ``config.upstream.credentials`` must be set."""
+    if config.upstream.credentials is None:
+        raise ValueError("create_app needs credentials; load_config reports them missing")
+    # Replayable bodies are read whole, so the server must accept that much.
+    app = web.Application(client_max_size=max(config.replay_body_limit, 1024 * 1024) + 1)
+    app[CONFIG] = config
+    app[LOCAL_TOKENS] = LocalTokenIssuer()
+    app.cleanup_ctx.append(_upstream(clock))
+
+    app.router.add_get("/-/healthy", _healthy, allow_head=True)
+    app.router.add_get("/-/ready", _ready, allow_head=True)
+    app.router.add_route("*", "/-/{tail:.*}", _reserved)
+    app.router.add_post(
+        "/ids/auth/login", LoginHandler(app[LOCAL_TOKENS], scope=lambda: _scope(app))
+    )
+    app.router.add_route("*", "/{tail:.*}", _forward)
+    return app
+
+
+def _upstream(clock: Clock | None):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        timeouts = config.timeouts
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=config.pool_size, ttl_dns_cache=300),
+            # A proxy relays cookies; it must not keep them, nor mix them between clients.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # Relay the gateway's bytes as they are: Content-Encoding is the client's business.
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=timeouts.connect, sock_read=timeouts.read
+            ),
+        )
+        upstream = config.upstream
+        if upstream.credentials is None:  # create_app checked; this keeps mypy informed
+            raise ValueError("no credentials")
+        client = TokenClient(
+            session, upstream.token_url, upstream.credentials, timeout=timeouts.token, clock=clock
+        )
+        tokens = TokenManager(client.fetch, refresh_margin=config.refresh_margin, clock=clock)
+        app[TOKENS] = tokens
+        app[FORWARDER] = Forwarder(
+            session, upstream.url, tokens, replay_body_limit=config.replay_body_limit
+        )
+        await tokens.start()
+        try:
+            yield
+        finally:
+            await tokens.close()
+            await session.close()
+
+    return lifecycle
+
+
+def _scope(app: web.Application) -> str:
+    token = app[TOKENS].current if TOKENS in app else None
+    return token.scope if token is not None and token.scope else "instructure-auth-proxy"
+
+
+async def _forward(request: web.Request) -> web.StreamResponse:
+    return await request.app[FORWARDER](request)
+
+
+async def _healthy(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    tokens = request.app[TOKENS]
+    if tokens.ready:
+        return json_response({"status": "ready"})
+    error = tokens.last_error
+    reason = error.message if error is not None else "no gateway token yet"
+    return error_response(503, "NotReady", reason)
+
+
+async def _reserved(request: web.Request) -> web.Response:
+    return error_response(404, "NotFound", f"no such proxy endpoint: {request.path}")

@@ -1,0 +1,92 @@
+"""The proxy's exceptions, and how each one reaches a client.
+
+    ProxyError                      every error the proxy itself answers with
+    ├── ConfigError                 invalid configuration (exit status 2; never sent to a client)
+    ├── TokenError                  getting a gateway token failed
+    │   ├── CredentialsRejected     the token endpoint refused our client id or secret (401)
+    │   └── TokenEndpointUnavailable  network, timeout, 5xx, 429 or a malformed answer (503)
+    └── UpstreamError               forwarding a request failed
+        ├── UpstreamUnreachable     connect refused, DNS, reset before a response (502)
+        └── UpstreamTimeout         no answer within the configured timeout (504)
+
+Every error carries a ``status``, a gateway-style ``type`` and a ``message`` written for the
+person reading it. Messages never contain a secret or a token: they are built from fixed text
+and the names of things, never from a foreign exception's ``str()``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "CredentialsRejected",
+    "ProxyError",
+    "TokenEndpointUnavailable",
+    "TokenError",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+]
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy answers with; ``status`` and ``type`` shape the response."""
+
+    status: int = 500
+    type: str = "ProxyError"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        # Seconds a client should wait before trying again, sent as `Retry-After`.
+        self.retry_after = retry_after
+
+
+class ConfigError(ProxyError):
+    """Invalid configuration: ``problems`` lists every one found, each naming key and source."""
+
+    type = "ConfigError"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+class TokenError(ProxyError):
+    """Getting an access token from the gateway failed."""
+
+    type = "TokenError"
+
+
+class CredentialsRejected(TokenError):
+    """The token endpoint refused the proxy's client credentials; retrying will not help."""
+
+    status = 401
+    type = "CredentialsRejected"
+
+
+class TokenEndpointUnavailable(TokenError):
+    """The token endpoint could not be reached or answered wrongly; it may recover."""
+
+    status = 503
+    type = "TokenEndpointUnavailable"
+
+
+class UpstreamError(ProxyError):
+    """Forwarding a request to the gateway failed."""
+
+    status = 502
+    type = "UpstreamError"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """The gateway could not be reached, or dropped the connection before answering."""
+
+    status = 502
+    type = "UpstreamUnreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The gateway did not answer within the configured timeout."""
+
+    status = 504
+    type = "UpstreamTimeout"

@@ -1,0 +1,173 @@
+"""One request upstream and its response back, streamed both ways.
+
+The target URL is built from the configured upstream's scheme, host and port, and only the
+client's raw path and query are appended, byte for byte: no request line, ``Host`` header or
+path can send a request (or our token) anywhere else.
+
+Bodies are never held whole. A request body small enough to replay (no body, or a
+``Content-Length`` up to ``replay_body_limit``) is read first, so that when the gateway
+refuses a token we still hold we can refresh it once and send the same request again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import istr
+from yarl import URL
+
+from . import headers
+from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
+from .responses import error_response, proxy_error_response
+from .tokens import Token, TokenManager
+
+__all__ = ["Forwarder"]
+
+log = logging.getLogger("proxy.forward")
+
+# Let the client's own headers through as they are: no User-Agent, Content-Type, Accept
+# or Accept-Encoding of aiohttp's own invented on the way.
+_SKIP_AUTO_HEADERS = frozenset(
+    istr(name) for name in ("User-Agent", "Content-Type", "Accept", "Accept-Encoding")
+)
+
+# Errors that mean the gateway (not the client) broke the exchange. Timeouts first:
+# ServerTimeoutError is a ClientError too.
+_UPSTREAM_READ_ERRORS = (TimeoutError, aiohttp.ClientError)
+
+
+class Forwarder:
+    """The catch-all handler: ``app.router.add_route("*", "/{tail:.*}", Forwarder(...))``."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        upstream: URL,
+        tokens: TokenManager,
+        *,
+        replay_body_limit: int,
+    ) -> None:
+        self._session = session
+        self._upstream = upstream
+        self._base_path = upstream.raw_path.rstrip("/")
+        self._tokens = tokens
+        self._replay_body_limit = replay_body_limit
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        try:
+            target = self._target(request.raw_path)
+        except ValueError as exc:
+            return error_response(400, "BadRequest", str(exc))
+        try:
+            body, replayable = await self._request_body(request)
+            token = await self._tokens.token()
+            upstream = await self._send(request, target, token, body)
+            if upstream.status == 401 and replayable:
+                # The gateway refused a token we thought valid (revoked, clock skew):
+                # refresh once and replay. A second 401 goes to the client as it is.
+                await upstream.read()
+                upstream.release()
+                token = await self._tokens.replace(token)
+                upstream = await self._send(request, target, token, body)
+        except ProxyError as exc:
+            return proxy_error_response(exc)
+        try:
+            return await self._relay(request, upstream)
+        finally:
+            upstream.release()
+
+    def _target(self, raw_target: str) -> URL:
+        """The upstream URL for a request target, keeping its percent-encoding exactly."""
+        if not raw_target.startswith("/"):
+            raise ValueError("the request target must be a path (origin-form), not a URL")
+        path, _, query = raw_target.partition("?")
+        return URL.build(
+            scheme=self._upstream.scheme,
+            host=self._upstream.raw_host or "",
+            port=self._upstream.explicit_port,
+            path=self._base_path + path,
+            query_string=query,
+            encoded=True,
+        )
+
+    async def _request_body(self, request: web.Request) -> tuple[Any, bool]:
+        """The body to send and whether it can be sent twice."""
+        if not request.body_exists:
+            return None, True
+        length = request.content_length
+        if length is not None and length <= self._replay_body_limit:
+            return await request.read(), True
+        return request.content, False
+
+    async def _send(
+        self, request: web.Request, target: URL, token: Token, body: Any
+    ) -> aiohttp.ClientResponse:
+        try:
+            return await self._session.request(
+                request.method,
+                target,
+                headers=headers.to_upstream(request.headers, token.access_token),
+                data=body,
+                allow_redirects=False,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+            )
+        except TimeoutError:
+            raise UpstreamTimeout("the gateway did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            log.warning(
+                "upstream request failed: %s %s: %s", request.method, request.path, _name(exc)
+            )
+            raise UpstreamUnreachable(f"the gateway could not be reached ({_name(exc)})") from None
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=headers.to_client(upstream.headers, self._upstream, _origin(request)),
+        )
+        await response.prepare(request)
+        reader = upstream.content
+        while True:
+            try:
+                chunk = await reader.readany()
+            except _UPSTREAM_READ_ERRORS as exc:
+                # Headers are out; the only honest signal left is to cut the connection,
+                # so the client cannot take a truncated body for a complete one.
+                log.warning(
+                    "upstream failed mid-response: %s %s: %s; aborting the client connection",
+                    request.method,
+                    request.path,
+                    _name(exc),
+                )
+                _abort(request)
+                return response
+            if not chunk:
+                break
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+def _origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _name(exc: BaseException) -> str:
+    """What went wrong, by class: a foreign exception's text may hold URLs or more."""
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    return type(exc).__name__

@@ -1,0 +1,105 @@
+"""The local token endpoint: ``POST /ids/auth/login`` answered by the proxy itself.
+
+Tools such as the official ``dap`` CLI always log in before their first call and decode the
+JWT they get back. Pointed at the proxy, they log in here: they receive a local token (a JWT
+signed with a key that lives only in this process), never the gateway's token, and their own
+credentials go nowhere. Whatever they later send as ``Authorization`` is replaced upstream.
+
+The presented client id is kept in the token's ``sub`` so that a later release can pick a
+credential set (profile) by it, or require known local credentials (access control).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import jwt
+from aiohttp import web
+
+from .responses import error_response, json_response
+
+__all__ = ["LOCAL_TOKEN_LIFETIME", "LocalTokenIssuer", "LoginHandler"]
+
+# Well past the official client's 5-minute re-login window; the same hour the gateway gives.
+LOCAL_TOKEN_LIFETIME = 3600
+_ISSUER = "instructure-auth-proxy"
+
+
+class LocalTokenIssuer:
+    """Signs and checks local tokens: ``issuer.issue("client-id")`` -> JWT string."""
+
+    def __init__(
+        self,
+        *,
+        lifetime: int = LOCAL_TOKEN_LIFETIME,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.lifetime = lifetime
+        self._key = secrets.token_bytes(32)  # per process: restarting revokes every local token
+        self._now = wall_clock
+
+    def __repr__(self) -> str:
+        return f"LocalTokenIssuer(lifetime={self.lifetime})"
+
+    def issue(self, client_id: str) -> str:
+        now = int(self._now())
+        claims = {"iss": _ISSUER, "sub": client_id, "iat": now, "exp": now + self.lifetime}
+        return jwt.encode(claims, self._key, algorithm="HS256")
+
+    def verify(self, token: str) -> dict[str, Any] | None:
+        """The claims of a valid, unexpired local token; ``None`` for anything else."""
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                issuer=_ISSUER,
+                options={"require": ["exp", "sub"], "verify_iat": False},
+                leeway=0,
+            )
+        except jwt.PyJWTError:
+            return None
+        if claims["exp"] <= self._now():  # checked against our clock, not PyJWT's
+            return None
+        return claims
+
+
+class LoginHandler:
+    """Answers ``POST /ids/auth/login`` in exactly the gateway's four-key shape."""
+
+    def __init__(self, issuer: LocalTokenIssuer, scope: Callable[[], str]) -> None:
+        self._issuer = issuer
+        self._scope = scope  # the real token's scope, for tools that show it
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        try:
+            basic = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""))
+        except ValueError:
+            return error_response(
+                401,
+                "AuthenticationError",
+                "log in with HTTP Basic credentials (any client id and secret: the proxy "
+                "holds the real ones)",
+            )
+        if not basic.login:
+            return error_response(401, "AuthenticationError", "the client id must not be empty")
+        form = await request.post()
+        grant_type = form.get("grant_type")
+        if grant_type != "client_credentials":
+            return error_response(
+                400,
+                "ValidationError",
+                "grant_type must be client_credentials (form-encoded request body)",
+            )
+        return json_response(
+            {
+                "access_token": self._issuer.issue(basic.login),
+                "expires_in": self._issuer.lifetime,
+                "scope": self._scope(),
+                "token_type": "bearer",
+            }
+        )

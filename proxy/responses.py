@@ -1,0 +1,51 @@
+"""Responses the proxy writes itself, in the gateway's own error shape.
+
+The official client parses error bodies strictly: ``{"error": {"type", "uuid", "message"}}``,
+exactly those keys, as JSON. Every error the proxy answers with goes through here, so the
+shape is decided once; ``uuid`` is the request's id, for quoting in a support ticket.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from aiohttp import web
+
+from .errors import ProxyError
+
+__all__ = ["error_response", "json_response", "proxy_error_response"]
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    """A compact JSON response with the content type the official client requires."""
+    return web.Response(
+        status=status,
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        content_type="application/json",
+    )
+
+
+def error_response(
+    status: int,
+    error_type: str,
+    message: str,
+    *,
+    retry_after: float | None = None,
+    request_id: str | None = None,
+) -> web.Response:
+    """``{"error": {"type", "uuid", "message"}}`` with ``status`` (and ``Retry-After``)."""
+    body = {
+        "error": {"type": error_type, "uuid": request_id or str(uuid.uuid4()), "message": message}
+    }
+    response = json_response(body, status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(retry_after)))
+    return response
+
+
+def proxy_error_response(exc: ProxyError, request_id: str | None = None) -> web.Response:
+    """The response for one of our own exceptions; its message is written to be shown."""
+    return error_response(
+        exc.status, exc.type, exc.message, retry_after=exc.retry_after, request_id=request_id
+    )

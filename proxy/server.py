@@ -1,0 +1,115 @@
+"""Running the proxy: bind, fetch the first token, serve until a signal, drain, exit.
+
+Exit statuses (``cli.py`` maps them): 0 after a clean shutdown, 3 when the gateway rejects
+the credentials at startup, 4 when the listen address cannot be bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .app import TOKENS, create_app
+from .config import Config
+from .errors import CredentialsRejected, TokenEndpointUnavailable
+from .logs import AccessLogger
+
+__all__ = ["EXIT_CANNOT_LISTEN", "EXIT_CREDENTIALS_REJECTED", "RunningProxy", "serve", "start"]
+
+log = logging.getLogger("proxy.server")
+
+EXIT_CREDENTIALS_REJECTED = 3
+EXIT_CANNOT_LISTEN = 4
+
+
+class StartupError(Exception):
+    """The proxy could not start; ``exit_status`` says why."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+@dataclass
+class RunningProxy:
+    """A started proxy: its base URL, and ``await running.stop()`` to drain and close."""
+
+    url: str
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start(config: Config) -> RunningProxy:
+    """Fetch the first token, then listen. Raises ``StartupError``."""
+    app = create_app(config)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,  # a client hanging up cancels its upstream request
+        access_log_class=AccessLogger,
+        shutdown_timeout=config.timeouts.shutdown,
+    )
+    await runner.setup()
+    try:
+        await app[TOKENS].first_token()
+    except CredentialsRejected as exc:
+        await runner.cleanup()
+        raise StartupError(str(exc), EXIT_CREDENTIALS_REJECTED) from None
+    except TokenEndpointUnavailable as exc:
+        log.warning("no token yet: %s; serving anyway, not ready, retrying", exc.message)
+
+    listen = config.listen
+    site = web.TCPSite(runner, listen.host, listen.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(
+            f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_CANNOT_LISTEN
+        ) from None
+    port = runner.addresses[0][1] if runner.addresses else listen.port
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    url = f"http://{host}:{port}"
+    if not listen.is_loopback:
+        log.warning(
+            "listening on %s, which is not loopback: anyone who can reach it uses the "
+            "gateway with this proxy's credentials",
+            listen,
+        )
+    log.info("listening on %s, forwarding to %s", url, config.upstream.url)
+    return RunningProxy(url, runner)
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; requests in flight get ``timeouts.shutdown`` to finish."""
+    try:
+        running = await start(config)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return exc.exit_status
+    await wait_for_signal()
+    log.info(
+        "shutting down: no new connections; up to %g s for requests in flight",
+        config.timeouts.shutdown,
+    )
+    await running.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,400 @@
+"""Gateway access tokens: fetch one (``TokenClient``), keep one fresh (``TokenManager``).
+
+A held token is in one of three states, as in google-auth:
+
+- fresh: used as it is;
+- stale (inside the refresh margin): still used, while one background refresh runs;
+- unusable (none yet, expired, or rejected upstream): callers wait for the refresh in flight.
+
+So no request waits while a valid token exists, and however many requests arrive, only one
+token request is in flight at a time. Transient failures (network, timeout, 5xx, 429, a
+malformed answer) are retried in the background with capped exponential backoff and jitter;
+rejected credentials (400/401/403) stop the loop, since retrying cannot fix them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+import jwt
+from yarl import URL
+
+from .config import Credentials
+from .errors import CredentialsRejected, TokenEndpointUnavailable, TokenError
+
+__all__ = [
+    "Clock",
+    "SystemClock",
+    "Token",
+    "TokenClient",
+    "TokenManager",
+]
+
+log = logging.getLogger("proxy.tokens")
+
+DEFAULT_LIFETIME = 3600.0  # when the gateway states neither expires_in nor a JWT exp
+MAX_TOKEN_RESPONSE = 64 * 1024  # a token response is a few hundred bytes; refuse floods
+REJECTED_STATUSES = frozenset({400, 401, 403})
+
+
+class Clock(Protocol):
+    """Where time comes from; tests pass a fake instead of patching ``time``."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    """The real clocks: ``monotonic`` for expiry arithmetic, ``time`` only to read JWT ``exp``."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True)
+class Token:
+    """A gateway access token and when it stops being usable (monotonic seconds)."""
+
+    access_token: str = field(repr=False)
+    obtained_at: float
+    expires_at: float
+    scope: str = ""
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.obtained_at
+
+    def usable(self, now: float) -> bool:
+        """True while it can still be sent: a safety gap covers the trip to the gateway."""
+        return now < self.expires_at - min(5.0, self.lifetime / 10)
+
+    def refresh_due(self, margin: float) -> float:
+        """When to start refreshing: ``margin`` before expiry, never past half the lifetime."""
+        return self.expires_at - min(margin, self.lifetime / 2)
+
+
+def _gateway_message(body: bytes, secret: str) -> str:
+    """A short, printable excerpt of the gateway's own error message, if it gave one."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    message: object = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+        message = message or data.get("error_description") or data.get("message")
+    if not isinstance(message, str):
+        return ""
+    printable = "".join(ch for ch in message if ch.isprintable())[:200]
+    return printable.replace(secret, "[secure]") if secret else printable
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: rare from a token endpoint, and backoff covers it
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+class TokenClient:
+    """Fetches one token: ``await TokenClient(session, url, creds, timeout=30).fetch()``."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        token_url: URL,
+        credentials: Credentials,
+        *,
+        timeout: float,
+        clock: Clock | None = None,
+    ) -> None:
+        self._session = session
+        self._url = token_url
+        self._credentials = credentials
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._clock = clock or SystemClock()
+
+    def __repr__(self) -> str:
+        return f"TokenClient(url={str(self._url)!r}, client_id={self._credentials.client_id!r})"
+
+    async def fetch(self) -> Token:
+        """POST the credentials; raises ``CredentialsRejected``, ``TokenEndpointUnavailable``."""
+        sent_at = self._clock.monotonic()
+        try:
+            async with self._session.post(
+                self._url,
+                data={"grant_type": "client_credentials"},
+                auth=aiohttp.BasicAuth(
+                    self._credentials.client_id, self._credentials.client_secret, "utf-8"
+                ),
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+                body = await response.content.read(MAX_TOKEN_RESPONSE + 1)
+        except TimeoutError:
+            raise TokenEndpointUnavailable(
+                f"the token endpoint did not answer within {self._timeout.total:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            # The exception's text can hold the URL and more; its class name is enough.
+            raise TokenEndpointUnavailable(
+                f"the token endpoint could not be reached ({type(exc).__name__})"
+            ) from None
+
+        if status in REJECTED_STATUSES:
+            detail = _gateway_message(body, self._credentials.client_secret)
+            raise CredentialsRejected(
+                f"the gateway's token endpoint rejected the proxy's client credentials "
+                f"(HTTP {status}{': ' + detail if detail else ''})"
+            )
+        if status != 200:
+            hint = " (is token_url right?)" if status < 500 and status != 429 else ""
+            raise TokenEndpointUnavailable(
+                f"the token endpoint answered HTTP {status}{hint}", retry_after=retry_after
+            )
+        return self._parse(body, sent_at)
+
+    def _parse(self, body: bytes, sent_at: float) -> Token:
+        def invalid(why: str) -> TokenEndpointUnavailable:
+            return TokenEndpointUnavailable(f"the token endpoint sent an invalid answer: {why}")
+
+        if len(body) > MAX_TOKEN_RESPONSE:
+            raise invalid("too large")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise invalid("not JSON") from None
+        if not isinstance(data, dict):
+            raise invalid("not a JSON object")
+        access_token = data.get("access_token")
+        if not isinstance(access_token, str) or not access_token.strip():
+            raise invalid("no access_token")
+        scope = data.get("scope")
+        lifetime = self._lifetime(data.get("expires_in"), access_token)
+        if lifetime <= 0:
+            raise invalid("the token has already expired")
+        return Token(
+            access_token=access_token,
+            obtained_at=sent_at,
+            expires_at=sent_at + lifetime,
+            scope=scope if isinstance(scope, str) else "",
+        )
+
+    def _lifetime(self, expires_in: object, access_token: str) -> float:
+        """Seconds the token lives: ``expires_in``, else the JWT's ``exp``, else one hour."""
+        if (
+            isinstance(expires_in, int | float)
+            and not isinstance(expires_in, bool)
+            and math.isfinite(expires_in)
+            and expires_in > 0
+        ):
+            return float(expires_in)
+        try:
+            claims = jwt.decode(access_token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return DEFAULT_LIFETIME
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            return float(exp) - self._clock.time()
+        return DEFAULT_LIFETIME
+
+
+TokenSource = Callable[[], Awaitable[Token]]
+
+
+class TokenManager:
+    """Keeps one credential set's token fresh: ``token = await manager.token()``.
+
+    ``source`` fetches a token (``TokenClient.fetch`` in the product, a fake in tests).
+    """
+
+    def __init__(
+        self,
+        source: TokenSource,
+        *,
+        refresh_margin: float = 300.0,
+        clock: Clock | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        rejected_retry_interval: float = 60.0,
+        rng: random.Random | None = None,
+        name: str = "default",
+    ) -> None:
+        self._source = source
+        self._margin = refresh_margin
+        self._clock = clock or SystemClock()
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._rejected_retry_interval = rejected_retry_interval
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.name = name
+
+        self._token: Token | None = None
+        self._attempt: asyncio.Future[Token] | None = None  # outcome of the fetch in flight
+        self._refresher: asyncio.Task[None] | None = None  # fetch, back off, fetch again...
+        self._timer: asyncio.TimerHandle | None = None  # wakes the refresher before expiry
+        self._retry_at: float | None = None  # while backing off: when the next attempt starts
+        self._last_error: TokenError | None = None
+        self._rejected_at: float | None = None
+        self.refreshes: dict[str, int] = {"success": 0, "rejected": 0, "unavailable": 0}
+
+    def __repr__(self) -> str:
+        return f"TokenManager(name={self.name!r}, ready={self.ready})"
+
+    # ------------------------------------------------------------------ for callers
+
+    @property
+    def ready(self) -> bool:
+        """True while a usable token is held."""
+        return self._token is not None and self._token.usable(self._clock.monotonic())
+
+    @property
+    def current(self) -> Token | None:
+        """The token held now, usable or not (for status reports; never log its value)."""
+        return self._token
+
+    @property
+    def last_error(self) -> TokenError | None:
+        return self._last_error
+
+    async def token(self) -> Token:
+        """A usable token; waits only when none is held. Raises ``TokenError`` subclasses."""
+        now = self._clock.monotonic()
+        token = self._token
+        if token is not None and token.usable(now):
+            if now >= token.refresh_due(self._margin):
+                self._ensure_refreshing()
+            return token
+        return await self._wait_for_new_token(now)
+
+    async def replace(self, rejected: Token) -> Token:
+        """The gateway refused ``rejected``: stop using it and return a new token."""
+        if self._token is rejected:
+            self._token = None
+        return await self.token()
+
+    async def start(self) -> None:
+        """Begin fetching the first token; ``first_token`` waits for the outcome."""
+        self._ensure_refreshing()
+
+    async def first_token(self) -> Token:
+        """The outcome of the first attempt (after ``start``): a token or its error."""
+        return await asyncio.shield(self._ensure_refreshing())
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+
+    # ------------------------------------------------------------------ the refresher
+
+    async def _wait_for_new_token(self, now: float) -> Token:
+        refreshing = self._refresher is not None and not self._refresher.done()
+        attempt_in_flight = self._attempt is not None and not self._attempt.done()
+        if refreshing and not attempt_in_flight and self._last_error is not None:
+            # Backing off after a failure: answer now rather than queue every request.
+            retry_in = max(1.0, (self._retry_at or now) - now)
+            raise type(self._last_error)(self._last_error.message, retry_after=retry_in)
+        if (
+            not refreshing
+            and isinstance(self._last_error, CredentialsRejected)
+            and self._rejected_at is not None
+            and now - self._rejected_at < self._rejected_retry_interval
+        ):
+            # Rejected credentials are not retried in a loop; one new try per interval,
+            # so a secret fixed at the gateway's end is picked up without a restart.
+            raise self._last_error
+        return await asyncio.shield(self._ensure_refreshing())
+
+    def _ensure_refreshing(self) -> asyncio.Future[Token]:
+        """Start the refresher unless it runs; return the outcome of its latest attempt."""
+        if self._attempt is None or self._refresher is None or self._refresher.done():
+            self._attempt = asyncio.get_running_loop().create_future()
+            self._refresher = asyncio.create_task(self._refresh(self._attempt))
+        return self._attempt
+
+    def _backoff(self, failures: int, retry_after: float | None) -> float:
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** (failures - 1))
+        delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter"
+        return max(delay, retry_after or 0.0)
+
+    async def _refresh(self, attempt: asyncio.Future[Token]) -> None:
+        failures = 0
+        while True:
+            started = self._clock.monotonic()
+            try:
+                token = await self._source()
+            except CredentialsRejected as exc:
+                self.refreshes["rejected"] += 1
+                self._last_error, self._rejected_at = exc, self._clock.monotonic()
+                log.error("token refresh failed: %s; not retrying", exc.message)
+                _fail(attempt, exc)
+                return
+            except TokenEndpointUnavailable as exc:
+                failures += 1
+                self.refreshes["unavailable"] += 1
+                delay = self._backoff(failures, exc.retry_after)
+                self._last_error = exc
+                self._retry_at = self._clock.monotonic() + delay
+                log.warning(
+                    "token refresh failed: %s; attempt %d, next try in %.1f s%s",
+                    exc.message,
+                    failures,
+                    delay,
+                    "" if self.ready else " (no valid token: requests answered 503)",
+                )
+                _fail(attempt, exc)
+                await asyncio.sleep(delay)
+                self._retry_at = None
+                attempt = self._attempt = asyncio.get_running_loop().create_future()
+                continue
+            self._install(token, took=self._clock.monotonic() - started)
+            attempt.set_result(token)
+            return
+
+    def _install(self, token: Token, took: float) -> None:
+        self._token = token
+        self._last_error = self._rejected_at = None
+        self.refreshes["success"] += 1
+        due = token.refresh_due(self._margin)
+        log.info(
+            "token refreshed: expires in %.0f s, next refresh in %.0f s (took %.3f s)",
+            token.lifetime,
+            due - token.obtained_at,
+            took,
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, due - self._clock.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._ensure_refreshing)
+
+
+def _fail(attempt: asyncio.Future[Token], exc: TokenError) -> None:
+    attempt.set_exception(exc)
+    # Mark it retrieved: when no request is waiting, asyncio would otherwise log it as lost.
+    attempt.exception()

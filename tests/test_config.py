@@ -1,0 +1,139 @@
+"""load_config: layering, validation, every problem at once, secrets never echoed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from yarl import URL
+
+from proxy.config import ListenAddress, load_config
+from proxy.errors import ConfigError
+
+SECRET = "s3cr3t-value-never-shown"
+CREDS = {"DAP_CLIENT_ID": "us-east-1#abc", "DAP_CLIENT_SECRET": SECRET}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    config = load_config(None, CREDS)
+    assert config.listen == ListenAddress("127.0.0.1", 8080)
+    assert config.listen.is_loopback
+    assert config.upstream.url == URL("https://api-gateway.instructure.com/")
+    assert config.upstream.token_url == URL("https://api-gateway.instructure.com/ids/auth/login")
+    assert config.upstream.credentials is not None
+    assert config.upstream.credentials.client_id == "us-east-1#abc"
+    assert config.refresh_margin == 300
+    assert config.replay_body_limit == 1024 * 1024
+
+
+def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "listen: 127.0.0.1:9001\nupstream: https://file.test\nrefresh_margin: 60\n"
+        "timeouts:\n  connect: 3\n",
+    )
+    env = {**CREDS, "DAP_PROXY_LISTEN": "127.0.0.1:9002", "DAP_PROXY_TIMEOUTS_CONNECT": "4"}
+    config = load_config(path, env, {"listen": "[::1]:9003"})
+    assert config.listen == ListenAddress("::1", 9003)  # flag beats env beats file
+    assert config.upstream.url == URL("https://file.test/")  # file beats default
+    assert config.upstream.token_url == URL("https://file.test/ids/auth/login")
+    assert config.refresh_margin == 60
+    assert config.timeouts.connect == 4  # env beats file
+
+
+def test_upstream_path_prefix_is_kept_for_the_token_url() -> None:
+    config = load_config(None, {**CREDS, "DAP_PROXY_UPSTREAM": "http://127.0.0.1:9/gw/"})
+    assert config.upstream.url.path == "/gw"
+    assert str(config.upstream.token_url) == "http://127.0.0.1:9/gw/ids/auth/login"
+
+
+def test_dap_api_url_is_not_read() -> None:
+    # Beside a tool, DAP_API_URL points at the proxy itself: reading it would loop.
+    config = load_config(None, {**CREDS, "DAP_API_URL": "http://127.0.0.1:8080"})
+    assert config.upstream.url.host == "api-gateway.instructure.com"
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    config = load_config(
+        None, {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET_FILE": str(secret_file)}
+    )
+    assert config.upstream.credentials is not None
+    assert config.upstream.credentials.client_secret == SECRET
+
+
+def test_secret_file_in_env_beats_secret_in_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file")
+    path = write(tmp_path, f"client_id: id\nclient_secret: {SECRET}\n")
+    config = load_config(path, {"DAP_CLIENT_SECRET_FILE": str(secret_file)})
+    assert config.upstream.credentials is not None
+    assert config.upstream.credentials.client_secret == "from-file"
+
+
+def test_every_problem_reported_at_once_with_its_source(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen: nowhere\nbogus: 1\ntimeouts:\n  read: -1\n")
+    env = {"DAP_PROXY_UPSTREAM": "ftp://x", "DAP_CLIENT_SECRET_FILE": "/no/such/file"}
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, env, {"token_url": "not a url"})
+    problems = raised.value.problems
+    text = "\n".join(problems)
+    assert f"listen: expected HOST:PORT, got 'nowhere' (from config file {path})" in problems
+    assert f"bogus: unknown key (from config file {path})" in problems
+    assert "timeouts.read: expected a positive number of seconds" in text
+    assert "upstream: expected an http:// or https:// URL" in text
+    assert "(from environment variable DAP_PROXY_UPSTREAM)" in text
+    assert "token_url:" in text and "(from flag --token-url)" in text
+    assert "client_secret_file: cannot read /no/such/file" in text
+    assert "client_id: not set" in text
+    assert len(problems) == 7
+
+
+def test_errors_never_echo_a_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, f"client_id: id\nclient_secret: [{SECRET}]\nlisten: x\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {})
+    assert "client_secret: invalid value" in str(raised.value)
+    assert SECRET not in str(raised.value)
+
+
+def test_missing_credentials_name_the_variables() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, {})
+    assert raised.value.problems == [
+        "client_id: not set (set DAP_CLIENT_ID or client_id in the config file)",
+        "client_secret: not set (set DAP_CLIENT_SECRET, DAP_CLIENT_SECRET_FILE, "
+        "or client_secret_file in the config file)",
+    ]
+
+
+def test_credentials_optional_when_not_required() -> None:
+    assert load_config(None, {}, require_credentials=False).upstream.credentials is None
+
+
+def test_config_repr_hides_the_secret() -> None:
+    assert SECRET not in repr(load_config(None, CREDS))
+
+
+def test_bad_yaml_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(path, CREDS)
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
+    example = Path(__file__).parent.parent / "config.example.yaml"
+    config = load_config(example, CREDS)
+    assert config.listen == ListenAddress("127.0.0.1", 8080)
+    from proxy.config import _KEYS
+
+    text = example.read_text()
+    for key in _KEYS:
+        assert f"{key.rpartition('.')[2]}:" in text, f"{key} is not documented"

@@ -47,9 +47,8 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app.router.add_get("/-/healthy", _healthy, allow_head=True)
     app.router.add_get("/-/ready", _ready, allow_head=True)
     app.router.add_route("*", "/-/{tail:.*}", _reserved)
-    app.router.add_post(
-        "/ids/auth/login", LoginHandler(app[LOCAL_TOKENS], scope=lambda: _scope(app))
-    )
+    login = LoginHandler(app[LOCAL_TOKENS], scope=lambda: _scope(app))
+    app.router.add_post("/ids/auth/login", login.login)
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 
@@ -95,7 +94,7 @@ def _scope(app: web.Application) -> str:
 
 
 async def _forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[FORWARDER](request)
+    return await request.app[FORWARDER].forward(request)
 
 
 async def _healthy(request: web.Request) -> web.Response:

@@ -79,7 +79,7 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
     if args.command == "simulate":
-        from .simulator.cli import simulate
+        from .demo import simulate
 
         configure_logging(args.log_level or "info")
         return asyncio.run(simulate(args.listen, args.token_lifetime, not args.no_rate_limits))

@@ -41,7 +41,7 @@ _UPSTREAM_READ_ERRORS = (TimeoutError, aiohttp.ClientError)
 
 
 class Forwarder:
-    """The catch-all handler: ``app.router.add_route("*", "/{tail:.*}", Forwarder(...))``."""
+    """Forwards requests to one upstream: ``await forwarder.forward(request)``."""
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ class Forwarder:
         self._tokens = tokens
         self._replay_body_limit = replay_body_limit
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def forward(self, request: web.Request) -> web.StreamResponse:
         try:
             target = self._target(request.raw_path)
         except ValueError as exc:

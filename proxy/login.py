@@ -75,7 +75,7 @@ class LoginHandler:
         self._issuer = issuer
         self._scope = scope  # the real token's scope, for tools that show it
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def login(self, request: web.Request) -> web.Response:
         try:
             basic = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""))
         except ValueError:

@@ -1,0 +1,41 @@
+# instructure-auth-proxy as a container, e.g. a sidecar beside an application.
+#   podman/docker build -t instructure-auth-proxy .
+#   docker run -e DAP_CLIENT_ID -e DAP_CLIENT_SECRET -p 127.0.0.1:8080:8080 instructure-auth-proxy
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies in their own layer: it is rebuilt only when pyproject.toml changes. A stub
+# package lets pip resolve them from pyproject.toml alone, then goes away.
+COPY pyproject.toml README.md ./
+RUN mkdir proxy && echo '__version__ = "0"' > proxy/__init__.py \
+    && pip install '.[fast]' \
+    && pip uninstall -y instructure-auth-proxy \
+    && rm -rf proxy
+
+COPY proxy ./proxy
+RUN pip install --no-deps . && rm -rf /app/build
+
+# Inside the container the proxy must listen on all interfaces to be reachable at all;
+# the container's network namespace, not the address, is what keeps it private. Publish
+# the port on the host's loopback only (-p 127.0.0.1:8080:8080) unless you mean otherwise.
+ENV DAP_PROXY_LISTEN=0.0.0.0:8080
+
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin proxy
+USER 10001
+
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/-/healthy', timeout=2)"]
+
+# Credentials: DAP_CLIENT_ID with DAP_CLIENT_SECRET, or DAP_CLIENT_SECRET_FILE pointing at a
+# mounted secret (e.g. /run/secrets/dap_client_secret). A config file: mount it and set
+# DAP_PROXY_CONFIG=/path/to/config.yaml.
+ENTRYPOINT ["instructure-auth-proxy"]
+CMD ["serve"]

@@ -32,6 +32,7 @@ __all__ = [
     "Timeouts",
     "UpstreamConfig",
     "load_config",
+    "parse_listen",
 ]
 
 DEFAULT_UPSTREAM = "https://api-gateway.instructure.com"
@@ -149,7 +150,8 @@ def _url(value: object) -> URL:
     return url.with_path(url.path.rstrip("/") or "/")
 
 
-def _listen(value: object) -> ListenAddress:
+def parse_listen(value: object) -> ListenAddress:
+    """``HOST:PORT`` or ``[V6]:PORT`` as a ``ListenAddress``; ``ValueError`` says what is wrong."""
     text = _text(value)
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
@@ -188,7 +190,7 @@ class _Key:
 _KEYS = {
     key.name: key
     for key in (
-        _Key("listen", _listen, "127.0.0.1:8080"),
+        _Key("listen", parse_listen, "127.0.0.1:8080"),
         _Key("upstream", _url, DEFAULT_UPSTREAM),
         _Key("token_url", _url),
         _Key("client_id", _text, aliases=("DAP_CLIENT_ID",)),

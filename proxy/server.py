@@ -1,4 +1,4 @@
-"""Running the proxy: bind, fetch the first token, serve until a signal, drain, exit.
+"""Running the proxy: listen, fetch the first token, serve until a signal, drain, exit.
 
 Exit statuses (``cli.py`` maps them): 0 after a clean shutdown, 3 when the gateway rejects
 the credentials at startup, 4 when the listen address cannot be bound.
@@ -36,17 +36,29 @@ class StartupError(Exception):
 
 @dataclass
 class RunningProxy:
-    """A started proxy: its base URL, and ``await running.stop()`` to drain and close."""
+    """A listening proxy: its base URL; ``await running.stop()`` drains and closes it."""
 
     url: str
     runner: web.AppRunner
+
+    async def first_token(self) -> None:
+        """Wait for the first token. Raises ``StartupError`` if the credentials are rejected."""
+        try:
+            await self.runner.app[TOKENS].first_token()
+        except CredentialsRejected as exc:
+            raise StartupError(str(exc), EXIT_CREDENTIALS_REJECTED) from None
+        except TokenEndpointUnavailable as exc:
+            log.warning("no token yet: %s; serving anyway, not ready, retrying", exc.message)
 
     async def stop(self) -> None:
         await self.runner.cleanup()
 
 
 async def start(config: Config) -> RunningProxy:
-    """Fetch the first token, then listen. Raises ``StartupError``."""
+    """Start fetching the first token and listen at once. Raises ``StartupError``.
+
+    Requests that arrive before the first token wait for that one fetch.
+    """
     app = create_app(config)
     runner = web.AppRunner(
         app,
@@ -55,14 +67,6 @@ async def start(config: Config) -> RunningProxy:
         shutdown_timeout=config.timeouts.shutdown,
     )
     await runner.setup()
-    try:
-        await app[TOKENS].first_token()
-    except CredentialsRejected as exc:
-        await runner.cleanup()
-        raise StartupError(str(exc), EXIT_CREDENTIALS_REJECTED) from None
-    except TokenEndpointUnavailable as exc:
-        log.warning("no token yet: %s; serving anyway, not ready, retrying", exc.message)
-
     listen = config.listen
     site = web.TCPSite(runner, listen.host, listen.port)
     try:
@@ -104,6 +108,12 @@ async def serve(config: Config) -> int:
         running = await start(config)
     except StartupError as exc:
         log.error("%s", exc)
+        return exc.exit_status
+    try:
+        await running.first_token()
+    except StartupError as exc:
+        log.error("%s", exc)
+        await running.stop()
         return exc.exit_status
     await wait_for_signal()
     log.info(

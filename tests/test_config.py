@@ -62,9 +62,7 @@ def test_dap_api_url_is_not_read() -> None:
 def test_secret_from_file(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET + "\n")
-    config = load_config(
-        None, {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET_FILE": str(secret_file)}
-    )
+    config = load_config(None, {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET_FILE": str(secret_file)})
     assert config.upstream.credentials is not None
     assert config.upstream.credentials.client_secret == SECRET
 

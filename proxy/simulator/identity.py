@@ -70,31 +70,28 @@ def scope_for(client_id: str) -> str:
 
 @dataclass(frozen=True)
 class Claims:
-    """What a valid token says: its client, expiry (epoch seconds) and serial number."""
+    """What a valid token says: its client, expiry (epoch seconds) and generation."""
 
     sub: str
     exp: int
-    serial: int
+    generation: int
 
 
 @dataclass(eq=False)
 class TokenIssuer:
     """Issues and checks the simulator's JWTs: ``issuer.issue("us-east-1#x")``.
 
-    Each token carries a serial number (its ``jti``); ``revoke_all`` invalidates every
-    token issued so far while later ones stay good, so a test can revoke and log in again
-    within the same second.
+    Each token records the revocation ``generation`` it was issued in (a private claim,
+    ``gen``); the caller refuses tokens of an older generation. Unlike a cut-off time,
+    this lets a test revoke and log in again within the same second.
     """
 
     lifetime: int
     clock: Callable[[], float]
     _key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
-    _serial: int = 0
-    _revoked_through: int = 0
 
-    def issue(self, client_id: str) -> str:
+    def issue(self, client_id: str, generation: int = 0) -> str:
         """A fresh signed token for ``client_id``, valid for ``lifetime`` seconds."""
-        self._serial += 1
         issued_at = int(self.clock())
         claims = {
             "iss": _ISSUER,
@@ -102,12 +99,13 @@ class TokenIssuer:
             "scope": scope_for(client_id),
             "iat": issued_at,
             "exp": issued_at + self.lifetime,
-            "jti": str(self._serial),
+            "jti": secrets.token_hex(8),
+            "gen": generation,
         }
         return jwt.encode(claims, self._key, algorithm="HS256")
 
     def verify(self, token: str) -> Claims | None:
-        """The token's claims if this issuer signed it and it is unexpired and unrevoked."""
+        """The token's claims if this issuer signed it and it has not expired."""
         try:
             claims = jwt.decode(
                 token,
@@ -119,19 +117,13 @@ class TokenIssuer:
                     "verify_exp": False,
                     "verify_iat": False,
                     "verify_nbf": False,
-                    "require": ["exp", "sub", "jti"],
+                    "require": ["exp", "sub", "gen"],
                 },
             )
-            parsed = Claims(str(claims["sub"]), int(claims["exp"]), int(claims["jti"]))
+            parsed = Claims(str(claims["sub"]), int(claims["exp"]), int(claims["gen"]))
         except (jwt.PyJWTError, ValueError, TypeError):
             return None
-        if parsed.exp <= self.clock() or parsed.serial <= self._revoked_through:
-            return None
-        return parsed
-
-    def revoke_all(self) -> None:
-        """Invalidate every token issued so far."""
-        self._revoked_through = self._serial
+        return parsed if parsed.exp > self.clock() else None
 
 
 def bearer_token(authorization: str | None, x_instauth: str | None) -> str | None:

@@ -47,7 +47,7 @@ async def login(request: web.Request) -> web.Response:
     if form is None or form.get("grant_type") != "client_credentials":
         return gateway_error(400, "InvalidRequest", "grant_type must be client_credentials.")
 
-    token = state.tokens.issue(client_id)
+    token = state.tokens.issue(client_id, faults.token_generation)
     state.logins += 1
     log.info("issued a token to client %s", client_id)
     return json_response(

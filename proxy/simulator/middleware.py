@@ -82,8 +82,9 @@ async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = bearer_token(request.headers.get(hdrs.AUTHORIZATION), request.headers.get("X-InstAuth"))
     if token is None:
         return gateway_error(401, "Unauthorized", "A bearer token is required.")
-    claims = request.app[SIMULATOR_STATE].tokens.verify(token)
-    if claims is None:
+    state = request.app[SIMULATOR_STATE]
+    claims = state.tokens.verify(token)
+    if claims is None or claims.generation != state.faults.token_generation:
         return gateway_error(401, "Unauthorized", "The token is invalid, expired or revoked.")
     request[_CLIENT_ID] = claims.sub
     return await handler(request)

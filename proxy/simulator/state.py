@@ -41,8 +41,8 @@ class Faults:
       answer (the official client retries these).
     - ``fail_jobs``: jobs created while set end ``failed`` instead of ``complete``.
     - ``retry_after``: the ``Retry-After`` seconds sent with injected 429 and 503 answers.
-
-    Tokens are revoked with :meth:`SimulatorState.revoke_tokens`.
+    - ``token_generation``: tokens issued under an older generation are refused with 401;
+      :meth:`revoke_tokens` moves it on.
     """
 
     token_statuses: list[int] = field(default_factory=list)
@@ -54,6 +54,11 @@ class Faults:
     api_disconnects: int = 0
     fail_jobs: bool = False
     retry_after: int = 1
+    token_generation: int = 0
+
+    def revoke_tokens(self) -> None:
+        """Every token issued so far is refused from now on (401); new logins work."""
+        self.token_generation += 1
 
 
 @dataclass(frozen=True)
@@ -85,13 +90,9 @@ class SimulatorState:
         self.tokens = TokenIssuer(self.settings.token_lifetime, self.settings.clock)
         self.jobs = JobStore(self.settings)
 
-    def revoke_tokens(self) -> None:
-        """Every token issued so far is refused from now on (401); new logins work."""
-        self.tokens.revoke_all()
-
     def issue_token(self, client_id: str = DEMO_CLIENT_ID) -> str:
         """A valid bearer token without a login, for tests that are not about logging in."""
-        return self.tokens.issue(client_id)
+        return self.tokens.issue(client_id, self.faults.token_generation)
 
     def requests_to(self, route: str) -> list[RecordedRequest]:
         """The recorded requests that matched the route of that name, oldest first."""

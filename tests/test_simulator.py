@@ -142,7 +142,7 @@ async def sim(make_sim: SimFactory) -> Sim:
     return await make_sim(job_duration=0)
 
 
-async def gateway_error(resp: aiohttp.ClientResponse, status: int) -> dict[str, str]:
+async def gateway_error(resp: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
     """Assert the gateway's error shape, exactly, as the client parses it."""
     assert resp.status == status, await resp.text()
     assert resp.content_type == "application/json"
@@ -150,7 +150,7 @@ async def gateway_error(resp: aiohttp.ClientResponse, status: int) -> dict[str, 
     assert list(body) == ["error"]
     assert set(body["error"]) == ERROR_KEYS
     uuid.UUID(body["error"]["uuid"])
-    error: dict[str, str] = body["error"]
+    error: dict[str, Any] = body["error"]
     return error
 
 

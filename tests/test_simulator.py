@@ -56,7 +56,8 @@ from proxy.simulator import (
     create_simulator_app,
     expected_object_bytes,
 )
-from proxy.simulator.data import NAMESPACES, DataQuery, object_count, table_schema
+from proxy.simulator.data import DataQuery, object_count
+from proxy.simulator.tables import NAMESPACES, table_schema
 
 TOKEN_KEYS = {"access_token", "expires_in", "scope", "token_type"}
 ERROR_KEYS = {"type", "uuid", "message"}

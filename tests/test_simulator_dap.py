@@ -31,7 +31,7 @@ from proxy.simulator import (
     create_simulator_app,
     expected_object_bytes,
 )
-from proxy.simulator.data import NAMESPACES, table_schema
+from proxy.simulator.tables import NAMESPACES, table_schema
 
 pytestmark = pytest.mark.e2e
 

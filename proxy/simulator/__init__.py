@@ -11,9 +11,9 @@ what arrived from ``SimulatorState``::
     state.faults.api_statuses = [503]
 
 Modules: ``settings`` (read-only configuration), ``state`` (faults, counters, records),
-``identity`` (credentials and JWTs), ``data`` (tables, rows, object bytes), ``jobs``,
-``ratelimit``, ``storage`` (signed URLs, downloads), ``login`` and ``dap_api`` (handlers),
-``middleware``, ``responses``, ``app``.
+``identity`` (credentials and JWTs), ``tables`` (tables and schemas), ``data`` (rows and
+object bytes), ``jobs``, ``ratelimit``, ``storage`` (signed URLs, downloads), ``login`` and
+``dap_api`` (handlers), ``middleware``, ``responses``, ``app``.
 """
 
 from .app import create_simulator_app

@@ -12,11 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .data import FORMATS, NAMESPACES, DataQuery, Table, find_table, table_schema
+from .data import FORMATS, DataQuery
 from .jobs import Job
 from .responses import gateway_error, json_response
 from .state import SIMULATOR_STATE
 from .storage import signed_object_url
+from .tables import NAMESPACES, Table, find_table, table_schema
 
 __all__ = ["create_job", "get_job", "get_schema", "list_tables", "object_urls", "parse_query"]
 

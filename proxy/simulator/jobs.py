@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from .data import DataQuery, Table, format_timestamp, object_count, snapshot_at
+from .data import DataQuery, format_timestamp, object_count, snapshot_at
 from .settings import SimulatorSettings
+from .tables import Table
 
 __all__ = ["Job", "JobStatus", "JobStore"]
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import load_config
@@ -76,18 +78,29 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
     return args
 
 
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (the ``fast`` extra, and the container): it is
+    measurably quicker per request; asyncio's own loop otherwise."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
     if args.command == "simulate":
         from .demo import simulate
 
         configure_logging(args.log_level or "info")
-        return asyncio.run(simulate(args.listen, args.token_lifetime, not args.no_rate_limits))
+        return _run(simulate(args.listen, args.token_lifetime, not args.no_rate_limits))
     if args.command == "demo":
         from .demo import demo
 
         configure_logging(args.log_level or "warning")
-        return asyncio.run(demo(args.listen, args.simulator_listen))
+        return _run(demo(args.listen, args.simulator_listen))
     return _serve(args)
 
 
@@ -111,4 +124,4 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     configure_logging(config.log_level)
     logging.getLogger("proxy").debug("configuration: %r", config)
-    return asyncio.run(serve(config))
+    return _run(serve(config))

@@ -22,8 +22,6 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's own access logger is replaced by ours; its server errors stay.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 class AccessLogger(AbstractAccessLogger):

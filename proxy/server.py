@@ -64,6 +64,7 @@ async def start(config: Config) -> RunningProxy:
         app,
         handler_cancellation=True,  # a client hanging up cancels its upstream request
         access_log_class=AccessLogger,
+        access_log=logging.getLogger("proxy.access"),
         shutdown_timeout=config.timeouts.shutdown,
     )
     await runner.setup()

@@ -76,7 +76,7 @@ def gateway_factory(aiohttp_server: Any) -> GatewayFactory:
         app = create_simulator_app(SimulatorSettings(**settings))
         hangups = Hangups()
         add_test_routes(app, hangups)
-        server = await aiohttp_server(app, handler_cancellation=True)
+        server = await aiohttp_server(app)  # TestServer cancels handlers on hang-up
         return Gateway(str(server.make_url("")).rstrip("/"), app, hangups)
 
     return make

@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import demo
 
-        configure_logging(args.log_level or "warning")
+        configure_logging(args.log_level or "info")
         return _run(demo(args.listen, args.simulator_listen))
     return _serve(args)
 

@@ -30,7 +30,10 @@ async def _start_simulator(listen: str, settings: SimulatorSettings) -> tuple[we
         address = parse_listen(listen)
     except ValueError as exc:
         raise ConfigError([f"--listen: {exc}"]) from None
-    runner = web.AppRunner(create_simulator_app(settings), handler_cancellation=True)
+    # The proxy logs each request already; the simulator stays quiet.
+    runner = web.AppRunner(
+        create_simulator_app(settings), handler_cancellation=True, access_log=None
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, address.host, address.port).start()

@@ -7,12 +7,7 @@ server keeps serving while we wait for it.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shlex
-import shutil
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,24 +28,9 @@ from proxy.simulator import (
 )
 from proxy.simulator.tables import NAMESPACES, table_schema
 
+from .dap_cli import Result, job_directory, ok, run_dap
+
 pytestmark = pytest.mark.e2e
-
-CLI_TIMEOUT = 60.0
-
-
-def dap_executable() -> str:
-    """The CLI of the environment running the tests, wherever it was installed."""
-    found = shutil.which("dap") or str(Path(sys.executable).parent / "dap")
-    if not Path(found).exists():
-        pytest.fail("the official dap CLI is not installed (instructure-dap-client)")
-    return found
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 @dataclass
@@ -60,31 +40,7 @@ class Gateway:
 
     async def dap(self, command: str, *, cwd: Path, secret: str = DEMO_CLIENT_SECRET) -> Result:
         """Run ``dap --non-interactive COMMAND`` against this simulator."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DAP_")}
-        env |= {
-            "DAP_API_URL": self.url,
-            "DAP_CLIENT_ID": DEMO_CLIENT_ID,
-            "DAP_CLIENT_SECRET": secret,
-            "DAP_TRACKING": "false",  # never report usage to a third party
-        }
-        process = await asyncio.create_subprocess_exec(
-            dap_executable(),
-            "--non-interactive",
-            *shlex.split(command),
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise
-        assert process.returncode is not None
-        return Result(process.returncode, stdout.decode(), stderr.decode())
+        return await run_dap(self.url, command, cwd=cwd, client_id=DEMO_CLIENT_ID, secret=secret)
 
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
@@ -104,17 +60,6 @@ def make_gateway(aiohttp_server: Any) -> GatewayFactory:
 @pytest.fixture
 async def gateway(make_gateway: GatewayFactory) -> Gateway:
     return await make_gateway()
-
-
-def ok(result: Result) -> Result:
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def job_directory(output: Path) -> tuple[str, Path]:
-    """The one ``job_<id>`` directory the CLI made, and the job id."""
-    (directory,) = output.glob("job_*")
-    return directory.name.removeprefix("job_"), directory
 
 
 async def test_list(gateway: Gateway, tmp_path: Path) -> None:

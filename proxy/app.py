@@ -1,6 +1,7 @@
 """``create_app(config)``: the proxy as an aiohttp application.
 
-Routes, in the order they match:
+Every request first passes the admission middleware (guard.py). Routes, in the order
+they match:
 
     /-/healthy            the process is alive (200)
     /-/ready              200 while a valid gateway token is held, else 503
@@ -20,15 +21,18 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from .access import AccessControl
 from .config import Config
 from .forward import Forwarder
+from .guard import LOGIN_PATH, cors_headers, guard_middleware
 from .login import LocalTokenIssuer, LoginHandler
 from .responses import error_response, json_response
 from .tokens import Clock, TokenClient, TokenManager
 
-__all__ = ["CONFIG", "FORWARDER", "LOCAL_TOKENS", "TOKENS", "create_app"]
+__all__ = ["ACCESS", "CONFIG", "FORWARDER", "LOCAL_TOKENS", "TOKENS", "create_app"]
 
 CONFIG = web.AppKey("config", Config)
+ACCESS = web.AppKey("access", AccessControl)
 TOKENS = web.AppKey("tokens", TokenManager)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 LOCAL_TOKENS = web.AppKey("local_tokens", LocalTokenIssuer)
@@ -38,17 +42,25 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     """The proxy application; ``config.upstream.credentials`` must be set."""
     if config.upstream.credentials is None:
         raise ValueError("create_app needs credentials; load_config reports them missing")
-    # Replayable bodies are read whole, so the server must accept that much.
-    app = web.Application(client_max_size=max(config.replay_body_limit, 1024 * 1024) + 1)
+    issuer = LocalTokenIssuer()
+    access = AccessControl(config.access, issuer)
+    app = web.Application(
+        middlewares=[guard_middleware(config.policy, access)],
+        # Replayable bodies are read whole, so the server must accept that much.
+        client_max_size=max(config.replay_body_limit, 1024 * 1024) + 1,
+    )
     app[CONFIG] = config
-    app[LOCAL_TOKENS] = LocalTokenIssuer()
+    app[LOCAL_TOKENS] = issuer
+    app[ACCESS] = access
     app.cleanup_ctx.append(_upstream(clock))
+    if config.policy.allowed_origins:
+        app.on_response_prepare.append(_allow_origin)
 
     app.router.add_get("/-/healthy", _healthy, allow_head=True)
     app.router.add_get("/-/ready", _ready, allow_head=True)
     app.router.add_route("*", "/-/{tail:.*}", _reserved)
-    login = LoginHandler(app[LOCAL_TOKENS], scope=lambda: _scope(app))
-    app.router.add_post("/ids/auth/login", login.login)
+    login = LoginHandler(issuer, access, scope=lambda: _scope(app))
+    app.router.add_post(LOGIN_PATH, login.login)
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 
@@ -91,6 +103,12 @@ def _upstream(clock: Clock | None):  # type: ignore[no-untyped-def]
 def _scope(app: web.Application) -> str:
     token = app[TOKENS].current if TOKENS in app else None
     return token.scope if token is not None and token.scope else "instructure-auth-proxy"
+
+
+async def _allow_origin(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    if origin is not None and origin in request.app[CONFIG].policy.allowed_origins:
+        response.headers.update(cors_headers(origin))
 
 
 async def _forward(request: web.Request) -> web.StreamResponse:

@@ -14,6 +14,7 @@ from, and never repeats a secret.
 from __future__ import annotations
 
 import ipaddress
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,14 +51,17 @@ class Credentials:
 
 @dataclass(frozen=True)
 class ListenAddress:
-    """Where the proxy accepts connections: ``ListenAddress("127.0.0.1", 8080)``."""
+    """Where the proxy accepts connections: ``ListenAddress("127.0.0.1", 8080)``, or a Unix
+    socket: ``ListenAddress(path="/run/proxy.sock")``."""
 
-    host: str
-    port: int
+    host: str = ""
+    port: int = 0
+    path: str | None = None  # a Unix socket, created owner-only
 
     @property
     def is_loopback(self) -> bool:
-        if self.host == "localhost":
+        """True when only this machine can connect (a Unix socket counts)."""
+        if self.path is not None or self.host == "localhost":
             return True
         try:
             return ipaddress.ip_address(self.host).is_loopback
@@ -65,6 +69,8 @@ class ListenAddress:
             return False
 
     def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
@@ -79,12 +85,40 @@ class UpstreamConfig:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds: connecting upstream, between bytes read upstream, one token request, draining."""
+    """Seconds: connecting upstream, between bytes read upstream, one token request, draining,
+    and how long a client may stay silent while sending its request's head or body."""
 
     connect: float = 10.0
     read: float = 300.0
     token: float = 30.0
     shutdown: float = 15.0
+    client: float = 30.0
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """Who may use the proxy. Empty: anyone who can reach it (loopback by default).
+
+    ``keys`` are bearer keys for plain clients (curl); ``clients`` maps local client ids to
+    secrets for tools that log in (the ``dap`` CLI). Neither appears in a repr.
+    """
+
+    keys: tuple[str, ...] = field(default=(), repr=False)
+    clients: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def required(self) -> bool:
+        return bool(self.keys or self.clients)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What requests are admitted. ``None`` means no restriction of that kind."""
+
+    allowed_hosts: frozenset[str] | None = None  # Host names, lower case, no port
+    allowed_origins: frozenset[str] = frozenset()  # browser origins granted CORS
+    allowed_methods: frozenset[str] | None = None
+    allowed_paths: tuple[str, ...] | None = None  # path prefixes
 
 
 @dataclass(frozen=True)
@@ -98,6 +132,12 @@ class Config:
     pool_size: int = 100
     timeouts: Timeouts = field(default_factory=Timeouts)
     log_level: str = "info"
+    access: AccessConfig = field(default_factory=AccessConfig)
+    policy: Policy = field(default_factory=Policy)
+    allow_non_loopback: bool = False
+    max_connections: int = 1000
+    # Problems worth a warning at startup but not a refusal (a secret file others can read).
+    warnings: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- the keys
@@ -151,8 +191,13 @@ def _url(value: object) -> URL:
 
 
 def parse_listen(value: object) -> ListenAddress:
-    """``HOST:PORT`` or ``[V6]:PORT`` as a ``ListenAddress``; ``ValueError`` says what is wrong."""
+    """``HOST:PORT``, ``[V6]:PORT`` or ``unix:/path``; ``ValueError`` says what is wrong."""
     text = _text(value)
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not path.startswith("/"):
+            raise ValueError(f"expected unix:/absolute/path, got {text!r}")
+        return ListenAddress(path=path)
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
@@ -165,6 +210,51 @@ def parse_listen(value: object) -> ListenAddress:
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be 0-65535, got {port}")
     return ListenAddress(host, port)
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _list(value: object) -> tuple[str, ...]:
+    """A YAML list, or a comma-separated string (the environment's form)."""
+    items = value if isinstance(value, list) else _text(value).split(",")
+    texts = tuple(_text(item) for item in items if str(item).strip())
+    if not texts:
+        raise ValueError("must not be empty")
+    return texts
+
+
+def _methods(value: object) -> frozenset[str]:
+    methods = frozenset(item.upper() for item in _list(value))
+    if bad := sorted(m for m in methods if not m.isalpha()):
+        raise ValueError(f"not HTTP methods: {', '.join(bad)}")
+    return methods
+
+
+def _paths(value: object) -> tuple[str, ...]:
+    paths = _list(value)
+    if bad := [p for p in paths if not p.startswith("/")]:
+        raise ValueError(f"path prefixes must start with '/': {', '.join(bad)}")
+    return paths
+
+
+def _client_pairs(value: object) -> dict[str, str]:
+    """``client_id:secret`` items; the error never repeats the item, which holds a secret."""
+    pairs: dict[str, str] = {}
+    for number, item in enumerate(_list(value), 1):
+        client_id, sep, secret = item.partition(":")
+        if not sep or not client_id.strip() or not secret.strip():
+            raise ValueError(f"item {number} is not client_id:secret")
+        pairs[client_id.strip()] = secret.strip()
+    return pairs
 
 
 def _log_level(value: object) -> str:
@@ -203,7 +293,18 @@ _KEYS = {
         _Key("timeouts.read", _positive_number, 300),
         _Key("timeouts.token", _positive_number, 30),
         _Key("timeouts.shutdown", _positive_number, 15),
+        _Key("timeouts.client", _positive_number, 30),
         _Key("log_level", _log_level, "info"),
+        _Key("allow_non_loopback", _bool, False),
+        _Key("max_connections", _positive_int, 1000),
+        _Key("access_keys", _list, secret=True),
+        _Key("access_keys_file", _text),
+        _Key("local_clients", _client_pairs, secret=True),
+        _Key("local_clients_file", _text),
+        _Key("allowed_hosts", _list),
+        _Key("allowed_origins", _list),
+        _Key("allowed_methods", _methods),
+        _Key("allowed_paths", _paths),
     )
 }
 
@@ -289,53 +390,107 @@ def _parse_all(raw: Mapping[str, _Raw], problems: list[str]) -> dict[str, Any]:
     return values
 
 
-def _read_secret_file(path_text: str, source: str, problems: list[str]) -> str | None:
-    try:
-        secret = Path(path_text).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        problems.append(
-            f"client_secret_file: cannot read {path_text} ({exc.strerror}) (from {source})"
-        )
-        return None
-    except UnicodeDecodeError:
-        problems.append(f"client_secret_file: {path_text} is not UTF-8 text (from {source})")
-        return None
-    if not secret:
-        problems.append(f"client_secret_file: {path_text} is empty (from {source})")
-        return None
-    return secret
+class _Reader:
+    """Reads the files that hold secrets, collecting problems and warnings as it goes."""
+
+    def __init__(self, raw: Mapping[str, _Raw], values: Mapping[str, Any]) -> None:
+        self.raw, self.values = raw, values
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def private_file(self, key: str) -> str | None:
+        """The text of the file named by ``key``, or ``None`` (a problem is recorded)."""
+        path_text, source = self.values.get(key), self.raw[key].source
+        if path_text is None:
+            return None  # its value was invalid; already reported
+        path = Path(path_text)
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+            mode = path.stat().st_mode
+        except OSError as exc:
+            self.problems.append(f"{key}: cannot read {path_text} ({exc.strerror}) (from {source})")
+            return None
+        except UnicodeDecodeError:
+            self.problems.append(f"{key}: {path_text} is not UTF-8 text (from {source})")
+            return None
+        if not text:
+            self.problems.append(f"{key}: {path_text} is empty (from {source})")
+            return None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            self.warnings.append(
+                f"{key}: {path_text} can be read by other users (mode {stat.filemode(mode)}); "
+                f"chmod 600 it"
+            )
+        return text
+
+    def one_of(self, direct_key: str, file_key: str) -> Any:
+        """A value set directly or through a file: the higher layer wins; a tie is a problem."""
+        direct, from_file = self.raw.get(direct_key), self.raw.get(file_key)
+        if direct and from_file and direct.rank == from_file.rank:
+            self.problems.append(
+                f"{direct_key} and {file_key}: set only one "
+                f"(from {direct.source} and {from_file.source})"
+            )
+            return None
+        if not from_file or (direct and direct.rank > from_file.rank):
+            return self.values.get(direct_key)
+        text = self.private_file(file_key)
+        if text is None:
+            return None
+        # One entry a line; blank lines and # comments are skipped. A secret is the whole text.
+        lines = [line.strip() for line in text.splitlines()]
+        entries = [line for line in lines if line and not line.startswith("#")]
+        try:
+            return text if direct_key == "client_secret" else _KEYS[direct_key].parse(entries)
+        except ValueError as exc:  # the parsers' messages never repeat a secret
+            self.problems.append(f"{file_key}: {self.values[file_key]}: {exc}")
+            return None
 
 
-def _credentials(
-    raw: Mapping[str, _Raw], values: Mapping[str, Any], problems: list[str], required: bool
-) -> Credentials | None:
-    direct, from_file = raw.get("client_secret"), raw.get("client_secret_file")
-    secret: str | None = None
-    if direct and from_file and direct.rank == from_file.rank:
-        problems.append(
-            f"client_secret and client_secret_file: set only one "
-            f"(from {direct.source} and {from_file.source})"
-        )
-    elif from_file and (not direct or from_file.rank > direct.rank):
-        if "client_secret_file" in values:
-            secret = _read_secret_file(values["client_secret_file"], from_file.source, problems)
-    else:
-        secret = values.get("client_secret")
-
-    client_id = values.get("client_id")
+def _credentials(reader: _Reader, required: bool) -> Credentials | None:
+    secret = reader.one_of("client_secret", "client_secret_file")
+    client_id = reader.values.get("client_id")
     if client_id and secret:
         return Credentials(client_id, secret)
-    if required or client_id or direct or from_file:
-        if "client_id" not in raw:
-            problems.append(
+    mentioned = {"client_id", "client_secret", "client_secret_file"} & set(reader.raw)
+    if required or mentioned:
+        if "client_id" not in reader.raw:
+            reader.problems.append(
                 "client_id: not set (set DAP_CLIENT_ID or client_id in the config file)"
             )
-        if not (direct or from_file):
-            problems.append(
+        if not {"client_secret", "client_secret_file"} & mentioned:
+            reader.problems.append(
                 "client_secret: not set (set DAP_CLIENT_SECRET, DAP_CLIENT_SECRET_FILE, "
                 "or client_secret_file in the config file)"
             )
     return None
+
+
+def _access(reader: _Reader) -> AccessConfig:
+    keys = reader.one_of("access_keys", "access_keys_file") or ()
+    clients = reader.one_of("local_clients", "local_clients_file") or {}
+    return AccessConfig(tuple(keys), dict(clients))
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _policy(values: Mapping[str, Any], listen: ListenAddress) -> Policy:
+    hosts: tuple[str, ...] | None = values.get("allowed_hosts")
+    if hosts is None:
+        # Loopback names and the listen address: a web page reaching the proxy through a
+        # DNS name it controls (DNS rebinding) sends that name as Host, and is refused.
+        allowed: frozenset[str] | None = _LOOPBACK_NAMES | ({listen.host} if listen.host else set())
+    elif "*" in hosts:
+        allowed = None
+    else:
+        allowed = frozenset(h.lower().strip("[]") for h in hosts)
+    return Policy(
+        allowed_hosts=allowed,
+        allowed_origins=frozenset(values.get("allowed_origins") or ()),
+        allowed_methods=values.get("allowed_methods"),
+        allowed_paths=values.get("allowed_paths"),
+    )
 
 
 def load_config(
@@ -359,16 +514,33 @@ def load_config(
 
     raw = _collect(path, environ, flags, problems)
     values = _parse_all(raw, problems)
-    credentials = _credentials(raw, values, problems, require_credentials)
+    reader = _Reader(raw, values)
+    credentials = _credentials(reader, require_credentials)
+    access = _access(reader)
+    problems += reader.problems
+    listen: ListenAddress | None = values.get("listen")
+    if (
+        listen is not None
+        and not listen.is_loopback
+        and not access.required
+        and not values.get("allow_non_loopback")
+    ):
+        problems.append(
+            f"listen: {listen} is not loopback, and anyone who can reach it would use the "
+            f"gateway with the proxy's credentials; require access_keys or local_clients, "
+            f"or set allow_non_loopback: true (DAP_PROXY_ALLOW_NON_LOOPBACK=true) "
+            f"(from {raw['listen'].source})"
+        )
     if problems:
         raise ConfigError(problems)
+    assert listen is not None  # noqa: S101 - a problem above otherwise
 
     upstream_url: URL = values["upstream"]
     token_url: URL = values.get("token_url") or upstream_url.with_path(
         upstream_url.path.rstrip("/") + TOKEN_PATH
     )
     return Config(
-        listen=values["listen"],
+        listen=listen,
         upstream=UpstreamConfig(upstream_url, token_url, credentials),
         refresh_margin=values["refresh_margin"],
         replay_body_limit=int(values["replay_body_limit"]),
@@ -378,6 +550,12 @@ def load_config(
             read=values["timeouts.read"],
             token=values["timeouts.token"],
             shutdown=values["timeouts.shutdown"],
+            client=values["timeouts.client"],
         ),
         log_level=values["log_level"],
+        access=access,
+        policy=_policy(values, listen),
+        allow_non_loopback=values["allow_non_loopback"],
+        max_connections=values["max_connections"],
+        warnings=tuple(reader.warnings),
     )

@@ -53,9 +53,17 @@ def to_upstream(headers: CIMultiDictProxy[str], access_token: str) -> CIMultiDic
 def to_client(
     headers: CIMultiDictProxy[str], upstream_base: URL, proxy_base: str
 ) -> CIMultiDict[str]:
-    """The gateway's headers, less hop-by-hop, with a ``Location`` at the gateway made ours."""
+    """The gateway's headers, less hop-by-hop and CORS, with a gateway ``Location`` made ours.
+
+    CORS headers are the proxy's decision (allowed_origins), never the gateway's: a
+    permissive one passed through would let any web page read what the proxy fetches.
+    """
     dropped = _dropped(headers, HOP_BY_HOP)
-    relayed = CIMultiDict((k, v) for k, v in headers.items() if k not in dropped)
+    relayed = CIMultiDict(
+        (k, v)
+        for k, v in headers.items()
+        if k not in dropped and not k.lower().startswith("access-control-")
+    )
     location = relayed.get("Location")
     if location is not None:
         relayed["Location"] = _rewrite_location(location, upstream_base, proxy_base)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import jwt
 from aiohttp import web
 
 from .responses import error_response, json_response
+
+if TYPE_CHECKING:
+    from .access import AccessControl
 
 __all__ = ["LOCAL_TOKEN_LIFETIME", "LocalTokenIssuer", "LoginHandler"]
 
@@ -40,13 +43,13 @@ class LocalTokenIssuer:
     ) -> None:
         self.lifetime = lifetime
         self._key = secrets.token_bytes(32)  # per process: restarting revokes every local token
-        self._now = wall_clock
+        self.now = wall_clock  # seconds since the epoch, as JWT exp
 
     def __repr__(self) -> str:
         return f"LocalTokenIssuer(lifetime={self.lifetime})"
 
     def issue(self, client_id: str) -> str:
-        now = int(self._now())
+        now = int(self.now())
         claims = {"iss": _ISSUER, "sub": client_id, "iat": now, "exp": now + self.lifetime}
         return jwt.encode(claims, self._key, algorithm="HS256")
 
@@ -63,7 +66,7 @@ class LocalTokenIssuer:
             )
         except jwt.PyJWTError:
             return None
-        if claims["exp"] <= self._now():  # checked against our clock, not PyJWT's
+        if claims["exp"] <= self.now():  # checked against our clock, not PyJWT's
             return None
         return claims
 
@@ -71,8 +74,11 @@ class LocalTokenIssuer:
 class LoginHandler:
     """Answers ``POST /ids/auth/login`` in exactly the gateway's four-key shape."""
 
-    def __init__(self, issuer: LocalTokenIssuer, scope: Callable[[], str]) -> None:
+    def __init__(
+        self, issuer: LocalTokenIssuer, access: AccessControl, scope: Callable[[], str]
+    ) -> None:
         self._issuer = issuer
+        self._access = access
         self._scope = scope  # the real token's scope, for tools that show it
 
     async def login(self, request: web.Request) -> web.Response:
@@ -82,11 +88,15 @@ class LoginHandler:
             return error_response(
                 401,
                 "AuthenticationError",
-                "log in with HTTP Basic credentials (any client id and secret: the proxy "
-                "holds the real ones)",
+                "log in with HTTP Basic credentials: a local client id and secret, "
+                "or any when the proxy requires none (it holds the real ones)",
             )
         if not basic.login:
             return error_response(401, "AuthenticationError", "the client id must not be empty")
+        if not self._access.login_allowed(basic.login, basic.password):
+            return error_response(
+                401, "AuthenticationError", "unknown local client id or secret for this proxy"
+            )
         form = await request.post()
         grant_type = form.get("grant_type")
         if grant_type != "client_credentials":

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from .app import TOKENS, create_app
-from .config import Config
+from .config import Config, ListenAddress
 from .errors import CredentialsRejected, TokenEndpointUnavailable
 from .logs import AccessLogger
+from .protocol import ProxyRunner
 
 __all__ = ["EXIT_CANNOT_LISTEN", "EXIT_CREDENTIALS_REJECTED", "RunningProxy", "serve", "start"]
 
@@ -24,6 +26,9 @@ log = logging.getLogger("proxy.server")
 
 EXIT_CREDENTIALS_REJECTED = 3
 EXIT_CANNOT_LISTEN = 4
+# Idle kept-alive client connections are closed after this long (aiohttp's default is an
+# hour, which lets idle clients hold connection slots).
+KEEPALIVE_TIMEOUT = 75.0
 
 
 class StartupError(Exception):
@@ -59,35 +64,55 @@ async def start(config: Config) -> RunningProxy:
 
     Requests that arrive before the first token wait for that one fetch.
     """
+    for warning in config.warnings:
+        log.warning("%s", warning)
     app = create_app(config)
-    runner = web.AppRunner(
+    runner = ProxyRunner(
         app,
         handler_cancellation=True,  # a client hanging up cancels its upstream request
         access_log_class=AccessLogger,
         access_log=logging.getLogger("proxy.access"),
         shutdown_timeout=config.timeouts.shutdown,
+        max_connections=config.max_connections,
+        head_timeout=config.timeouts.client,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
     await runner.setup()
     listen = config.listen
-    site = web.TCPSite(runner, listen.host, listen.port)
     try:
-        await site.start()
+        url = await _listen(runner, listen)
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(
             f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_CANNOT_LISTEN
         ) from None
-    port = runner.addresses[0][1] if runner.addresses else listen.port
-    host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    url = f"http://{host}:{port}"
     if not listen.is_loopback:
         log.warning(
-            "listening on %s, which is not loopback: anyone who can reach it uses the "
-            "gateway with this proxy's credentials",
+            "LISTENING ON %s, WHICH IS NOT LOOPBACK: %s",
             listen,
+            "only callers with an access key or local credentials are served"
+            if config.access.required
+            else "anyone who can reach it uses the gateway with this proxy's credentials",
         )
     log.info("listening on %s, forwarding to %s", url, config.upstream.url)
     return RunningProxy(url, runner)
+
+
+async def _listen(runner: web.AppRunner, listen: ListenAddress) -> str:
+    """Bind the site; returns the proxy's base URL (``unix:/path`` for a socket)."""
+    if listen.path is not None:
+        # Owner-only from the moment it exists: no window in which others may connect.
+        previous = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, listen.path).start()
+        finally:
+            os.umask(previous)
+        os.chmod(listen.path, 0o600)
+        return f"unix:{listen.path}"
+    await web.TCPSite(runner, listen.host, listen.port).start()
+    port = runner.addresses[0][1] if runner.addresses else listen.port
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    return f"http://{host}:{port}"
 
 
 async def wait_for_signal() -> None:

@@ -8,6 +8,8 @@ import jwt
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from proxy.access import AccessControl
+from proxy.config import AccessConfig
 from proxy.login import LocalTokenIssuer, LoginHandler
 
 from .fakes import FakeClock
@@ -21,7 +23,9 @@ def basic(client_id: str, secret: str) -> str:
 
 async def login_client(aiohttp_client, issuer: LocalTokenIssuer) -> TestClient:  # type: ignore[no-untyped-def]
     app = web.Application()
-    app.router.add_post(LOGIN, LoginHandler(issuer, scope=lambda: "canvas region:us-east-1").login)
+    access = AccessControl(AccessConfig(), issuer)
+    handler = LoginHandler(issuer, access, scope=lambda: "canvas region:us-east-1")
+    app.router.add_post(LOGIN, handler.login)
     return await aiohttp_client(app)  # type: ignore[no-any-return]
 
 

@@ -1,0 +1,136 @@
+"""Admission: which requests the proxy acts on, checked before anything goes upstream.
+
+In order, each refusal a gateway-shaped error and nothing sent upstream:
+
+1. ``CONNECT`` and ``TRACE`` (405): a proxy that tunnels or reflects headers (our token!)
+   is a different product.
+2. The target: origin-form only; no ``//`` prefix, dot segments, or encoded ``.``, ``/``,
+   ``\\`` or NUL in the path (400). The upstream host is fixed anyway; this stops paths
+   meant to be read differently by something between us and the gateway.
+3. ``/-/`` endpoints are the proxy's own and skip the rest (orchestrator probes send the
+   pod's address as ``Host`` and no credentials).
+4. ``Host`` must be allowed (403): a web page reaching the proxy through a DNS name it
+   controls (DNS rebinding) is refused.
+5. Browsers: a cross-site request (``Origin`` or ``Sec-Fetch-Site``) is refused (403) unless
+   its origin is configured for CORS; preflights for allowed origins are answered here.
+6. ``Transfer-Encoding`` other than ``chunked`` (501).
+7. Inbound authentication, when configured (401); the local login checks its own.
+8. Method and path allow-lists (405, 403).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import hdrs, web
+
+from .access import AccessControl
+from .config import Policy
+from .responses import error_response
+
+__all__ = ["LOGIN_PATH", "cors_headers", "guard_middleware"]
+
+LOGIN_PATH = "/ids/auth/login"
+_REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
+_ENCODED_SEPARATORS = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
+_CROSS_SITE = frozenset({"cross-site", "same-site"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _path_problem(path: str) -> str | None:
+    if not path.startswith("/"):
+        return "the request target must be a path (origin-form), not a URL"
+    if path.startswith("//"):
+        return "the path must not start with //"
+    if "\\" in path or _ENCODED_SEPARATORS.search(path):
+        return "the path must not contain \\ or an encoded '.', '/', '\\' or NUL"
+    if "/." in path and any(segment in (".", "..") for segment in path.split("/")):
+        return "the path must not contain . or .. segments"
+    return None
+
+
+def _host_name(host: str) -> str:
+    """``Host`` without its port, lower case; IPv6 brackets removed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def cors_headers(origin: str) -> dict[str, str]:
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+def guard_middleware(
+    policy: Policy, access: AccessControl
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The admission middleware for ``policy`` and ``access``."""
+    hosts = policy.allowed_hosts
+    origins = policy.allowed_origins
+    methods = policy.allowed_methods
+    paths = policy.allowed_paths
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        method = request.method
+        if method in _REFUSED_METHODS:
+            return error_response(405, "MethodNotAllowed", f"{method} is not supported")
+        path = request.raw_path.partition("?")[0]
+        if (problem := _path_problem(path)) is not None:
+            return error_response(400, "BadRequest", problem)
+        if path.startswith("/-/"):
+            return await handler(request)
+
+        headers = request.headers
+        if hosts is not None and _host_name(headers.get(hdrs.HOST, "")) not in hosts:
+            return error_response(
+                403, "HostNotAllowed", "this Host is not allowed (see allowed_hosts)"
+            )
+        origin = headers.get(hdrs.ORIGIN)
+        if origin is not None or headers.get("Sec-Fetch-Site") in _CROSS_SITE:
+            if origin is None or origin not in origins:
+                return error_response(
+                    403,
+                    "OriginNotAllowed",
+                    "cross-site browser requests are refused (see allowed_origins)",
+                )
+            if method == "OPTIONS" and hdrs.ACCESS_CONTROL_REQUEST_METHOD in headers:
+                return _preflight(request, origin)
+        encoding = headers.get(hdrs.TRANSFER_ENCODING)
+        if encoding is not None and encoding.strip().lower() != "chunked":
+            return error_response(
+                501, "NotImplemented", "only the chunked transfer coding is supported"
+            )
+        if path == LOGIN_PATH:
+            return await handler(request)
+
+        if not access.bearer_allowed(headers.get(hdrs.AUTHORIZATION)):
+            return error_response(
+                401,
+                "AuthenticationError",
+                "this proxy requires an access key (Authorization: Bearer <key>) "
+                "or a local token from /ids/auth/login",
+            )
+        if methods is not None and method not in methods:
+            response = error_response(
+                405, "MethodNotAllowed", f"{method} is not allowed by this proxy"
+            )
+            response.headers[hdrs.ALLOW] = ", ".join(sorted(methods))
+            return response
+        if paths is not None and not path.startswith(paths):
+            return error_response(403, "PathNotAllowed", "this path is not allowed by this proxy")
+        return await handler(request)
+
+    return guard
+
+
+def _preflight(request: web.Request, origin: str) -> web.Response:
+    headers = cors_headers(origin)
+    headers["Access-Control-Allow-Methods"] = request.headers[hdrs.ACCESS_CONTROL_REQUEST_METHOD]
+    requested = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS)
+    if requested:
+        headers["Access-Control-Allow-Headers"] = requested
+    headers["Access-Control-Max-Age"] = "600"
+    return web.Response(status=204, headers=headers)

@@ -21,12 +21,15 @@ RUN mkdir proxy && echo '__version__ = "0"' > proxy/__init__.py \
 COPY proxy ./proxy
 RUN pip install --no-deps . && rm -rf /app/build
 
-# Inside the container the proxy must listen on all interfaces to be reachable at all;
-# the container's network namespace, not the address, is what keeps it private. Publish
-# the port on the host's loopback only (-p 127.0.0.1:8080:8080) unless you mean otherwise.
-ENV DAP_PROXY_LISTEN=0.0.0.0:8080
+# Inside the container the proxy must listen on all interfaces to be reachable at all, so
+# the image opts in to a non-loopback address: the container's network namespace, not the
+# address, is what keeps it private. Publish the port on the host's loopback only
+# (-p 127.0.0.1:8080:8080), keep it on a private network, or require access keys
+# (DAP_PROXY_ACCESS_KEYS_FILE). See "Security" in the README.
+ENV DAP_PROXY_LISTEN=0.0.0.0:8080 \
+    DAP_PROXY_ALLOW_NON_LOOPBACK=true
 
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin proxy
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin authproxy
 USER 10001
 
 EXPOSE 8080

@@ -1,7 +1,7 @@
 """The benchmark harness of issue 6: the proxy against nginx and a minimal aiohttp proxy.
 
-    python -m benchmarks            # the full run, about 12 minutes
-    python -m benchmarks --quick    # one short round, about 2 minutes
+    python -m benchmarks            # the full run, 5 rounds
+    python -m benchmarks --quick    # two short rounds, about 2 minutes
 
 Modules: ``run`` (the command: rounds, order, output), ``lab`` (upstreams and the four
 variants), ``workloads`` (one measurement each), ``report`` (ratios, targets, Markdown),

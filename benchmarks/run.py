@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import io
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -56,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark the proxy against nginx and a minimal aiohttp proxy "
         "(issue 6). Needs nginx, wrk and curl: " + INSTALL_HINT,
     )
-    parser.add_argument("--quick", action="store_true", help="one short round (~2 minutes)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 5; --quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="two short rounds (~2 minutes)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 5; --quick: 2)")
     parser.add_argument("--seconds", type=float, help="per wrk run (default 5; --quick: 2)")
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="comma-separated subset of %(default)s"
@@ -85,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="benchmark the `proxy` package in DIR (a patched copy) instead of the repo's",
+    )
+    parser.add_argument(
+        "--proxy-rev",
+        metavar="REV",
+        help="benchmark the `proxy` package as committed at REV (git archive), not the work "
+        "tree: reproducible while others edit proxy/",
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--label", default="", help="a word for the result file names")
@@ -116,10 +124,13 @@ def _raise_fd_limit() -> int:
 
 
 def _output(argv: list[str]) -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
+    """The first line ``argv`` prints (stdout or stderr), "" for none, "?" if it fails."""
+    try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-        return (done.stdout + done.stderr).strip().splitlines()[0]
-    return "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _machine() -> str:
@@ -132,12 +143,28 @@ def _machine() -> str:
     return f"{os.cpu_count()} x {model}, Linux {platform.release()}"
 
 
-def _proxy_source(proxy_path: Path | None) -> str:
+def _export(rev: str, into: Path) -> Path:
+    """``proxy/`` as committed at ``rev``, extracted under ``into``."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "proxy"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def _proxy_source(proxy_path: Path | None, rev: str | None) -> str:
+    if rev is not None:
+        return f"commit {_output(['git', '-C', str(REPO), 'rev-parse', '--short', rev])}"
     if proxy_path is not None:
         return f"copy at {proxy_path}"
     commit = _output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = _output(["git", "-C", str(REPO), "status", "--porcelain", "--", "proxy"])
-    return f"repo {commit}" + (" (proxy/ has uncommitted changes)" if dirty != "?" else "")
+    return f"repo {commit}" + (" (proxy/ has uncommitted changes)" if dirty else "")
 
 
 @contextlib.contextmanager
@@ -267,7 +294,7 @@ def _meta(args: argparse.Namespace, argv: list[str], cores: tuple[Any, Any]) -> 
         "event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         "nginx": _output([which("nginx") or "nginx", "-v"]),
         "wrk": " ".join(_output([which("wrk") or "wrk", "-v"]).split()[:2]),
-        "proxy_source": _proxy_source(args.proxy_path),
+        "proxy_source": _proxy_source(args.proxy_path, args.proxy_rev),
         "ours_config": "defaults (access log at info to a file via stderr); "
         f"slow workload: pool_size {SLOW_POOL_SIZE} for ours and minimal",
         "big_mib": args.big_mib,
@@ -278,7 +305,7 @@ def _meta(args: argparse.Namespace, argv: list[str], cores: tuple[Any, Any]) -> 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.rounds = args.rounds or (2 if args.quick else 5)
     args.seconds = args.seconds or (2.0 if args.quick else 5.0)
     args.refresh_seconds = args.refresh_seconds or (8.0 if args.quick else 12.0)
     if args.slow_default_pool is None:
@@ -304,6 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"warning: open-file limit {fd_limit} may be too low for the slow workload")
 
     run_dir = Path(tempfile.mkdtemp(prefix="iap-bench-"))
+    if args.proxy_rev:
+        try:
+            args.proxy_path = _export(args.proxy_rev, run_dir / "proxy-rev")
+        except (subprocess.CalledProcessError, tarfile.TarError) as exc:
+            _say(f"cannot export proxy/ at {args.proxy_rev}: {exc}")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return 2
     lua = run_dir / "report.lua"
     lua.write_text(workloads.WRK_LUA, encoding="utf-8")
     meta = _meta(args, argv, cores)

@@ -48,6 +48,9 @@ class LabSettings:
     nginx: str
     big_bytes: int
     proxy_path: Path | None = None  # a directory holding another ``proxy`` package to run
+    # Extra variants "ours-NAME": the product from another directory (a patched copy),
+    # measured in the same rounds as "ours" to weigh a change.
+    candidates: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,12 +154,13 @@ class Lab:
 
     # ---------------------------------------------------------------- variants
 
-    def _python_env(self) -> dict[str, str]:
+    def _python_env(self, source: Path | None = None) -> dict[str, str]:
         # The product's default configuration: no DAP_PROXY_* from the caller's shell.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAP_", "PYTHON"))}
         paths = [str(REPO)]
-        if self.settings.proxy_path is not None:
-            paths.insert(0, str(self.settings.proxy_path))
+        source = source or self.settings.proxy_path
+        if source is not None:
+            paths.insert(0, str(source))
         env["PYTHONPATH"] = os.pathsep.join(paths)
         return env
 
@@ -188,18 +192,20 @@ class Lab:
             argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--listen", listen]
             argv += ["--upstream", upstream_url, "--pool-size", str(pool_size or 100)]
             proc = self.procs.start("minimal", argv, core=core, env=env, cwd=REPO)
-        elif name == "ours":
+        elif name == "ours" or name.startswith("ours-"):
+            if name != "ours":
+                env = self._python_env(self.settings.candidates[name.removeprefix("ours-")])
             env["DAP_CLIENT_ID"], env["DAP_CLIENT_SECRET"] = _demo_credentials()
             if pool_size is not None:
                 env["DAP_PROXY_POOL_SIZE"] = str(pool_size)
             argv = [sys.executable, "-m", "proxy", "serve", "--listen", listen]
             argv += ["--upstream", upstream_url, "--token-url", token_url or self.token_url]
-            proc = self.procs.start("ours", argv, core=core, env=env, cwd=REPO)
+            proc = self.procs.start(name, argv, core=core, env=env, cwd=REPO)
         else:
             raise ValueError(f"unknown variant {name!r}")
         try:
             wait_for_port(port, proc)
-            if name == "ours":
+            if name.startswith("ours"):
                 _wait_ready(port, proc)
             if name == "nginx":
                 time.sleep(0.2)  # the master forks its worker after it binds

@@ -179,7 +179,37 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def _variants(block: dict[str, Any]) -> list[str]:
-    return [v for v in VARIANT_ORDER if v in block]
+    return [v for v in VARIANT_ORDER if v in block] + sorted(set(block) - set(VARIANT_ORDER))
+
+
+def _candidates_table(records: list[Record]) -> list[str]:
+    """Each candidate (a patched copy, ``ours-NAME``) against ours, round by round."""
+    names = sorted({r["variant"] for r in records if r["variant"].startswith("ours-")})
+    names = [n for n in names if n != "ours-pool100"]
+    if not names:
+        return []
+    checks = [
+        ("get-c1", "requests_per_cpu_s"),
+        ("get-c50", "requests_per_cpu_s"),
+        ("get-c50", "rps"),
+        ("get-c1", "added_p50_ms"),
+        ("download", "mib_per_s"),
+        ("download-chunked", "mib_per_s"),
+        ("upload", "mib_per_s"),
+        ("upload-chunked", "mib_per_s"),
+    ]
+    checks = [c for c in checks if any(r["workload"] == c[0] for r in records)]
+    rows = []
+    for name in names:
+        cells = [_cell(ratio(records, w, m, name, "ours"), 3) for w, m in checks]
+        rows.append([name, *cells])
+    header = ["candidate / ours", *(f"{w} {m}" for w, m in checks)]
+    return [
+        "### Candidates: each patched copy / ours, per round",
+        "",
+        _table(header, rows),
+        "",
+    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -332,6 +362,7 @@ def markdown(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    out += _candidates_table(records)
     out += ["### Against the targets of issue 6", ""]
     rows = []
     for row in results["targets"]:

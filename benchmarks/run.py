@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated subset of %(default)s",
     )
     parser.add_argument("--big-mib", type=int, default=512, help="transfer size (512)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="transfers per measurement; the median counts (3)"
+    )
     parser.add_argument("--slow-count", type=int, default=1000)
     parser.add_argument("--slow-ms", type=int, default=3000)
     parser.add_argument(
@@ -93,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="REV",
         help="benchmark the `proxy` package as committed at REV (git archive), not the work "
         "tree: reproducible while others edit proxy/",
+    )
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="add variant ours-NAME: the `proxy` package in DIR (a patched copy, with "
+        "anything else it needs, such as uvloop, beside it), measured in the same rounds",
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--label", default="", help="a word for the result file names")
@@ -196,7 +207,7 @@ class Runner:
         self.refresh_token_url = ""
 
     def _record(self, rnd: int, workload: str, variant: str, fields: dict[str, Any]) -> None:
-        self.records.append({"round": rnd, "workload": workload, "variant": variant, **fields})
+        self.records.append({"round": rnd + 1, "workload": workload, "variant": variant, **fields})
         shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in fields.items()}
         _say(f"  {workload:<17} {variant:<12} {shown}")
 
@@ -253,7 +264,8 @@ class Runner:
                 endpoint, self.wrk, self.lua, int(name[5:]), args.seconds, warmup=1.0
             )
         else:
-            fields = workloads.transfer(endpoint, name, self.lab.big_path, args.big_mib * 2**20)
+            size = args.big_mib * 2**20
+            fields = workloads.transfer(endpoint, name, self.lab.big_path, size, args.repeats)
         self._record(rnd, name, endpoint.variant, fields)
 
     def _slow(self, rnd: int, variant: str, label: str, pool_size: int | None) -> None:
@@ -281,7 +293,12 @@ def _check_alive(endpoint: Endpoint) -> None:
         raise RuntimeError(f"{endpoint.variant} died:\n{endpoint.proc.log_tail()}")
 
 
-def _meta(args: argparse.Namespace, argv: list[str], cores: tuple[Any, Any]) -> dict[str, Any]:
+def _meta(
+    args: argparse.Namespace,
+    argv: list[str],
+    cores: tuple[Any, Any],
+    candidates: dict[str, Path],
+) -> dict[str, Any]:
     return {
         "command": shlex.join(["python", "-m", "benchmarks", *argv]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -295,6 +312,7 @@ def _meta(args: argparse.Namespace, argv: list[str], cores: tuple[Any, Any]) -> 
         "nginx": _output([which("nginx") or "nginx", "-v"]),
         "wrk": " ".join(_output([which("wrk") or "wrk", "-v"]).split()[:2]),
         "proxy_source": _proxy_source(args.proxy_path, args.proxy_rev),
+        "candidates": {name: str(path) for name, path in sorted(candidates.items())},
         "ours_config": "defaults (access log at info to a file via stderr); "
         f"slow workload: pool_size {SLOW_POOL_SIZE} for ours and minimal",
         "big_mib": args.big_mib,
@@ -311,8 +329,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.slow_default_pool is None:
         args.slow_default_pool = not args.quick
     variants = [v for v in args.variants.split(",") if v]
+    candidates: dict[str, Path] = {}
+    for spec in args.candidate:
+        name, sep, directory = spec.partition("=")
+        if not sep or not (Path(directory) / "proxy").is_dir():
+            _say(f"--candidate {spec}: expected NAME=DIR with DIR/proxy/ in it")
+            return 2
+        candidates[name] = Path(directory).resolve()
+        variants.append(f"ours-{name}")
     wanted = {w for w in args.workloads.split(",") if w}
-    unknown = (set(variants) - set(VARIANTS)) | (wanted - set(ALL_WORKLOADS))
+    unknown = (set(variants) - set(VARIANTS) - {f"ours-{n}" for n in candidates}) | (
+        wanted - set(ALL_WORKLOADS)
+    )
     if unknown:
         _say(f"unknown variants or workloads: {', '.join(sorted(unknown))}")
         return 2
@@ -340,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     lua = run_dir / "report.lua"
     lua.write_text(workloads.WRK_LUA, encoding="utf-8")
-    meta = _meta(args, argv, cores)
+    meta = _meta(args, argv, cores, candidates)
     started = time.monotonic()
     runner: Runner | None = None
     try:
@@ -354,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                     nginx=which("nginx") or "nginx",
                     big_bytes=args.big_mib * 2**20,
                     proxy_path=args.proxy_path,
+                    candidates=candidates,
                 )
             ) as lab,
         ):

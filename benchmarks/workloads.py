@@ -86,10 +86,31 @@ def small_gets(
     return record
 
 
-def transfer(endpoint: Endpoint, kind: str, big_path: Path, size: int) -> Record:
-    """One 512 MiB transfer with curl; ``kind``: download[-chunked] or upload[-chunked]."""
-    fmt = "\n%{http_code} %{size_download} %{size_upload} %{time_total}"
-    argv = ["curl", "-sS", "--noproxy", "*", "-H", "Expect:", "-w", fmt]
+def _curl(argv: list[str], kind: str, size: int) -> tuple[bool, int, float, str]:
+    """Run one curl transfer: (ok, bytes moved, seconds, error text)."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    *body, summary = done.stdout.rstrip("\n").split("\n")
+    try:
+        status, down, seconds = summary.split()
+        if kind.startswith("upload"):
+            # What the sink read: curl's own count includes the chunked framing.
+            moved = int(json.loads("\n".join(body) or "{}").get("received", 0))
+        else:
+            moved = int(float(down))
+    except ValueError:
+        return False, 0, 0.0, (done.stderr or done.stdout)[-300:]
+    ok = status == "200" and moved == size
+    return ok, moved, float(seconds), "" if ok else (done.stderr or done.stdout)[-300:]
+
+
+def transfer(endpoint: Endpoint, kind: str, big_path: Path, size: int, repeats: int) -> Record:
+    """``repeats`` transfers of ``size`` bytes with curl, the median speed and the peak RSS.
+
+    ``kind``: ``download`` (nginx's file, Content-Length), ``download-chunked`` (the sink),
+    ``upload`` (Content-Length) or ``upload-chunked``.
+    """
+    argv = ["curl", "-sS", "--noproxy", "*", "-H", "Expect:"]
+    argv += ["-w", "\n%{http_code} %{size_download} %{time_total}"]
     if kind == "download":
         argv += ["-o", "/dev/null", endpoint.url + "/big.bin"]
     elif kind == "download-chunked":
@@ -104,32 +125,29 @@ def transfer(endpoint: Endpoint, kind: str, big_path: Path, size: int) -> Record
     rss_before = rss_kib(pids)
     exact_peak = reset_peak_rss(pids)
     cpu_before = cpu_seconds(pids)
+    speeds, errors = [], []
     with RssSampler(pids) as sampler:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        for _ in range(repeats):
+            ok, moved, seconds, error = _curl(argv, kind, size)
+            if ok and seconds > 0:
+                speeds.append(moved / MIB / seconds)
+            else:
+                errors.append(error)
     cpu = cpu_seconds(pids) - cpu_before
     peak = max(sampler.peak_kib, rss_kib(pids, "VmHWM") if exact_peak else 0)
-    *body, summary = done.stdout.rstrip("\n").split("\n")
-    status, down, up, seconds = summary.split()
-    moved = int(float(up if kind.startswith("upload") else down))
-    if kind.startswith("upload"):
-        received = json.loads("\n".join(body) or "{}").get("received")
-        ok = status == "200" and received == size and moved == size
-    else:
-        ok = status == "200" and moved == size
     record: Record = {
-        "ok": ok,
-        "status": int(status),
-        "bytes": moved,
-        "seconds": float(seconds),
-        "mib_per_s": moved / MIB / float(seconds) if float(seconds) > 0 else None,
+        "ok": not errors,
+        "repeats": repeats,
+        "mib_per_s": statistics.median(speeds) if speeds else None,
+        "mib_per_s_each": speeds,
     }
     if pids:
-        record["proxy_cpu_s"] = cpu
+        record["proxy_cpu_s"] = cpu / repeats
         record["rss_before_mib"] = rss_before / 1024
         record["rss_peak_mib"] = peak / 1024
         record["rss_growth_mib"] = (peak - rss_before) / 1024
-    if not ok:
-        record["error"] = (done.stderr or done.stdout)[-300:]
+    if errors:
+        record["error"] = errors[0]
     return record
 
 

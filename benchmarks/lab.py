@@ -17,6 +17,7 @@ import contextlib
 import http.client
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -122,7 +123,7 @@ class Lab:
             "upstream-sink",
             [sys.executable, "-m", "benchmarks.upstream_sink", "--listen", f"127.0.0.1:{port}"],
             core=core,
-            cwd=REPO,
+            cwd=self.settings.run_dir,
         )
         wait_for_port(port, proc)
         self.sink_url = f"http://127.0.0.1:{port}"
@@ -146,13 +147,27 @@ class Lab:
             ],
             core=self.settings.load_core,
             env=self._python_env(),
-            cwd=REPO,
+            cwd=self.settings.run_dir,
         )
         wait_for_port(stats, proc)
         wait_for_port(port, proc)
         return f"http://127.0.0.1:{port}/ids/auth/login", f"http://127.0.0.1:{stats}/"
 
     # ---------------------------------------------------------------- variants
+
+    def proxy_origin(self, candidate: str | None = None) -> str:
+        """Where ``python -m proxy`` comes from for ours (or ours-``candidate``): a check."""
+        source = self.settings.candidates[candidate] if candidate else None
+        done = subprocess.run(
+            [sys.executable, "-c", "import proxy; print(proxy.__file__)"],
+            capture_output=True,
+            text=True,
+            env=self._python_env(source),
+            cwd=self.settings.run_dir,
+            timeout=30,
+            check=False,
+        )
+        return str(Path(done.stdout.strip()).parent) if done.returncode == 0 else "?"
 
     def _python_env(self, source: Path | None = None) -> dict[str, str]:
         # The product's default configuration: no DAP_PROXY_* from the caller's shell.
@@ -191,7 +206,7 @@ class Lab:
         elif name == "minimal":
             argv = [sys.executable, "-m", "benchmarks.minimal_proxy", "--listen", listen]
             argv += ["--upstream", upstream_url, "--pool-size", str(pool_size or 100)]
-            proc = self.procs.start("minimal", argv, core=core, env=env, cwd=REPO)
+            proc = self.procs.start("minimal", argv, core=core, env=env, cwd=self.settings.run_dir)
         elif name == "ours" or name.startswith("ours-"):
             if name != "ours":
                 env = self._python_env(self.settings.candidates[name.removeprefix("ours-")])
@@ -200,7 +215,7 @@ class Lab:
                 env["DAP_PROXY_POOL_SIZE"] = str(pool_size)
             argv = [sys.executable, "-m", "proxy", "serve", "--listen", listen]
             argv += ["--upstream", upstream_url, "--token-url", token_url or self.token_url]
-            proc = self.procs.start(name, argv, core=core, env=env, cwd=REPO)
+            proc = self.procs.start(name, argv, core=core, env=env, cwd=self.settings.run_dir)
         else:
             raise ValueError(f"unknown variant {name!r}")
         try:

@@ -222,7 +222,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{meta['rounds']} round(s), interleaved; proxy on CPU {meta['proxy_core']}, load and "
         f"upstreams on CPU {meta['load_core']}; {meta['machine']}; Python {meta['python']}, "
         f"aiohttp {meta['aiohttp']}, event loop of ours/minimal: {meta['event_loop']}; "
-        f"{meta['nginx']}, {meta['wrk']}; proxy source {meta['proxy_source']}.  ",
+        f"{meta['nginx']}, {meta['wrk']}; proxy source {meta['proxy_source']} "
+        f"(imported from {meta.get('ours_from', '?')}).  ",
         "Cells are median [min, max] over rounds.",
         "",
     ]

@@ -386,7 +386,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
             ) as lab,
         ):
-            _say(f"run directory {run_dir}; starting upstreams")
+            # The processes run in the run directory, not the repo, so that nothing but
+            # PYTHONPATH decides which `proxy` package they import: say which it is.
+            meta["ours_from"] = lab.proxy_origin()
+            for name in candidates:
+                meta[f"ours-{name}_from"] = lab.proxy_origin(name)
+            _say(f"run directory {run_dir}; ours from {meta['ours_from']}; starting upstreams")
             lab.start_upstreams()
             runner = Runner(lab, args, lua)
             for rnd in range(args.rounds):

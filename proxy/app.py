@@ -88,7 +88,11 @@ def _upstream(clock: Clock | None):  # type: ignore[no-untyped-def]
         tokens = TokenManager(client.fetch, refresh_margin=config.refresh_margin, clock=clock)
         app[TOKENS] = tokens
         app[FORWARDER] = Forwarder(
-            session, upstream.url, tokens, replay_body_limit=config.replay_body_limit
+            session,
+            upstream.url,
+            tokens,
+            replay_body_limit=config.replay_body_limit,
+            client_timeout=timeouts.client,
         )
         await tokens.start()
         try:

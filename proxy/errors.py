@@ -2,6 +2,7 @@
 
     ProxyError                      every error the proxy itself answers with
     ├── ConfigError                 invalid configuration (exit status 2; never sent to a client)
+    ├── ClientTooSlow               the client went silent while sending its body (408)
     ├── TokenError                  getting a gateway token failed
     │   ├── CredentialsRejected     the token endpoint refused our client id or secret (401)
     │   └── TokenEndpointUnavailable  network, timeout, 5xx, 429 or a malformed answer (503)
@@ -17,6 +18,7 @@ and the names of things, never from a foreign exception's ``str()``.
 from __future__ import annotations
 
 __all__ = [
+    "ClientTooSlow",
     "ConfigError",
     "CredentialsRejected",
     "ProxyError",
@@ -49,6 +51,13 @@ class ConfigError(ProxyError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
         self.problems = problems
+
+
+class ClientTooSlow(ProxyError):
+    """The client stopped sending its request body for longer than ``timeouts.client``."""
+
+    status = 408
+    type = "RequestTimeout"
 
 
 class TokenError(ProxyError):

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
 from multidict import istr
 from yarl import URL
 
 from . import headers
-from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable
+from .errors import ClientTooSlow, ProxyError, UpstreamTimeout, UpstreamUnreachable
 from .responses import error_response, proxy_error_response
 from .tokens import Token, TokenManager
 
@@ -38,6 +39,7 @@ _SKIP_AUTO_HEADERS = frozenset(
 # Errors that mean the gateway (not the client) broke the exchange. Timeouts first:
 # ServerTimeoutError is a ClientError too.
 _UPSTREAM_READ_ERRORS = (TimeoutError, aiohttp.ClientError)
+_TOO_SLOW = "the client stopped sending its request body"
 
 
 class Forwarder:
@@ -50,12 +52,14 @@ class Forwarder:
         tokens: TokenManager,
         *,
         replay_body_limit: int,
+        client_timeout: float,
     ) -> None:
         self._session = session
         self._upstream = upstream
         self._base_path = upstream.raw_path.rstrip("/")
         self._tokens = tokens
         self._replay_body_limit = replay_body_limit
+        self._client_timeout = client_timeout
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -100,8 +104,24 @@ class Forwarder:
             return None, True
         length = request.content_length
         if length is not None and length <= self._replay_body_limit:
-            return await request.read(), True
-        return request.content, False
+            try:
+                async with asyncio.timeout(self._client_timeout):
+                    return await request.read(), True
+            except TimeoutError:
+                raise ClientTooSlow(_TOO_SLOW) from None
+        return self._stream(request.content), False
+
+    async def _stream(self, body: StreamReader) -> AsyncIterator[bytes]:
+        """The client's body as it arrives; a client silent too long is given up on."""
+        while True:
+            try:
+                async with asyncio.timeout(self._client_timeout):
+                    chunk = await body.readany()
+            except TimeoutError:
+                raise ClientTooSlow(_TOO_SLOW) from None
+            if not chunk:
+                return
+            yield chunk
 
     async def _send(
         self, request: web.Request, target: URL, token: Token, body: Any
@@ -118,6 +138,8 @@ class Forwarder:
         except TimeoutError:
             raise UpstreamTimeout("the gateway did not answer in time") from None
         except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, ClientTooSlow):  # raised while sending its body
+                raise exc.__cause__ from None
             log.warning(
                 "upstream request failed: %s %s: %s", request.method, request.path, _name(exc)
             )

@@ -82,6 +82,7 @@ async def cookies(request: web.Request) -> web.Response:
     response.headers["Connection"] = "close, X-Upstream-Hop"
     response.headers["X-Upstream-Hop"] = "must not reach the client"
     response.headers["Keep-Alive"] = "timeout=5"
+    response.headers["Access-Control-Allow-Origin"] = "*"  # only the proxy decides CORS
     return response
 
 

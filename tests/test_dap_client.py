@@ -150,3 +150,15 @@ async def test_rejected_proxy_credentials_reach_the_client_as_a_clear_error(
     result = await dap(proxy, "list --namespace canvas", tmp_path)
     assert result.returncode != 0
     assert "rejected the proxy's client credentials" in result.stderr
+
+
+async def test_with_local_clients_required_only_known_tools_get_in(
+    gateway: Gateway, proxy_factory: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await proxy_factory(gateway.url, DAP_PROXY_LOCAL_CLIENTS=f"{TOOL_ID}:{TOOL_SECRET}")
+    ok(await dap(proxy, "list --namespace canvas", tmp_path))
+    refused = await run_dap(
+        proxy.url, "list --namespace canvas", cwd=tmp_path, client_id=TOOL_ID, secret="guess"
+    )
+    assert refused.returncode != 0
+    assert "unknown local client id or secret" in refused.stderr

@@ -12,7 +12,10 @@ refuses a token we still hold we can refresh it once and send the same request a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,13 +73,17 @@ class Forwarder:
             body, replayable = await self._request_body(request)
             token = await self._tokens.token()
             upstream = await self._send(request, target, token, body)
-            if upstream.status == 401 and replayable:
-                # The gateway refused a token we thought valid (revoked, clock skew):
-                # refresh once and replay. A second 401 goes to the client as it is.
-                await upstream.read()
-                upstream.release()
-                token = await self._tokens.replace(token)
-                upstream = await self._send(request, target, token, body)
+            if upstream.status == 401:
+                # The gateway refused a token we thought valid (revoked, clock skew): it is
+                # never sent again. Refresh once and replay when the body allows; a second
+                # 401, or one for a streamed body, goes to the client as it is.
+                if replayable:
+                    await upstream.read()
+                    upstream.release()
+                    token = await self._tokens.replace(token)
+                    upstream = await self._send(request, target, token, body)
+                else:
+                    self._tokens.retire(token)
         except ProxyError as exc:
             return proxy_error_response(exc)
         try:
@@ -181,9 +188,16 @@ def _origin(request: web.Request) -> str:
 
 
 def _abort(request: web.Request) -> None:
+    """Reset the client connection (RST, not FIN): to a client reading until the connection
+    closes (HTTP/1.0), a clean close would make the truncated body look complete."""
     transport = request.transport
-    if transport is not None:
-        transport.abort()
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _name(exc: BaseException) -> str:

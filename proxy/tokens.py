@@ -284,16 +284,22 @@ class TokenManager:
         now = self._clock.monotonic()
         token = self._token
         if token is not None and token.usable(now):
-            if now >= token.refresh_due(self._margin):
+            if now >= token.refresh_due(self._margin) and not self._recently_rejected(now):
                 self._ensure_refreshing()
             return token
         return await self._wait_for_new_token(now)
 
     async def replace(self, rejected: Token) -> Token:
         """The gateway refused ``rejected``: stop using it and return a new token."""
+        self.retire(rejected)
+        return await self.token()
+
+    def retire(self, rejected: Token) -> None:
+        """The gateway refused ``rejected``: never send it again; fetch anew in the background."""
         if self._token is rejected:
             self._token = None
-        return await self.token()
+            if not self._recently_rejected(self._clock.monotonic()):
+                self._ensure_refreshing()
 
     async def start(self) -> None:
         """Begin fetching the first token; ``first_token`` waits for the outcome."""
@@ -320,16 +326,18 @@ class TokenManager:
             # Backing off after a failure: answer now rather than queue every request.
             retry_in = max(1.0, (self._retry_at or now) - now)
             raise type(self._last_error)(self._last_error.message, retry_after=retry_in)
-        if (
-            not refreshing
-            and isinstance(self._last_error, CredentialsRejected)
-            and self._rejected_at is not None
-            and now - self._rejected_at < self._rejected_retry_interval
-        ):
-            # Rejected credentials are not retried in a loop; one new try per interval,
-            # so a secret fixed at the gateway's end is picked up without a restart.
+        if not refreshing and self._recently_rejected(now):
+            assert self._last_error is not None  # noqa: S101 - set with _rejected_at
             raise self._last_error
         return await asyncio.shield(self._ensure_refreshing())
+
+    def _recently_rejected(self, now: float) -> bool:
+        """Rejected credentials are not retried in a loop: one new try per interval, so a
+        secret fixed at the gateway's end is still picked up without a restart."""
+        return (
+            self._rejected_at is not None
+            and now - self._rejected_at < self._rejected_retry_interval
+        )
 
     def _ensure_refreshing(self) -> asyncio.Future[Token]:
         """Start the refresher unless it runs; return the outcome of its latest attempt."""
@@ -359,6 +367,8 @@ class TokenManager:
                 failures += 1
                 self.refreshes["unavailable"] += 1
                 delay = self._backoff(failures, exc.retry_after)
+                # Callers answered with this error learn when the next attempt starts.
+                exc = TokenEndpointUnavailable(exc.message, retry_after=max(1.0, delay))
                 self._last_error = exc
                 self._retry_at = self._clock.monotonic() + delay
                 log.warning(

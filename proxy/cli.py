@@ -1,11 +1,12 @@
 """The command line: argv -> configuration -> run. No logic of its own.
 
     instructure-auth-proxy [serve]   run the proxy (the default)
+    instructure-auth-proxy token     print a valid gateway token, for scripts
     instructure-auth-proxy simulate  run the gateway simulator on its own
     instructure-auth-proxy demo      the simulator and the proxy together, no credentials needed
 
 Exit statuses: 0 clean shutdown, 2 invalid configuration or usage, 3 credentials rejected at
-startup, 4 cannot listen.
+startup, 4 cannot listen (``token``: 1 when the token endpoint stays unavailable).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from . import __version__
 from .config import load_config
 from .errors import ConfigError
 from .logs import configure_logging
+from .server import serve
+from .token_command import WARNING, print_token
 
 __all__ = ["main"]
 
 EXIT_CONFIG = 2
-COMMANDS = ("serve", "simulate", "demo")
+COMMANDS = ("serve", "token", "simulate", "demo")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,11 +48,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the proxy. Credentials come from DAP_CLIENT_ID and DAP_CLIENT_SECRET "
         "(or DAP_CLIENT_SECRET_FILE), or the config file.",
     )
-    serve.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration file")
+    _config_flags(serve)
     serve.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:8080")
-    serve.add_argument("--upstream", metavar="URL", help="the gateway's base URL")
-    serve.add_argument("--token-url", metavar="URL", help="default: the upstream's /ids/auth/login")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    token = commands.add_parser(
+        "token",
+        help="print a valid gateway access token (read the warning in --help)",
+        description=f"{WARNING} Exit status: 0 printed, 2 invalid configuration, "
+        "3 credentials rejected, 1 token endpoint unavailable.",
+    )
+    _config_flags(token)
 
     simulate = commands.add_parser(
         "simulate", help="run the gateway simulator on its own, for offline development"
@@ -68,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--simulator-listen", metavar="HOST:PORT", default="127.0.0.1:0")
     demo.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return parser
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="YAML configuration file")
+    parser.add_argument("--upstream", metavar="URL", help="the gateway's base URL")
+    parser.add_argument(
+        "--token-url", metavar="URL", help="default: the upstream's /ids/auth/login"
+    )
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", choices=("text", "json"))
 
 
 def _with_default_command(argv: Sequence[str]) -> list[str]:
@@ -101,27 +119,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(args.log_level or "info")
         return _run(demo(args.listen, args.simulator_listen))
-    return _serve(args)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from .server import serve
 
     environ = dict(os.environ)
     path = args.config or (
         Path(environ["DAP_PROXY_CONFIG"]) if environ.get("DAP_PROXY_CONFIG") else None
     )
     flags = {
-        "listen": args.listen,
+        "listen": getattr(args, "listen", None),
         "upstream": args.upstream,
         "token_url": args.token_url,
         "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     try:
         config = load_config(path, environ, flags)
     except ConfigError as exc:
         print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     logging.getLogger("proxy").debug("configuration: %r", config)
+    if args.command == "token":
+        return _run(print_token(config))
     return _run(serve(config))

@@ -132,6 +132,7 @@ class Config:
     pool_size: int = 100
     timeouts: Timeouts = field(default_factory=Timeouts)
     log_level: str = "info"
+    log_format: str = "text"
     access: AccessConfig = field(default_factory=AccessConfig)
     policy: Policy = field(default_factory=Policy)
     allow_non_loopback: bool = False
@@ -210,6 +211,13 @@ def parse_listen(value: object) -> ListenAddress:
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be 0-65535, got {port}")
     return ListenAddress(host, port)
+
+
+def _log_format(value: object) -> str:
+    text = _text(value).lower()
+    if text not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {text!r}")
+    return text
 
 
 def _bool(value: object) -> bool:
@@ -295,6 +303,7 @@ _KEYS = {
         _Key("timeouts.shutdown", _positive_number, 15),
         _Key("timeouts.client", _positive_number, 30),
         _Key("log_level", _log_level, "info"),
+        _Key("log_format", _log_format, "text"),
         _Key("allow_non_loopback", _bool, False),
         _Key("max_connections", _positive_int, 1000),
         _Key("access_keys", _list, secret=True),
@@ -553,6 +562,7 @@ def load_config(
             client=values["timeouts.client"],
         ),
         log_level=values["log_level"],
+        log_format=values["log_format"],
         access=access,
         policy=_policy(values, listen),
         allow_non_loopback=values["allow_non_loopback"],

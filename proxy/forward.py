@@ -16,16 +16,21 @@ import contextlib
 import logging
 import socket
 import struct
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from aiohttp import StreamReader, web
+from aiohttp import web
 from multidict import istr
 from yarl import URL
 
 from . import headers
 from .errors import ClientTooSlow, ProxyError, UpstreamTimeout, UpstreamUnreachable
+from .guard import REQUEST_ID_HEADER
+from .logs import BYTES_IN, PROFILE, REQUEST_ID, UPSTREAM_SECONDS
+from .metrics import Metrics
 from .responses import error_response, proxy_error_response
 from .tokens import Token, TokenManager
 
@@ -56,6 +61,8 @@ class Forwarder:
         *,
         replay_body_limit: int,
         client_timeout: float,
+        metrics: Metrics,
+        profile: str = "default",
     ) -> None:
         self._session = session
         self._upstream = upstream
@@ -63,12 +70,27 @@ class Forwarder:
         self._tokens = tokens
         self._replay_body_limit = replay_body_limit
         self._client_timeout = client_timeout
+        self._metrics = metrics
+        self._profile = profile
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        request[PROFILE] = self._profile
+        request_id = request.get(REQUEST_ID) or uuid.uuid4().hex  # the guard sets it
+        request[REQUEST_ID] = request_id
         try:
             target = self._target(request.raw_path)
         except ValueError as exc:
-            return error_response(400, "BadRequest", str(exc))
+            return error_response(400, "BadRequest", str(exc), request_id=request_id)
+        in_flight = self._metrics.in_flight
+        in_flight.inc()
+        try:
+            return await self._exchange(request, target, request_id)
+        finally:
+            in_flight.dec()
+
+    async def _exchange(
+        self, request: web.Request, target: URL, request_id: str
+    ) -> web.StreamResponse:
         try:
             body, replayable = await self._request_body(request)
             token = await self._tokens.token()
@@ -85,9 +107,9 @@ class Forwarder:
                 else:
                     self._tokens.retire(token)
         except ProxyError as exc:
-            return proxy_error_response(exc)
+            return proxy_error_response(exc, request_id)
         try:
-            return await self._relay(request, upstream)
+            return await self._relay(request, upstream, request_id)
         finally:
             upstream.release()
 
@@ -113,31 +135,42 @@ class Forwarder:
         if length is not None and length <= self._replay_body_limit:
             try:
                 async with asyncio.timeout(self._client_timeout):
-                    return await request.read(), True
+                    body = await request.read()
             except TimeoutError:
                 raise ClientTooSlow(_TOO_SLOW) from None
-        return self._stream(request.content), False
+            request[BYTES_IN] = len(body)
+            return body, True
+        return self._stream(request), False
 
-    async def _stream(self, body: StreamReader) -> AsyncIterator[bytes]:
+    async def _stream(self, request: web.Request) -> AsyncIterator[bytes]:
         """The client's body as it arrives; a client silent too long is given up on."""
-        while True:
-            try:
-                async with asyncio.timeout(self._client_timeout):
-                    chunk = await body.readany()
-            except TimeoutError:
-                raise ClientTooSlow(_TOO_SLOW) from None
-            if not chunk:
-                return
-            yield chunk
+        body = request.content
+        received = 0
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._client_timeout):
+                        chunk = await body.readany()
+                except TimeoutError:
+                    raise ClientTooSlow(_TOO_SLOW) from None
+                if not chunk:
+                    return
+                received += len(chunk)
+                yield chunk
+        finally:
+            request[BYTES_IN] = received
 
     async def _send(
         self, request: web.Request, target: URL, token: Token, body: Any
     ) -> aiohttp.ClientResponse:
+        outgoing = headers.to_upstream(request.headers, token.access_token)
+        outgoing[REQUEST_ID_HEADER] = request[REQUEST_ID]
+        started = time.perf_counter()
         try:
-            return await self._session.request(
+            response = await self._session.request(
                 request.method,
                 target,
-                headers=headers.to_upstream(request.headers, token.access_token),
+                headers=outgoing,
                 data=body,
                 allow_redirects=False,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
@@ -151,14 +184,18 @@ class Forwarder:
                 "upstream request failed: %s %s: %s", request.method, request.path, _name(exc)
             )
             raise UpstreamUnreachable(f"the gateway could not be reached ({_name(exc)})") from None
+        took = time.perf_counter() - started
+        request[UPSTREAM_SECONDS] = took
+        self._metrics.observe_upstream(took, self._profile)
+        return response
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self, request: web.Request, upstream: aiohttp.ClientResponse, request_id: str
     ) -> web.StreamResponse:
+        relayed = headers.to_client(upstream.headers, self._upstream, _origin(request))
+        relayed[REQUEST_ID_HEADER] = request_id
         response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=headers.to_client(upstream.headers, self._upstream, _origin(request)),
+            status=upstream.status, reason=upstream.reason, headers=relayed
         )
         await response.prepare(request)
         reader = upstream.content

@@ -1,6 +1,8 @@
 """Admission: which requests the proxy acts on, checked before anything goes upstream.
 
-In order, each refusal a gateway-shaped error and nothing sent upstream:
+Every request gets an id first: the client's ``X-Request-Id`` when it is plain and short,
+else a new one; it goes upstream, back to the client, and into the access log. Then, in
+order, each refusal a gateway-shaped error and nothing sent upstream:
 
 1. ``CONNECT`` and ``TRACE`` (405): a proxy that tunnels or reflects headers (our token!)
    is a different product.
@@ -21,20 +23,25 @@ In order, each refusal a gateway-shaped error and nothing sent upstream:
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
 from .access import AccessControl
 from .config import Policy
+from .logs import REQUEST_ID
 from .responses import error_response
 
-__all__ = ["LOGIN_PATH", "cors_headers", "guard_middleware"]
+__all__ = ["LOGIN_PATH", "REQUEST_ID_HEADER", "cors_headers", "guard_middleware"]
 
 LOGIN_PATH = "/ids/auth/login"
 _REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 _ENCODED_SEPARATORS = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
+REQUEST_ID_HEADER = "X-Request-Id"
+# A client's own request id is kept when it is plain and short; otherwise one is made.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,24 +81,30 @@ def guard_middleware(
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        headers = request.headers
+        request_id = headers.get(REQUEST_ID_HEADER)
+        if request_id is None or not _VALID_REQUEST_ID.fullmatch(request_id):
+            request_id = uuid.uuid4().hex
+        request[REQUEST_ID] = request_id
+
+        def refuse(status: int, error_type: str, message: str) -> web.Response:
+            return error_response(status, error_type, message, request_id=request_id)
+
         method = request.method
         if method in _REFUSED_METHODS:
-            return error_response(405, "MethodNotAllowed", f"{method} is not supported")
+            return refuse(405, "MethodNotAllowed", f"{method} is not supported")
         path = request.raw_path.partition("?")[0]
         if (problem := _path_problem(path)) is not None:
-            return error_response(400, "BadRequest", problem)
+            return refuse(400, "BadRequest", problem)
         if path.startswith("/-/"):
             return await handler(request)
 
-        headers = request.headers
         if hosts is not None and _host_name(headers.get(hdrs.HOST, "")) not in hosts:
-            return error_response(
-                403, "HostNotAllowed", "this Host is not allowed (see allowed_hosts)"
-            )
+            return refuse(403, "HostNotAllowed", "this Host is not allowed (see allowed_hosts)")
         origin = headers.get(hdrs.ORIGIN)
         if origin is not None or headers.get("Sec-Fetch-Site") in _CROSS_SITE:
             if origin is None or origin not in origins:
-                return error_response(
+                return refuse(
                     403,
                     "OriginNotAllowed",
                     "cross-site browser requests are refused (see allowed_origins)",
@@ -100,27 +113,23 @@ def guard_middleware(
                 return _preflight(request, origin)
         encoding = headers.get(hdrs.TRANSFER_ENCODING)
         if encoding is not None and encoding.strip().lower() != "chunked":
-            return error_response(
-                501, "NotImplemented", "only the chunked transfer coding is supported"
-            )
+            return refuse(501, "NotImplemented", "only the chunked transfer coding is supported")
         if path == LOGIN_PATH:
             return await handler(request)
 
         if not access.bearer_allowed(headers.get(hdrs.AUTHORIZATION)):
-            return error_response(
+            return refuse(
                 401,
                 "AuthenticationError",
                 "this proxy requires an access key (Authorization: Bearer <key>) "
                 "or a local token from /ids/auth/login",
             )
         if methods is not None and method not in methods:
-            response = error_response(
-                405, "MethodNotAllowed", f"{method} is not allowed by this proxy"
-            )
+            response = refuse(405, "MethodNotAllowed", f"{method} is not allowed by this proxy")
             response.headers[hdrs.ALLOW] = ", ".join(sorted(methods))
             return response
         if paths is not None and not path.startswith(paths):
-            return error_response(403, "PathNotAllowed", "this path is not allowed by this proxy")
+            return refuse(403, "PathNotAllowed", "this path is not allowed by this proxy")
         return await handler(request)
 
     return guard

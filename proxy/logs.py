@@ -1,44 +1,117 @@
-"""Logging: the process-wide setup, and the one-line-per-request access log.
+"""Logging: the process-wide setup (text or JSON lines), and the per-request access log.
 
 The access log writes the path without its query string (it can carry data) and never a
-header, so neither a local nor a gateway token can reach it.
+header, so neither a local nor a gateway token can reach it. JSON lines carry stable field
+names: ``time``, ``level``, ``logger``, ``message``, and for each request ``method``,
+``path``, ``status``, ``bytes_in``, ``bytes_out``, ``duration_ms``, ``upstream_ms``,
+``request_id``, ``profile``.
+
+The access logger is also where each request is counted for the metrics: aiohttp calls it
+once per request with the final status and duration, whatever answered it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
+from typing import Any, ClassVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-__all__ = ["AccessLogger", "configure_logging"]
+from .metrics import Metrics
+
+__all__ = ["AccessLogger", "JsonFormatter", "configure_logging"]
+
+# Keys a handler may set on a request for its access log line.
+REQUEST_ID = "request_id"
+BYTES_IN = "bytes_in"
+UPSTREAM_SECONDS = "upstream_seconds"
+PROFILE = "profile"
 
 
-def configure_logging(level: str) -> None:
-    """Plain text lines on stderr, one per event."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line; a record's ``fields`` (a dict) are merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            data.update(fields)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, separators=(",", ":"), default=str)
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Lines on stderr, one per event: plain text, or JSON for log pipelines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
 
 class AccessLogger(AbstractAccessLogger):
-    """``GET /dap/query/canvas/table 200 in=0 out=1234 12.3ms``, one line per request."""
+    """``GET /dap/query/canvas/table 200 in=0 out=1234 12.3ms up=11.9ms id=...``.
+
+    Use ``AccessLogger.counting_into(metrics)`` as aiohttp's ``access_log_class``.
+    """
+
+    metrics: ClassVar[Metrics | None] = None
+
+    @classmethod
+    def counting_into(cls, metrics: Metrics) -> type[AccessLogger]:
+        return type("CountingAccessLogger", (cls,), {"metrics": metrics})
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        bytes_in = request.get(BYTES_IN, 0)
+        profile = request.get(PROFILE, "default")
+        if self.metrics is not None:
+            self.metrics.observe_request(
+                request.method, response.status, time, bytes_in, response.body_length, profile
+            )
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
         path = request.raw_path.partition("?")[0]
+        upstream = request.get(UPSTREAM_SECONDS)
+        request_id = request.get(REQUEST_ID, "-")
         self.logger.info(
-            "%s %s %d in=%s out=%d %.1fms",
+            "%s %s %d in=%d out=%d %.1fms up=%s id=%s",
             request.method,
             path,
             response.status,
-            request.content_length if request.content_length is not None else "-",
+            bytes_in,
             response.body_length,
             time * 1000,
+            f"{upstream * 1000:.1f}ms" if upstream is not None else "-",
+            request_id,
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "path": path,
+                    "status": response.status,
+                    "bytes_in": bytes_in,
+                    "bytes_out": response.body_length,
+                    "duration_ms": round(time * 1000, 3),
+                    "upstream_ms": round(upstream * 1000, 3) if upstream is not None else None,
+                    "request_id": request_id,
+                    "profile": profile,
+                }
+            },
         )
 
     @property
     def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
+        return True  # always: every request is counted, whether or not it is logged

@@ -34,11 +34,14 @@ def error_response(
     retry_after: float | None = None,
     request_id: str | None = None,
 ) -> web.Response:
-    """``{"error": {"type", "uuid", "message"}}`` with ``status`` (and ``Retry-After``)."""
-    body = {
-        "error": {"type": error_type, "uuid": request_id or str(uuid.uuid4()), "message": message}
-    }
+    """``{"error": {"type", "uuid", "message"}}`` with ``status`` (and ``Retry-After``).
+
+    ``uuid`` is the request's id, also sent as ``X-Request-Id``, for quoting in a ticket.
+    """
+    request_id = request_id or uuid.uuid4().hex
+    body = {"error": {"type": error_type, "uuid": request_id, "message": message}}
     response = json_response(body, status)
+    response.headers["X-Request-Id"] = request_id
     if retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(retry_after)))
     return response

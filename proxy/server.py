@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import TOKENS, create_app
+from .app import METRICS, TOKENS, create_app
 from .config import Config, ListenAddress
 from .errors import CredentialsRejected, TokenEndpointUnavailable
 from .logs import AccessLogger
@@ -70,7 +70,7 @@ async def start(config: Config) -> RunningProxy:
     runner = ProxyRunner(
         app,
         handler_cancellation=True,  # a client hanging up cancels its upstream request
-        access_log_class=AccessLogger,
+        access_log_class=AccessLogger.counting_into(app[METRICS]),
         access_log=logging.getLogger("proxy.access"),
         shutdown_timeout=config.timeouts.shutdown,
         max_connections=config.max_connections,

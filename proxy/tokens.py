@@ -241,6 +241,7 @@ class TokenManager:
         rejected_retry_interval: float = 60.0,
         rng: random.Random | None = None,
         name: str = "default",
+        on_refresh: Callable[[str, float], None] | None = None,
     ) -> None:
         self._source = source
         self._margin = refresh_margin
@@ -250,6 +251,10 @@ class TokenManager:
         self._rejected_retry_interval = rejected_retry_interval
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.name = name
+        self._label = "" if name == "default" else f" ({name})"  # in log lines
+        # Told of every token request's outcome ("success", "rejected", "unavailable")
+        # and duration: the metrics hook, kept out of this module.
+        self._on_refresh = on_refresh
 
         self._token: Token | None = None
         self._attempt: asyncio.Future[Token] | None = None  # outcome of the fetch in flight
@@ -259,6 +264,8 @@ class TokenManager:
         self._last_error: TokenError | None = None
         self._rejected_at: float | None = None
         self.refreshes: dict[str, int] = {"success": 0, "rejected": 0, "unavailable": 0}
+        # The latest token request: wall-clock time, outcome, and the error if it failed.
+        self.last_refresh: tuple[float, str, str | None] | None = None
 
     def __repr__(self) -> str:
         return f"TokenManager(name={self.name!r}, ready={self.ready})"
@@ -274,6 +281,11 @@ class TokenManager:
     def current(self) -> Token | None:
         """The token held now, usable or not (for status reports; never log its value)."""
         return self._token
+
+    def expires_in(self) -> float | None:
+        """Seconds until the held token expires; ``None`` without one."""
+        token = self._token
+        return None if token is None else token.expires_at - self._clock.monotonic()
 
     @property
     def last_error(self) -> TokenError | None:
@@ -358,21 +370,22 @@ class TokenManager:
             try:
                 token = await self._source()
             except CredentialsRejected as exc:
-                self.refreshes["rejected"] += 1
+                self._record("rejected", started, exc)
                 self._last_error, self._rejected_at = exc, self._clock.monotonic()
-                log.error("token refresh failed: %s; not retrying", exc.message)
+                log.error("token refresh failed%s: %s; not retrying", self._label, exc.message)
                 _fail(attempt, exc)
                 return
             except TokenEndpointUnavailable as exc:
                 failures += 1
-                self.refreshes["unavailable"] += 1
+                self._record("unavailable", started, exc)
                 delay = self._backoff(failures, exc.retry_after)
                 # Callers answered with this error learn when the next attempt starts.
                 exc = TokenEndpointUnavailable(exc.message, retry_after=max(1.0, delay))
                 self._last_error = exc
                 self._retry_at = self._clock.monotonic() + delay
                 log.warning(
-                    "token refresh failed: %s; attempt %d, next try in %.1f s%s",
+                    "token refresh failed%s: %s; attempt %d, next try in %.1f s%s",
+                    self._label,
                     exc.message,
                     failures,
                     delay,
@@ -383,17 +396,26 @@ class TokenManager:
                 self._retry_at = None
                 attempt = self._attempt = asyncio.get_running_loop().create_future()
                 continue
-            self._install(token, took=self._clock.monotonic() - started)
+            took = self._record("success", started, None)
+            self._install(token, took)
             attempt.set_result(token)
             return
+
+    def _record(self, outcome: str, started: float, error: TokenError | None) -> float:
+        took = self._clock.monotonic() - started
+        self.refreshes[outcome] += 1
+        self.last_refresh = (self._clock.time(), outcome, error.message if error else None)
+        if self._on_refresh is not None:
+            self._on_refresh(outcome, took)
+        return took
 
     def _install(self, token: Token, took: float) -> None:
         self._token = token
         self._last_error = self._rejected_at = None
-        self.refreshes["success"] += 1
         due = token.refresh_due(self._margin)
         log.info(
-            "token refreshed: expires in %.0f s, next refresh in %.0f s (took %.3f s)",
+            "token refreshed%s: expires in %.0f s, next refresh in %.0f s (took %.3f s)",
+            self._label,
             token.lifetime,
             due - token.obtained_at,
             took,

@@ -1,0 +1,68 @@
+"""``/-/status``: what the proxy is doing, as JSON for people and dashboards. Never a token.
+
+    {"version", "upstream", "uptime_seconds", "requests_served", "ready",
+     "profiles": {"default": {"ready", "expires_in", "scope": {...},
+                              "last_refresh": {"at", "outcome", "error"}, "refreshes": {...}}}}
+
+``scope`` is read from the gateway token's informational scope string,
+``"<service> principal:<id> partner:<id> region:<id>"``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import __version__
+from .tokens import TokenManager
+
+__all__ = ["parse_scope", "status_document"]
+
+
+def parse_scope(scope: str) -> dict[str, str]:
+    """``{"service", "principal", "partner", "region"}``, those present in ``scope``."""
+    parsed: dict[str, str] = {}
+    for word in scope.split():
+        name, sep, value = word.partition(":")
+        if sep and name in ("principal", "partner", "region"):
+            parsed[name] = value
+        elif not sep and "service" not in parsed:
+            parsed["service"] = word
+    return parsed
+
+
+def _profile(tokens: TokenManager) -> dict[str, Any]:
+    token = tokens.current
+    expires_in = tokens.expires_in()
+    last: dict[str, Any] | None = None
+    if tokens.last_refresh is not None:
+        at, outcome, error = tokens.last_refresh
+        last = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
+            "outcome": outcome,
+            "error": error,
+        }
+    return {
+        "ready": tokens.ready,
+        "expires_in": round(expires_in, 1) if expires_in is not None else None,
+        "scope": parse_scope(token.scope) if token is not None else {},
+        "last_refresh": last,
+        "refreshes": dict(tokens.refreshes),
+    }
+
+
+def status_document(
+    *,
+    upstream: str,
+    uptime: float,
+    requests_served: int,
+    profiles: dict[str, TokenManager],
+) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "upstream": upstream,
+        "uptime_seconds": round(uptime, 1),
+        "requests_served": requests_served,
+        "ready": all(tokens.ready for tokens in profiles.values()),
+        "profiles": {name: _profile(tokens) for name, tokens in profiles.items()},
+    }

@@ -1,0 +1,61 @@
+"""``instructure-auth-proxy token``: print one valid gateway token, for scripts that need one.
+
+It uses the same configuration and the same ``TokenClient`` and ``TokenManager`` as the
+proxy, and retries a failing token endpoint a few times as the proxy would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from .app import upstream_session
+from .config import Config
+from .errors import CredentialsRejected, TokenEndpointUnavailable
+from .tokens import TokenClient, TokenManager
+
+__all__ = ["EXIT_UNAVAILABLE", "WARNING", "print_token"]
+
+log = logging.getLogger("proxy.token")
+
+EXIT_UNAVAILABLE = 1
+EXIT_REJECTED = 3
+ATTEMPTS = 3
+
+WARNING = (
+    "Prints a live gateway access token on stdout. Whatever captures that output (terminal "
+    "scrollback, CI logs, a file, a process listing of a pipeline) holds a credential for the "
+    "institution's data until it expires, about an hour. Prefer pointing tools at the proxy, "
+    "which keeps the token to itself."
+)
+
+
+async def print_token(config: Config) -> int:
+    """Fetch a token (a few tries), print it, exit 0; 3 if rejected, 1 if unavailable."""
+    credentials = config.upstream.credentials
+    if credentials is None:
+        raise ValueError("print_token needs credentials; load_config reports them missing")
+    async with upstream_session(config) as session:
+        client = TokenClient(
+            session, config.upstream.token_url, credentials, timeout=config.timeouts.token
+        )
+        tokens = TokenManager(client.fetch, refresh_margin=config.refresh_margin)
+        try:
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    token = await tokens.first_token()
+                    break
+                except CredentialsRejected as exc:
+                    log.error("%s", exc.message)
+                    return EXIT_REJECTED
+                except TokenEndpointUnavailable as exc:
+                    if attempt == ATTEMPTS:
+                        log.error("%s (after %d attempts)", exc.message, ATTEMPTS)
+                        return EXIT_UNAVAILABLE
+                    await asyncio.sleep(exc.retry_after or 1.0)
+        finally:
+            await tokens.close()
+    sys.stdout.write(token.access_token + "\n")
+    sys.stdout.flush()
+    return 0

@@ -62,6 +62,7 @@ class Endpoint:
     url: str
     pids: list[int] = field(default_factory=list)
     proc: Proc | None = None
+    core: int | None = None  # where the proxy runs
 
 
 class Lab:
@@ -224,7 +225,7 @@ class Lab:
                 _wait_ready(port, proc)
             if name == "nginx":
                 time.sleep(0.2)  # the master forks its worker after it binds
-            yield Endpoint(name, f"http://{listen}", process_tree(proc.pid), proc)
+            yield Endpoint(name, f"http://{listen}", process_tree(proc.pid), proc, core)
         finally:
             self.procs.stop(proc)
 

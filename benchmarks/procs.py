@@ -23,6 +23,7 @@ __all__ = [
     "Proc",
     "Processes",
     "RssSampler",
+    "core_busy_seconds",
     "cpu_seconds",
     "free_port",
     "process_tree",
@@ -171,6 +172,23 @@ def cpu_seconds(pids: Iterable[int]) -> float:
             fields = stat[stat.rindex(")") + 2 :].split()
             total += int(fields[11]) + int(fields[12])
     return total / _CLK_TCK
+
+
+def core_busy_seconds(core: int | None) -> float:
+    """CPU seconds core ``core`` has run processes (user, nice, system), from /proc/stat.
+
+    Minus what the proxy used, this is what other processes took from the proxy's core:
+    the machine's noise during a measurement. Interrupt and softirq time is left out (the
+    proxy's own loopback traffic is processed there), and so is the hypervisor's steal.
+    """
+    if core is None:
+        return 0.0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith(f"cpu{core} "):
+                user, nice, system = (int(field) for field in line.split()[1:4])
+                return (user + nice + system) / _CLK_TCK
+    return 0.0
 
 
 def _status_kib(pid: int, key: str) -> int:

@@ -276,6 +276,7 @@ def markdown(results: dict[str, Any]) -> str:
                         kind,
                         variant,
                         _cell(m.get("mib_per_s"), 0),
+                        _cell(m.get("best_mib_per_s"), 0),
                         _cell(m.get("proxy_cpu_s"), 2),
                         _cell(m.get("rss_before_mib"), 1),
                         _cell(m.get("rss_growth_mib"), 1),
@@ -283,7 +284,15 @@ def markdown(results: dict[str, Any]) -> str:
                 )
         out += [
             _table(
-                ["transfer", "variant", "MiB/s", "proxy CPU s", "RSS before MiB", "RSS growth MiB"],
+                [
+                    "transfer",
+                    "variant",
+                    "MiB/s (median of repeats)",
+                    "best MiB/s",
+                    "proxy CPU s",
+                    "RSS before MiB",
+                    "RSS growth MiB",
+                ],
                 rows,
             ),
             "",
@@ -388,6 +397,16 @@ def markdown(results: dict[str, Any]) -> str:
             _table(
                 ["workload", "figure", "direct: median [min, max]", "(max - min) / median"], rows
             ),
+            "",
+        ]
+    foreign = [r["foreign_load"] for r in records if r.get("foreign_load") is not None]
+    if foreign:
+        figure = spread(foreign)
+        assert figure is not None
+        out += [
+            "Other processes on the proxy's core during the small-GET measurements (CPU "
+            "seconds per second, from /proc/stat less the proxy's own): "
+            f"{_cell(figure, 3)} over {figure['n']} measurements.",
             "",
         ]
     return "\n".join(out)

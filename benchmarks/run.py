@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--big-mib", type=int, default=512, help="transfer size (512)")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="transfers per measurement; the median counts (3)"
+        "--repeats", type=int, default=5, help="transfers per measurement; the median counts (5)"
     )
     parser.add_argument("--slow-count", type=int, default=1000)
     parser.add_argument("--slow-ms", type=int, default=3000)

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from .lab import Endpoint
-from .procs import RssSampler, cpu_seconds, reset_peak_rss, rss_kib
+from .procs import RssSampler, core_busy_seconds, cpu_seconds, reset_peak_rss, rss_kib
 
 __all__ = ["WRK_LUA", "refresh", "slow", "small_gets", "transfer"]
 
@@ -65,8 +65,10 @@ def small_gets(
     url = endpoint.url + "/small.json"
     _wrk(wrk, lua, url, connections, warmup)
     cpu_before = cpu_seconds(endpoint.pids)
+    busy_before = core_busy_seconds(endpoint.core)
     result = _wrk(wrk, lua, url, connections, seconds)
     cpu = cpu_seconds(endpoint.pids) - cpu_before
+    busy = core_busy_seconds(endpoint.core) - busy_before
     requests = result["requests"]
     errors = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
     record: Record = {
@@ -83,6 +85,8 @@ def small_gets(
         record["cpu_us_per_request"] = cpu / requests * 1e6 if requests else None
         record["requests_per_cpu_s"] = requests / cpu if cpu > 0 else None
         record["proxy_rss_mib"] = rss_kib(endpoint.pids) / 1024
+        # Others on the proxy's core (a busy shared machine): CPU s per wrk second.
+        record["foreign_load"] = max(0.0, busy - cpu) / (result["duration_us"] / 1e6)
     return record
 
 
@@ -139,6 +143,7 @@ def transfer(endpoint: Endpoint, kind: str, big_path: Path, size: int, repeats: 
         "ok": not errors,
         "repeats": repeats,
         "mib_per_s": statistics.median(speeds) if speeds else None,
+        "best_mib_per_s": max(speeds, default=None),
         "mib_per_s_each": speeds,
     }
     if pids:

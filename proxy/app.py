@@ -1,66 +1,72 @@
 """``create_app(config)``: the proxy as an aiohttp application.
 
-Every request first passes the admission middleware (guard.py). Routes, in the order
-they match:
+Every request first passes the admission middleware (guard.py). Then:
 
-    /-/healthy            the process is alive (200)
-    /-/ready              200 while a valid gateway token is held, else 503
-    /-/status             JSON: version, upstream, uptime, token state (status.py)
-    /-/metrics            Prometheus text format (metrics.py)
-    /-/...                reserved for the proxy: anything else here is 404, never forwarded
-    POST /ids/auth/login  the local token endpoint (login.py)
-    everything else       forwarded to the gateway (forward.py)
+    /-/healthy              the process is alive (200)
+    /-/ready                200 while at least one profile holds a valid token, else 503
+    /-/ready/<profile>      the same, for one profile
+    /-/status               JSON: version, upstream, uptime, token state (status.py)
+    /-/metrics              Prometheus text format (metrics.py)
+    /-/...                  reserved for the proxy: anything else here is 404, never forwarded
+    everything else         the profile is chosen (routing.py), then
+      POST [/<p>]/ids/auth/login   the local token endpoint (login.py)
+      anything else                forwarded to that profile's gateway (forward.py)
 
-The upstream ``ClientSession`` and the token manager live for the life of the app, opened and
-closed in ``cleanup_ctx``; they are reached through typed ``AppKey``s, never globals, so
-several apps (or, later, several credential sets) can share one process.
+Each profile (credential set) has its own token manager and forwarder; they share one
+upstream ``ClientSession`` (a keep-alive pool per host). All live for the life of the app,
+opened and closed in ``cleanup_ctx``, reached through typed ``AppKey``s, never globals.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
-from .access import AccessControl
+from .access import ANYONE, AccessControl
 from .config import Config
 from .forward import Forwarder
-from .guard import LOGIN_PATH, cors_headers, guard_middleware
+from .guard import CALLER, LOGIN_PATH, cors_headers, guard_middleware
 from .login import LocalTokenIssuer, LoginHandler
 from .metrics import CONTENT_TYPE, Metrics
 from .responses import error_response, json_response
+from .routing import ProfileRouter
 from .status import status_document
 from .tokens import Clock, TokenClient, TokenManager
 
 __all__ = [
     "ACCESS",
     "CONFIG",
-    "FORWARDER",
+    "FORWARDERS",
     "LOCAL_TOKENS",
     "METRICS",
     "TOKENS",
+    "TOKEN_CLIENTS",
     "create_app",
     "upstream_session",
 ]
 
 CONFIG = web.AppKey("config", Config)
 ACCESS = web.AppKey("access", AccessControl)
-TOKENS = web.AppKey("tokens", TokenManager)
-FORWARDER = web.AppKey("forwarder", Forwarder)
+TOKENS = web.AppKey("tokens", dict[str, TokenManager])
+TOKEN_CLIENTS = web.AppKey("token_clients", dict[str, TokenClient])
+FORWARDERS = web.AppKey("forwarders", dict[str, Forwarder])
 LOCAL_TOKENS = web.AppKey("local_tokens", LocalTokenIssuer)
+ROUTER = web.AppKey("router", ProfileRouter)
+LOGIN = web.AppKey("login", LoginHandler)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED = web.AppKey("started", float)
-TOKENS_PROFILE = "default"  # one credential set, for now; profiles will name several
 
 
 def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
-    """The proxy application; ``config.upstream.credentials`` must be set."""
-    if config.upstream.credentials is None:
+    """The proxy application; ``config.profiles`` must hold at least one credential set."""
+    if not config.profiles:
         raise ValueError("create_app needs credentials; load_config reports them missing")
     issuer = LocalTokenIssuer()
     access = AccessControl(config.access, issuer)
+    router = ProfileRouter(config.profiles)
     app = web.Application(
         middlewares=[guard_middleware(config.policy, access)],
         # Replayable bodies are read whole, so the server must accept that much.
@@ -69,20 +75,23 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[CONFIG] = config
     app[LOCAL_TOKENS] = issuer
     app[ACCESS] = access
-    app[METRICS] = Metrics(lambda: {TOKENS_PROFILE: app[TOKENS]} if TOKENS in app else {})
+    app[ROUTER] = router
+    managers: dict[str, TokenManager] = {}
+    app[TOKENS] = managers  # filled at startup, one per profile
+    app[METRICS] = Metrics(lambda: managers)
     app[STARTED] = time.monotonic()
+    app[LOGIN] = LoginHandler(issuer, access, router, scope=lambda name: _scope(app, name))
     app.cleanup_ctx.append(_upstream(clock))
     if config.policy.allowed_origins:
         app.on_response_prepare.append(_allow_origin)
 
     app.router.add_get("/-/healthy", _healthy, allow_head=True)
     app.router.add_get("/-/ready", _ready, allow_head=True)
+    app.router.add_get("/-/ready/{profile}", _ready, allow_head=True)
     app.router.add_get("/-/status", _status)
     app.router.add_get("/-/metrics", _metrics)
     app.router.add_route("*", "/-/{tail:.*}", _reserved)
-    login = LoginHandler(issuer, access, scope=lambda: _scope(app))
-    app.router.add_post(LOGIN_PATH, login.login)
-    app.router.add_route("*", "/{tail:.*}", _forward)
+    app.router.add_route("*", "/{tail:.*}", _dispatch)
     return app
 
 
@@ -101,46 +110,84 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
-def _upstream(clock: Clock | None):  # type: ignore[no-untyped-def]
+def _upstream(
+    clock: Clock | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         timeouts = config.timeouts
         session = upstream_session(config)
-        upstream = config.upstream
-        if upstream.credentials is None:  # create_app checked; this keeps mypy informed
-            raise ValueError("no credentials")
-        client = TokenClient(
-            session, upstream.token_url, upstream.credentials, timeout=timeouts.token, clock=clock
-        )
-        tokens = TokenManager(
-            client.fetch,
-            refresh_margin=config.refresh_margin,
-            clock=clock,
-            name=TOKENS_PROFILE,
-            on_refresh=app[METRICS].token_observer(TOKENS_PROFILE),
-        )
-        app[TOKENS] = tokens
-        app[FORWARDER] = Forwarder(
-            session,
-            upstream.url,
-            tokens,
-            replay_body_limit=config.replay_body_limit,
-            client_timeout=timeouts.client,
-            metrics=app[METRICS],
-            profile=TOKENS_PROFILE,
-        )
-        await tokens.start()
+        clients, forwarders = {}, {}
+        for name, profile in config.profiles.items():
+            assert profile.credentials is not None  # noqa: S101 - load_config's promise
+            clients[name] = TokenClient(
+                session,
+                profile.token_url,
+                profile.credentials,
+                timeout=timeouts.token,
+                clock=clock,
+            )
+            tokens = TokenManager(
+                clients[name].fetch,
+                refresh_margin=config.refresh_margin,
+                clock=clock,
+                name=name,
+                on_refresh=app[METRICS].token_observer(name),
+            )
+            app[TOKENS][name] = tokens
+            forwarders[name] = Forwarder(
+                session,
+                profile.url,
+                tokens,
+                replay_body_limit=config.replay_body_limit,
+                client_timeout=timeouts.client,
+                metrics=app[METRICS],
+                profile=name,
+            )
+        app[TOKEN_CLIENTS] = clients
+        app[FORWARDERS] = forwarders
+        for tokens in app[TOKENS].values():
+            await tokens.start()
         try:
             yield
         finally:
-            await tokens.close()
+            for tokens in app[TOKENS].values():
+                await tokens.close()
             await session.close()
 
     return lifecycle
 
 
-def _scope(app: web.Application) -> str:
-    token = app[TOKENS].current if TOKENS in app else None
+async def _dispatch(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    router = app[ROUTER]
+    prefixed, target = router.split(request.raw_path)
+    if target is None:
+        return _refuse(request, 404, "UnknownProfile", "no such profile (the first path segment)")
+    if target.partition("?")[0] == LOGIN_PATH and request.method == "POST":
+        return await app[LOGIN].login(request, prefixed)
+    caller = request.get(CALLER) or ANYONE
+    name = router.for_request(prefixed, caller)
+    if name is None:
+        return _refuse(
+            request,
+            404,
+            "UnknownProfile",
+            "choose a profile: /<profile>/dap/..., or log in with its name as the client id",
+        )
+    if not caller.may_use(name):
+        return _refuse(request, 403, "ProfileNotAllowed", "this caller may not use this profile")
+    local_prefix = f"/{prefixed}" if prefixed else ""
+    return await app[FORWARDERS][name].forward(request, target, local_prefix)
+
+
+def _refuse(request: web.Request, status: int, error_type: str, message: str) -> web.Response:
+    return error_response(status, error_type, message, request_id=request.get("request_id"))
+
+
+def _scope(app: web.Application, profile: str) -> str:
+    tokens = app[TOKENS].get(profile)
+    token = tokens.current if tokens is not None else None
     return token.scope if token is not None and token.scope else "instructure-auth-proxy"
 
 
@@ -150,21 +197,26 @@ async def _allow_origin(request: web.Request, response: web.StreamResponse) -> N
         response.headers.update(cors_headers(origin))
 
 
-async def _forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[FORWARDER].forward(request)
-
-
 async def _healthy(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
 async def _ready(request: web.Request) -> web.Response:
-    tokens = request.app[TOKENS]
-    if tokens.ready:
-        return json_response({"status": "ready"})
-    error = tokens.last_error
-    reason = error.message if error is not None else "no gateway token yet"
-    return error_response(503, "NotReady", reason)
+    """Ready while any profile can serve: one institution's failure is not everyone's."""
+    managers = request.app[TOKENS]
+    name = request.match_info.get("profile")
+    if name is not None:
+        if name not in managers:
+            return error_response(404, "UnknownProfile", f"no profile {name!r}")
+        managers = {name: managers[name]}
+    ready = {profile: tokens.ready for profile, tokens in managers.items()}
+    if any(ready.values()):
+        return json_response({"status": "ready", "profiles": ready})
+    reasons = [
+        f"{profile}: {tokens.last_error.message if tokens.last_error else 'no token yet'}"
+        for profile, tokens in managers.items()
+    ]
+    return error_response(503, "NotReady", "; ".join(reasons))
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -174,7 +226,8 @@ async def _status(request: web.Request) -> web.Response:
             upstream=str(app[CONFIG].upstream.url),
             uptime=time.monotonic() - app[STARTED],
             requests_served=app[METRICS].requests_served,
-            profiles={TOKENS_PROFILE: app[TOKENS]},
+            profiles=app[TOKENS],
+            upstreams={name: str(p.url) for name, p in app[CONFIG].profiles.items()},
         )
     )
 

@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "3 credentials rejected, 1 token endpoint unavailable.",
     )
     _config_flags(token)
+    token.add_argument("--profile", default="default", help="the credential set (default: default)")
 
     simulate = commands.add_parser(
         "simulate", help="run the gateway simulator on its own, for offline development"
@@ -139,5 +140,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level, config.log_format)
     logging.getLogger("proxy").debug("configuration: %r", config)
     if args.command == "token":
-        return _run(print_token(config))
+        return _run(print_token(config, args.profile))
     return _run(serve(config))

@@ -14,6 +14,7 @@ from, and never repeats a secret.
 from __future__ import annotations
 
 import ipaddress
+import re
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ __all__ = [
     "DEFAULT_UPSTREAM",
     "Config",
     "Credentials",
+    "Grant",
     "ListenAddress",
+    "Profile",
     "Timeouts",
     "UpstreamConfig",
     "load_config",
@@ -75,12 +78,22 @@ class ListenAddress:
 
 
 @dataclass(frozen=True)
-class UpstreamConfig:
-    """One credential set and the gateway it is used against (a profile, in time)."""
+class Profile:
+    """One credential set and the gateway it is used against.
+
+    ``default`` comes from the top-level keys; named profiles from ``profiles:`` or
+    ``DAP_PROXY_PROFILE_<NAME>_<KEY>``. ``local_client_ids`` are the client ids that, at the
+    local login, choose this profile (its own name always does).
+    """
 
     url: URL
     token_url: URL
     credentials: Credentials | None
+    name: str = "default"
+    local_client_ids: tuple[str, ...] = ()
+
+
+UpstreamConfig = Profile  # the name before profiles existed
 
 
 @dataclass(frozen=True)
@@ -95,16 +108,20 @@ class Timeouts:
     client: float = 30.0
 
 
+Grant = frozenset[str] | None  # the profiles a key or local client may use; None: all
+
+
 @dataclass(frozen=True)
 class AccessConfig:
     """Who may use the proxy. Empty: anyone who can reach it (loopback by default).
 
-    ``keys`` are bearer keys for plain clients (curl); ``clients`` maps local client ids to
-    secrets for tools that log in (the ``dap`` CLI). Neither appears in a repr.
+    ``keys`` maps bearer keys for plain clients (curl) to the profiles each may use;
+    ``clients`` maps local client ids, for tools that log in (the ``dap`` CLI), to their
+    secret and profiles. Neither appears in a repr.
     """
 
-    keys: tuple[str, ...] = field(default=(), repr=False)
-    clients: Mapping[str, str] = field(default_factory=dict, repr=False)
+    keys: Mapping[str, Grant] = field(default_factory=dict, repr=False)
+    clients: Mapping[str, tuple[str, Grant]] = field(default_factory=dict, repr=False)
 
     @property
     def required(self) -> bool:
@@ -126,7 +143,7 @@ class Config:
     """Everything the proxy needs to run; build it with ``load_config``."""
 
     listen: ListenAddress
-    upstream: UpstreamConfig
+    upstream: Profile  # the top-level settings: the default profile, credentials or not
     refresh_margin: float = 300.0
     replay_body_limit: int = 1024 * 1024
     pool_size: int = 100
@@ -139,6 +156,13 @@ class Config:
     max_connections: int = 1000
     # Problems worth a warning at startup but not a refusal (a secret file others can read).
     warnings: tuple[str, ...] = ()
+    # Every credential set in use, by name: ``default`` (when the top level has credentials)
+    # and the named profiles.
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.profiles and self.upstream.credentials is not None:
+            object.__setattr__(self, "profiles", {"default": self.upstream})
 
 
 # --------------------------------------------------------------------------- the keys
@@ -254,14 +278,32 @@ def _paths(value: object) -> tuple[str, ...]:
     return paths
 
 
-def _client_pairs(value: object) -> dict[str, str]:
-    """``client_id:secret`` items; the error never repeats the item, which holds a secret."""
-    pairs: dict[str, str] = {}
+def _grant(text: str) -> frozenset[str] | None:
+    names = frozenset(name.strip() for name in text.split("+") if name.strip())
+    return names or None
+
+
+def _access_keys(value: object) -> dict[str, frozenset[str] | None]:
+    """``KEY`` or ``KEY:profile+profile`` items; errors never repeat a key."""
+    keys: dict[str, frozenset[str] | None] = {}
     for number, item in enumerate(_list(value), 1):
-        client_id, sep, secret = item.partition(":")
+        key, _, profiles = item.partition(":")
+        if not key.strip():
+            raise ValueError(f"item {number} has no key")
+        keys[key.strip()] = _grant(profiles)
+    return keys
+
+
+def _client_pairs(value: object) -> dict[str, tuple[str, frozenset[str] | None]]:
+    """``client_id:secret`` or ``client_id:secret:profile+profile`` items; errors never
+    repeat the item, which holds a secret."""
+    pairs: dict[str, tuple[str, frozenset[str] | None]] = {}
+    for number, item in enumerate(_list(value), 1):
+        client_id, sep, rest = item.partition(":")
+        secret, _, profiles = rest.partition(":")
         if not sep or not client_id.strip() or not secret.strip():
-            raise ValueError(f"item {number} is not client_id:secret")
-        pairs[client_id.strip()] = secret.strip()
+            raise ValueError(f"item {number} is not client_id:secret[:profiles]")
+        pairs[client_id.strip()] = (secret.strip(), _grant(profiles))
     return pairs
 
 
@@ -306,7 +348,7 @@ _KEYS = {
         _Key("log_format", _log_format, "text"),
         _Key("allow_non_loopback", _bool, False),
         _Key("max_connections", _positive_int, 1000),
-        _Key("access_keys", _list, secret=True),
+        _Key("access_keys", _access_keys, secret=True),
         _Key("access_keys_file", _text),
         _Key("local_clients", _client_pairs, secret=True),
         _Key("local_clients_file", _text),
@@ -339,26 +381,29 @@ def _flatten(tree: Mapping[str, object], prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def _read_yaml(path: Path, problems: list[str]) -> dict[str, object]:
+def _read_yaml(path: Path, problems: list[str]) -> tuple[dict[str, object], object]:
+    """The file's keys, flattened (``timeouts.read``), and its ``profiles`` section."""
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         problems.append(f"config file {path}: cannot be read ({exc.strerror})")
-        return {}
+        return {}, None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problems.append(f"config file {path}: not valid YAML{where}")
-        return {}
+        return {}, None
     if tree is None:
-        return {}
+        return {}, None
     if not isinstance(tree, Mapping):
         problems.append(f"config file {path}: expected a mapping of keys at the top level")
-        return {}
+        return {}, None
+    tree = dict(tree)
+    profiles = tree.pop("profiles", None)
     flat = _flatten(tree)
     for unknown in sorted(set(flat) - set(_KEYS)):
         problems.append(f"{unknown}: unknown key (from config file {path})")
-    return {name: value for name, value in flat.items() if name in _KEYS}
+    return {name: value for name, value in flat.items() if name in _KEYS}, profiles
 
 
 def _collect(
@@ -366,14 +411,16 @@ def _collect(
     environ: Mapping[str, str],
     flags: Mapping[str, object],
     problems: list[str],
-) -> dict[str, _Raw]:
+) -> tuple[dict[str, _Raw], object]:
     raw = {
         name: _Raw(key.default, "default", 0)
         for name, key in _KEYS.items()
         if key.default is not None
     }
+    profiles: object = None
     if path is not None:
-        for name, value in _read_yaml(path, problems).items():
+        flat, profiles = _read_yaml(path, problems)
+        for name, value in flat.items():
             if value is not None:
                 raw[name] = _Raw(value, f"config file {path}", 1)
     for name, key in _KEYS.items():
@@ -384,26 +431,128 @@ def _collect(
     for name, value in flags.items():
         if value is not None:
             raw[name] = _Raw(value, f"flag --{name.replace('_', '-')}", 3)
-    return raw
+    return raw, profiles
 
 
-def _parse_all(raw: Mapping[str, _Raw], problems: list[str]) -> dict[str, Any]:
+# --------------------------------------------------------------------------- profiles
+
+_PROFILE_KEYS = {
+    key.name: key
+    for key in (
+        _Key("client_id", _text),
+        _Key("client_secret", _text, secret=True),
+        _Key("client_secret_file", _text),
+        _Key("upstream", _url),
+        _Key("token_url", _url),
+        _Key("local_client_ids", _list),
+    )
+}
+_PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# A profile is chosen by the first path segment, so it must not shadow a gateway path.
+_RESERVED_PROFILE_NAMES = frozenset({"default", "dap", "ids", "-"})
+_PROFILE_ENV = "DAP_PROXY_PROFILE_"
+
+
+def _profile_sources(
+    tree: object, path: Path | None, environ: Mapping[str, str], problems: list[str]
+) -> dict[str, dict[str, _Raw]]:
+    """Each named profile's raw keys: the file's ``profiles:`` < ``DAP_PROXY_PROFILE_*``."""
+    found: dict[str, dict[str, _Raw]] = {}
+    if tree is not None:
+        if not isinstance(tree, Mapping):
+            problems.append(
+                f"profiles: expected a mapping of profile names (from config file {path})"
+            )
+        else:
+            for name, keys in tree.items():
+                if not isinstance(keys, Mapping):
+                    problems.append(
+                        f"profiles.{name}: expected a mapping of keys (from config file {path})"
+                    )
+                    continue
+                for key, value in keys.items():
+                    if key not in _PROFILE_KEYS:
+                        problems.append(
+                            f"profiles.{name}.{key}: unknown key (from config file {path})"
+                        )
+                    elif value is not None:
+                        found.setdefault(str(name), {})[key] = _Raw(value, f"config file {path}", 1)
+    # Longest key names first: _CLIENT_SECRET_FILE must not be read as _CLIENT_SECRET.
+    suffixes = sorted(_PROFILE_KEYS, key=len, reverse=True)
+    for env_name, value in environ.items():
+        if not env_name.startswith(_PROFILE_ENV) or value == "":
+            continue
+        rest = env_name.removeprefix(_PROFILE_ENV)
+        for key in suffixes:
+            if rest.endswith("_" + key.upper()):
+                name = rest[: -len(key) - 1].lower()
+                found.setdefault(name, {})[key] = _Raw(value, f"environment variable {env_name}", 2)
+                break
+        else:
+            problems.append(f"{env_name}: not a profile setting (DAP_PROXY_PROFILE_<NAME>_<KEY>)")
+    return found
+
+
+def _named_profiles(
+    sources: Mapping[str, Mapping[str, _Raw]],
+    top: Mapping[str, Any],
+    problems: list[str],
+    warnings: list[str],
+) -> dict[str, Profile]:
+    profiles: dict[str, Profile] = {}
+    for name, raw in sorted(sources.items()):
+        prefix = f"profiles.{name}."
+        if not _PROFILE_NAME.fullmatch(name) or name in _RESERVED_PROFILE_NAMES:
+            problems.append(
+                f"profiles.{name}: a profile name is lower-case letters, digits, - and _, "
+                f"and not one of {', '.join(sorted(_RESERVED_PROFILE_NAMES))}"
+            )
+            continue
+        values = _parse_all(raw, problems, _PROFILE_KEYS, prefix)
+        reader = _Reader(raw, values, prefix)
+        credentials = _credentials(reader, required=True)
+        problems += reader.problems
+        warnings += reader.warnings
+        url: URL = values.get("upstream") or top["upstream"]
+        token_url: URL = (
+            values.get("token_url")
+            or (top.get("token_url") if "upstream" not in values else None)
+            or url.with_path(url.path.rstrip("/") + TOKEN_PATH)
+        )
+        profiles[name] = Profile(
+            url, token_url, credentials, name, tuple(values.get("local_client_ids", ()))
+        )
+    return profiles
+
+
+def _parse_all(
+    raw: Mapping[str, _Raw],
+    problems: list[str],
+    keys: Mapping[str, _Key] | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    keys = keys or _KEYS
     values: dict[str, Any] = {}
     for name, item in raw.items():
         try:
-            values[name] = _KEYS[name].parse(item.value)
+            values[name] = keys[name].parse(item.value)
         except ValueError as exc:
             # A secret's parse error says what is wrong with it, never what it is.
-            detail = "invalid value" if _KEYS[name].secret else str(exc)
-            problems.append(f"{name}: {detail} (from {item.source})")
+            detail = "invalid value" if keys[name].secret else str(exc)
+            problems.append(f"{prefix}{name}: {detail} (from {item.source})")
     return values
 
 
 class _Reader:
-    """Reads the files that hold secrets, collecting problems and warnings as it goes."""
+    """Reads the files that hold secrets, collecting problems and warnings as it goes.
 
-    def __init__(self, raw: Mapping[str, _Raw], values: Mapping[str, Any]) -> None:
-        self.raw, self.values = raw, values
+    ``prefix`` names the profile in messages (``profiles.yale.``) for its keys.
+    """
+
+    def __init__(
+        self, raw: Mapping[str, _Raw], values: Mapping[str, Any], prefix: str = ""
+    ) -> None:
+        self.raw, self.values, self.prefix = raw, values, prefix
         self.problems: list[str] = []
         self.warnings: list[str] = []
 
@@ -417,18 +566,20 @@ class _Reader:
             text = path.read_text(encoding="utf-8").strip()
             mode = path.stat().st_mode
         except OSError as exc:
-            self.problems.append(f"{key}: cannot read {path_text} ({exc.strerror}) (from {source})")
+            self.problems.append(
+                f"{self.prefix}{key}: cannot read {path_text} ({exc.strerror}) (from {source})"
+            )
             return None
         except UnicodeDecodeError:
-            self.problems.append(f"{key}: {path_text} is not UTF-8 text (from {source})")
+            self.problems.append(f"{self.prefix}{key}: {path_text} is not UTF-8 (from {source})")
             return None
         if not text:
-            self.problems.append(f"{key}: {path_text} is empty (from {source})")
+            self.problems.append(f"{self.prefix}{key}: {path_text} is empty (from {source})")
             return None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             self.warnings.append(
-                f"{key}: {path_text} can be read by other users (mode {stat.filemode(mode)}); "
-                f"chmod 600 it"
+                f"{self.prefix}{key}: {path_text} can be read by other users "
+                f"(mode {stat.filemode(mode)}); chmod 600 it"
             )
         return text
 
@@ -437,7 +588,7 @@ class _Reader:
         direct, from_file = self.raw.get(direct_key), self.raw.get(file_key)
         if direct and from_file and direct.rank == from_file.rank:
             self.problems.append(
-                f"{direct_key} and {file_key}: set only one "
+                f"{self.prefix}{direct_key} and {file_key}: set only one "
                 f"(from {direct.source} and {from_file.source})"
             )
             return None
@@ -452,7 +603,7 @@ class _Reader:
         try:
             return text if direct_key == "client_secret" else _KEYS[direct_key].parse(entries)
         except ValueError as exc:  # the parsers' messages never repeat a secret
-            self.problems.append(f"{file_key}: {self.values[file_key]}: {exc}")
+            self.problems.append(f"{self.prefix}{file_key}: {self.values[file_key]}: {exc}")
             return None
 
 
@@ -463,22 +614,25 @@ def _credentials(reader: _Reader, required: bool) -> Credentials | None:
         return Credentials(client_id, secret)
     mentioned = {"client_id", "client_secret", "client_secret_file"} & set(reader.raw)
     if required or mentioned:
+        id_hint = "DAP_CLIENT_ID or client_id in the config file"
+        where_set = (
+            "DAP_CLIENT_SECRET, DAP_CLIENT_SECRET_FILE, or client_secret_file in the config file"
+        )
+        if reader.prefix:
+            env = f"DAP_PROXY_PROFILE_{reader.prefix.split('.')[1].upper()}"
+            id_hint = f"{env}_CLIENT_ID or {reader.prefix}client_id"
+            where_set = f"{env}_CLIENT_SECRET_FILE or {reader.prefix}client_secret_file"
         if "client_id" not in reader.raw:
-            reader.problems.append(
-                "client_id: not set (set DAP_CLIENT_ID or client_id in the config file)"
-            )
+            reader.problems.append(f"{reader.prefix}client_id: not set (set {id_hint})")
         if not {"client_secret", "client_secret_file"} & mentioned:
-            reader.problems.append(
-                "client_secret: not set (set DAP_CLIENT_SECRET, DAP_CLIENT_SECRET_FILE, "
-                "or client_secret_file in the config file)"
-            )
+            reader.problems.append(f"{reader.prefix}client_secret: not set (set {where_set})")
     return None
 
 
 def _access(reader: _Reader) -> AccessConfig:
-    keys = reader.one_of("access_keys", "access_keys_file") or ()
+    keys = reader.one_of("access_keys", "access_keys_file") or {}
     clients = reader.one_of("local_clients", "local_clients_file") or {}
-    return AccessConfig(tuple(keys), dict(clients))
+    return AccessConfig(dict(keys), dict(clients))
 
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -521,12 +675,25 @@ def load_config(
         if name not in _KEYS:
             raise ValueError(f"unknown configuration key {name!r}")  # a programming error
 
-    raw = _collect(path, environ, flags, problems)
+    raw, profiles_tree = _collect(path, environ, flags, problems)
     values = _parse_all(raw, problems)
     reader = _Reader(raw, values)
-    credentials = _credentials(reader, require_credentials)
+    sources = _profile_sources(profiles_tree, path, environ, problems)
+    # With named profiles, top-level credentials are optional: they make a "default".
+    credentials = _credentials(reader, require_credentials and not sources)
     access = _access(reader)
     problems += reader.problems
+    named = (
+        _named_profiles(sources, values, problems, reader.warnings) if "upstream" in values else {}
+    )
+    known = set(named) | ({"default"} if credentials else set())
+    for grant in (*access.keys.values(), *(p for _, p in access.clients.values())):
+        if grant is not None and (unknown := sorted(grant - known)):
+            problems.append(f"access: grants unknown profiles: {', '.join(unknown)}")
+    for name, profile in named.items():
+        for client_id in profile.local_client_ids:
+            if client_id in named and client_id != name:
+                problems.append(f"profiles.{name}.local_client_ids: {client_id} names a profile")
     listen: ListenAddress | None = values.get("listen")
     if (
         listen is not None
@@ -548,9 +715,12 @@ def load_config(
     token_url: URL = values.get("token_url") or upstream_url.with_path(
         upstream_url.path.rstrip("/") + TOKEN_PATH
     )
+    default = Profile(upstream_url, token_url, credentials)
+    profiles = ({"default": default} if credentials else {}) | named
     return Config(
         listen=listen,
-        upstream=UpstreamConfig(upstream_url, token_url, credentials),
+        upstream=default,
+        profiles=profiles,
         refresh_margin=values["refresh_margin"],
         replay_body_limit=int(values["replay_body_limit"]),
         pool_size=values["pool_size"],

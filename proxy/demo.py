@@ -84,9 +84,8 @@ async def demo(listen: str, simulator_listen: str) -> int:
         print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
         return exc.exit_status if isinstance(exc, StartupError) else EXIT_CONFIG
     credentials = Credentials(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)
-    config = dataclasses.replace(
-        config, upstream=dataclasses.replace(config.upstream, credentials=credentials)
-    )
+    default = dataclasses.replace(config.upstream, credentials=credentials)
+    config = dataclasses.replace(config, upstream=default, profiles={"default": default})
     try:
         proxy = await start(config)
         await proxy.first_token()

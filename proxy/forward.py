@@ -73,23 +73,27 @@ class Forwarder:
         self._metrics = metrics
         self._profile = profile
 
-    async def forward(self, request: web.Request) -> web.StreamResponse:
+    async def forward(
+        self, request: web.Request, raw_target: str, local_prefix: str = ""
+    ) -> web.StreamResponse:
+        """Forward ``request`` to ``raw_target`` (its path and query, less any profile
+        prefix, which is ``local_prefix``: Locations get it back)."""
         request[PROFILE] = self._profile
         request_id = request.get(REQUEST_ID) or uuid.uuid4().hex  # the guard sets it
         request[REQUEST_ID] = request_id
         try:
-            target = self._target(request.raw_path)
+            target = self._target(raw_target)
         except ValueError as exc:
             return error_response(400, "BadRequest", str(exc), request_id=request_id)
         in_flight = self._metrics.in_flight
         in_flight.inc()
         try:
-            return await self._exchange(request, target, request_id)
+            return await self._exchange(request, target, request_id, local_prefix)
         finally:
             in_flight.dec()
 
     async def _exchange(
-        self, request: web.Request, target: URL, request_id: str
+        self, request: web.Request, target: URL, request_id: str, local_prefix: str
     ) -> web.StreamResponse:
         try:
             body, replayable = await self._request_body(request)
@@ -109,7 +113,7 @@ class Forwarder:
         except ProxyError as exc:
             return proxy_error_response(exc, request_id)
         try:
-            return await self._relay(request, upstream, request_id)
+            return await self._relay(request, upstream, request_id, local_prefix)
         finally:
             upstream.release()
 
@@ -190,9 +194,14 @@ class Forwarder:
         return response
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, request_id: str
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        request_id: str,
+        local_prefix: str,
     ) -> web.StreamResponse:
-        relayed = headers.to_client(upstream.headers, self._upstream, _origin(request))
+        local_base = _origin(request) + local_prefix
+        relayed = headers.to_client(upstream.headers, self._upstream, local_base)
         relayed[REQUEST_ID_HEADER] = request_id
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=relayed

@@ -16,7 +16,9 @@ order, each refusal a gateway-shaped error and nothing sent upstream:
 5. Browsers: a cross-site request (``Origin`` or ``Sec-Fetch-Site``) is refused (403) unless
    its origin is configured for CORS; preflights for allowed origins are answered here.
 6. ``Transfer-Encoding`` other than ``chunked`` (501).
-7. Inbound authentication, when configured (401); the local login checks its own.
+7. Who is calling (access.py): with inbound authentication configured, unknown callers
+   get 401; the local login checks its own credentials. The ``Caller`` is kept on the
+   request for choosing and checking the profile.
 8. Method and path allow-lists (405, 403).
 """
 
@@ -33,9 +35,11 @@ from .config import Policy
 from .logs import REQUEST_ID
 from .responses import error_response
 
-__all__ = ["LOGIN_PATH", "REQUEST_ID_HEADER", "cors_headers", "guard_middleware"]
+__all__ = ["CALLER", "LOGIN_PATH", "REQUEST_ID_HEADER", "cors_headers", "guard_middleware"]
 
 LOGIN_PATH = "/ids/auth/login"
+_LOGIN_SLASHES = LOGIN_PATH.count("/")
+CALLER = "caller"  # the request key holding the admitted Caller
 _REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 _ENCODED_SEPARATORS = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
@@ -114,10 +118,12 @@ def guard_middleware(
         encoding = headers.get(hdrs.TRANSFER_ENCODING)
         if encoding is not None and encoding.strip().lower() != "chunked":
             return refuse(501, "NotImplemented", "only the chunked transfer coding is supported")
-        if path == LOGIN_PATH:
-            return await handler(request)
+        if path.endswith(LOGIN_PATH) and path.count("/") <= _LOGIN_SLASHES + 1:
+            return await handler(request)  # [/<profile>]/ids/auth/login checks its own
 
-        if not access.bearer_allowed(headers.get(hdrs.AUTHORIZATION)):
+        caller = access.identify(headers.get(hdrs.AUTHORIZATION))
+        request[CALLER] = caller
+        if caller is None:
             return refuse(
                 401,
                 "AuthenticationError",

@@ -24,6 +24,7 @@ from .responses import error_response, json_response
 
 if TYPE_CHECKING:
     from .access import AccessControl
+    from .routing import ProfileRouter
 
 __all__ = ["LOCAL_TOKEN_LIFETIME", "LocalTokenIssuer", "LoginHandler"]
 
@@ -48,9 +49,22 @@ class LocalTokenIssuer:
     def __repr__(self) -> str:
         return f"LocalTokenIssuer(lifetime={self.lifetime})"
 
-    def issue(self, client_id: str) -> str:
+    def issue(
+        self, client_id: str, profile: str | None = None, grant: frozenset[str] | None = None
+    ) -> str:
+        """A local JWT for ``client_id``; ``prof`` is the profile it chose, ``grt`` the
+        profiles it may use (absent: all)."""
         now = int(self.now())
-        claims = {"iss": _ISSUER, "sub": client_id, "iat": now, "exp": now + self.lifetime}
+        claims: dict[str, Any] = {
+            "iss": _ISSUER,
+            "sub": client_id,
+            "iat": now,
+            "exp": now + self.lifetime,
+        }
+        if profile is not None:
+            claims["prof"] = profile
+        if grant is not None:
+            claims["grt"] = sorted(grant)
         return jwt.encode(claims, self._key, algorithm="HS256")
 
     def verify(self, token: str) -> dict[str, Any] | None:
@@ -72,16 +86,21 @@ class LocalTokenIssuer:
 
 
 class LoginHandler:
-    """Answers ``POST /ids/auth/login`` in exactly the gateway's four-key shape."""
+    """Answers ``POST [/<profile>]/ids/auth/login`` in exactly the gateway's four-key shape."""
 
     def __init__(
-        self, issuer: LocalTokenIssuer, access: AccessControl, scope: Callable[[], str]
+        self,
+        issuer: LocalTokenIssuer,
+        access: AccessControl,
+        router: ProfileRouter,
+        scope: Callable[[str], str],
     ) -> None:
         self._issuer = issuer
         self._access = access
-        self._scope = scope  # the real token's scope, for tools that show it
+        self._router = router
+        self._scope = scope  # a profile's real scope, for tools that show it
 
-    async def login(self, request: web.Request) -> web.Response:
+    async def login(self, request: web.Request, prefixed: str | None = None) -> web.Response:
         try:
             basic = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""))
         except ValueError:
@@ -93,9 +112,22 @@ class LoginHandler:
             )
         if not basic.login:
             return error_response(401, "AuthenticationError", "the client id must not be empty")
-        if not self._access.login_allowed(basic.login, basic.password):
+        caller = self._access.login(basic.login, basic.password)
+        if caller is None:
             return error_response(
                 401, "AuthenticationError", "unknown local client id or secret for this proxy"
+            )
+        profile = self._router.for_login(prefixed, basic.login)
+        if profile is None:
+            return error_response(
+                404,
+                "UnknownProfile",
+                "no profile for this client id: log in at /<profile>/ids/auth/login, or "
+                "with a profile's name or local client id as the client id",
+            )
+        if not caller.may_use(profile):
+            return error_response(
+                403, "ProfileNotAllowed", "these credentials may not use this profile"
             )
         form = await request.post()
         grant_type = form.get("grant_type")
@@ -107,9 +139,9 @@ class LoginHandler:
             )
         return json_response(
             {
-                "access_token": self._issuer.issue(basic.login),
+                "access_token": self._issuer.issue(basic.login, profile, caller.grant),
                 "expires_in": self._issuer.lifetime,
-                "scope": self._scope(),
+                "scope": self._scope(profile),
                 "token_type": "bearer",
             }
         )

@@ -47,13 +47,30 @@ class RunningProxy:
     runner: web.AppRunner
 
     async def first_token(self) -> None:
-        """Wait for the first token. Raises ``StartupError`` if the credentials are rejected."""
-        try:
-            await self.runner.app[TOKENS].first_token()
-        except CredentialsRejected as exc:
-            raise StartupError(str(exc), EXIT_CREDENTIALS_REJECTED) from None
-        except TokenEndpointUnavailable as exc:
-            log.warning("no token yet: %s; serving anyway, not ready, retrying", exc.message)
+        """Wait for every profile's first token. Raises ``StartupError`` only when every
+        profile's credentials are rejected: one institution's failure is not everyone's."""
+        managers = self.runner.app[TOKENS]
+        outcomes = await asyncio.gather(
+            *(tokens.first_token() for tokens in managers.values()), return_exceptions=True
+        )
+        rejected = 0
+        for name, outcome in zip(managers, outcomes, strict=True):
+            label = "" if name == "default" else f" (profile {name})"
+            if isinstance(outcome, CredentialsRejected):
+                rejected += 1
+                if len(managers) > 1:
+                    log.error("%s%s; serving the other profiles", outcome.message, label)
+            elif isinstance(outcome, TokenEndpointUnavailable):
+                log.warning(
+                    "no token yet%s: %s; serving anyway, not ready, retrying",
+                    label,
+                    outcome.message,
+                )
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        if rejected == len(managers):
+            first = next(o for o in outcomes if isinstance(o, CredentialsRejected))
+            raise StartupError(str(first), EXIT_CREDENTIALS_REJECTED)
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -94,7 +111,9 @@ async def start(config: Config) -> RunningProxy:
             if config.access.required
             else "anyone who can reach it uses the gateway with this proxy's credentials",
         )
-    log.info("listening on %s, forwarding to %s", url, config.upstream.url)
+    for name, profile in config.profiles.items():
+        prefix = "" if name == "default" else f"/{name}/..."
+        log.info("listening on %s%s, forwarding to %s (profile %s)", url, prefix, profile.url, name)
     return RunningProxy(url, runner)
 
 

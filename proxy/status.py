@@ -1,7 +1,7 @@
 """``/-/status``: what the proxy is doing, as JSON for people and dashboards. Never a token.
 
     {"version", "upstream", "uptime_seconds", "requests_served", "ready",
-     "profiles": {"default": {"ready", "expires_in", "scope": {...},
+     "profiles": {"default": {"upstream", "ready", "expires_in", "scope": {...},
                               "last_refresh": {"at", "outcome", "error"}, "refreshes": {...}}}}
 
 ``scope`` is read from the gateway token's informational scope string,
@@ -31,7 +31,7 @@ def parse_scope(scope: str) -> dict[str, str]:
     return parsed
 
 
-def _profile(tokens: TokenManager) -> dict[str, Any]:
+def _profile(tokens: TokenManager, upstream: str | None) -> dict[str, Any]:
     token = tokens.current
     expires_in = tokens.expires_in()
     last: dict[str, Any] | None = None
@@ -43,6 +43,7 @@ def _profile(tokens: TokenManager) -> dict[str, Any]:
             "error": error,
         }
     return {
+        "upstream": upstream,
         "ready": tokens.ready,
         "expires_in": round(expires_in, 1) if expires_in is not None else None,
         "scope": parse_scope(token.scope) if token is not None else {},
@@ -57,12 +58,16 @@ def status_document(
     uptime: float,
     requests_served: int,
     profiles: dict[str, TokenManager],
+    upstreams: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    upstreams = upstreams or {}
     return {
         "version": __version__,
         "upstream": upstream,
         "uptime_seconds": round(uptime, 1),
         "requests_served": requests_served,
-        "ready": all(tokens.ready for tokens in profiles.values()),
-        "profiles": {name: _profile(tokens) for name, tokens in profiles.items()},
+        "ready": any(tokens.ready for tokens in profiles.values()),
+        "profiles": {
+            name: _profile(tokens, upstreams.get(name)) for name, tokens in profiles.items()
+        },
     }

@@ -20,6 +20,7 @@ __all__ = ["EXIT_UNAVAILABLE", "WARNING", "print_token"]
 log = logging.getLogger("proxy.token")
 
 EXIT_UNAVAILABLE = 1
+EXIT_CONFIG = 2
 EXIT_REJECTED = 3
 ATTEMPTS = 3
 
@@ -31,16 +32,18 @@ WARNING = (
 )
 
 
-async def print_token(config: Config) -> int:
+async def print_token(config: Config, profile_name: str = "default") -> int:
     """Fetch a token (a few tries), print it, exit 0; 3 if rejected, 1 if unavailable."""
-    credentials = config.upstream.credentials
-    if credentials is None:
-        raise ValueError("print_token needs credentials; load_config reports them missing")
+    profile = config.profiles.get(profile_name)
+    if profile is None or profile.credentials is None:
+        known = ", ".join(sorted(config.profiles)) or "none"
+        log.error("no profile %r with credentials (profiles: %s)", profile_name, known)
+        return EXIT_CONFIG
     async with upstream_session(config) as session:
         client = TokenClient(
-            session, config.upstream.token_url, credentials, timeout=config.timeouts.token
+            session, profile.token_url, profile.credentials, timeout=config.timeouts.token
         )
-        tokens = TokenManager(client.fetch, refresh_margin=config.refresh_margin)
+        tokens = TokenManager(client.fetch, refresh_margin=config.refresh_margin, name=profile_name)
         try:
             for attempt in range(1, ATTEMPTS + 1):
                 try:

@@ -136,6 +136,15 @@ class TokenClient:
     def __repr__(self) -> str:
         return f"TokenClient(url={str(self._url)!r}, client_id={self._credentials.client_id!r})"
 
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
+    @credentials.setter
+    def credentials(self, credentials: Credentials) -> None:
+        """New credentials (a reloaded secret) for the next fetch onwards."""
+        self._credentials = credentials
+
     async def fetch(self) -> Token:
         """POST the credentials; raises ``CredentialsRejected``, ``TokenEndpointUnavailable``."""
         sent_at = self._clock.monotonic()
@@ -263,6 +272,7 @@ class TokenManager:
         self._retry_at: float | None = None  # while backing off: when the next attempt starts
         self._last_error: TokenError | None = None
         self._rejected_at: float | None = None
+        self._again = False  # fetch once more when the one in flight ends (new credentials)
         self.refreshes: dict[str, int] = {"success": 0, "rejected": 0, "unavailable": 0}
         # The latest token request: wall-clock time, outcome, and the error if it failed.
         self.last_refresh: tuple[float, str, str | None] | None = None
@@ -312,6 +322,13 @@ class TokenManager:
             self._token = None
             if not self._recently_rejected(self._clock.monotonic()):
                 self._ensure_refreshing()
+
+    def credentials_changed(self) -> None:
+        """The source now uses new credentials: fetch with them soon, keeping the held token
+        in use meanwhile (and if the new ones are refused)."""
+        self._rejected_at = None
+        self._again = True  # a fetch in flight used the old credentials
+        self._ensure_refreshing()
 
     async def start(self) -> None:
         """Begin fetching the first token; ``first_token`` waits for the outcome."""
@@ -366,6 +383,7 @@ class TokenManager:
     async def _refresh(self, attempt: asyncio.Future[Token]) -> None:
         failures = 0
         while True:
+            self._again = False
             started = self._clock.monotonic()
             try:
                 token = await self._source()
@@ -374,7 +392,10 @@ class TokenManager:
                 self._last_error, self._rejected_at = exc, self._clock.monotonic()
                 log.error("token refresh failed%s: %s; not retrying", self._label, exc.message)
                 _fail(attempt, exc)
-                return
+                if not self._again:
+                    return
+                attempt = self._attempt = asyncio.get_running_loop().create_future()
+                continue
             except TokenEndpointUnavailable as exc:
                 failures += 1
                 self._record("unavailable", started, exc)
@@ -399,7 +420,9 @@ class TokenManager:
             took = self._record("success", started, None)
             self._install(token, took)
             attempt.set_result(token)
-            return
+            if not self._again:
+                return
+            attempt = self._attempt = asyncio.get_running_loop().create_future()
 
     def _record(self, outcome: str, started: float, error: TokenError | None) -> float:
         took = self._clock.monotonic() - started
@@ -422,7 +445,10 @@ class TokenManager:
         )
         if self._timer is not None:
             self._timer.cancel()
-        delay = max(0.0, due - self._clock.monotonic())
+        # Up to a tenth of the margin early, at random: proxies (and profiles) started
+        # together do not all ask the token endpoint at the same instant.
+        spread = self._rng.uniform(0, (token.expires_at - due) / 10)
+        delay = max(0.0, due - spread - self._clock.monotonic())
         self._timer = asyncio.get_running_loop().call_later(delay, self._ensure_refreshing)
 
 

@@ -52,7 +52,7 @@ class Proxy:
 
     @property
     def tokens(self) -> TokenManager:
-        return self.running.runner.app[TOKENS]
+        return self.running.runner.app[TOKENS]["default"]
 
 
 def proxy_config(gateway_url: str, **env: str) -> Config:

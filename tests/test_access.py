@@ -108,7 +108,7 @@ def test_secret_files_others_can_read_are_warned_about(tmp_path: Path) -> None:
             "DAP_PROXY_ACCESS_KEYS_FILE": str(keys),
         },
     )
-    assert config.access.keys == (KEY, "second-key")
+    assert config.access.keys == {KEY: None, "second-key": None}
     assert len(config.warnings) == 1
     assert "can be read by other users" in config.warnings[0]
     assert "s3cr3t" not in repr(config) and KEY not in repr(config)

@@ -7,10 +7,12 @@ import base64
 import jwt
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from proxy.access import AccessControl
-from proxy.config import AccessConfig
+from proxy.config import AccessConfig, Profile
 from proxy.login import LocalTokenIssuer, LoginHandler
+from proxy.routing import ProfileRouter
 
 from .fakes import FakeClock
 
@@ -24,7 +26,9 @@ def basic(client_id: str, secret: str) -> str:
 async def login_client(aiohttp_client, issuer: LocalTokenIssuer) -> TestClient:  # type: ignore[no-untyped-def]
     app = web.Application()
     access = AccessControl(AccessConfig(), issuer)
-    handler = LoginHandler(issuer, access, scope=lambda: "canvas region:us-east-1")
+    profile = Profile(URL("http://127.0.0.1:1"), URL("http://127.0.0.1:1/ids/auth/login"), None)
+    router = ProfileRouter({"default": profile})
+    handler = LoginHandler(issuer, access, router, scope=lambda _: "canvas region:us-east-1")
     app.router.add_post(LOGIN, handler.login)
     return await aiohttp_client(app)  # type: ignore[no-any-return]
 

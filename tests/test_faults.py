@@ -36,6 +36,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from proxy.app import CONFIG
 from proxy.simulator import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
@@ -65,6 +66,7 @@ class Sweep:
     texts: list[str] = field(default_factory=list)
     tokens: set[str] = field(default_factory=set)
     records: int = 0
+    proxies: list[Proxy] = field(default_factory=list)  # this test's, read at its end
 
     def saw(self, *items: object) -> None:
         for item in items:
@@ -77,6 +79,15 @@ class Sweep:
 
     def saw_exception(self, exc: BaseException) -> None:
         self.saw(str(exc), repr(exc), "".join(traceback.format_exception(exc)))
+
+    def saw_proxies(self) -> None:
+        """What each proxy of the test holds and would show: reprs and its last error."""
+        for proxy in self.proxies:
+            tokens = proxy.tokens
+            self.saw(repr(proxy.running.runner.app[CONFIG]), repr(tokens), repr(tokens.current))
+            if tokens.last_error is not None:
+                self.saw_exception(tokens.last_error)
+        self.proxies.clear()
 
     def leaks(self) -> list[str]:
         """What of the secret and the tokens appears in the captured text, if anything."""
@@ -114,6 +125,7 @@ def sweep_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     handler = _Collector(logging.DEBUG)
     logging.getLogger().addHandler(handler)
     yield
+    SWEEP.saw_proxies()
     logging.getLogger().removeHandler(handler)
 
 
@@ -278,7 +290,7 @@ async def start_proxy(factory: ProxyFactory, upstream: str, **env: str) -> Proxy
     env.setdefault("DAP_PROXY_TIMEOUTS_SHUTDOWN", "0.5")
     wait = env.pop("wait_for_token", "yes") == "yes"
     proxy = await factory(upstream, wait_for_token=wait, **env)
-    SWEEP.saw(repr(proxy.running.runner.app), repr(proxy.tokens), repr(proxy.tokens.current))
+    SWEEP.proxies.append(proxy)
     return proxy
 
 
@@ -690,9 +702,9 @@ async def test_upstream_drops_the_connection_before_answering(
         "the gateway could not be reached (ServerDisconnectedError)",
         "the gateway could not be reached (ClientOSError)",
     )
-    # aiohttp sends an idempotent request once more on a fresh connection (RFC 9112
+    # aiohttp may send an idempotent request once more on a fresh connection (RFC 9112
     # section 9.3.1); a POST, which may have reached the gateway, is never sent twice.
-    assert broken.requests == (2 if method == "GET" else 1)
+    assert broken.requests in ((1, 2) if method == "GET" else (1,))
     line = logged(caplog, "proxy.forward", logging.WARNING, "upstream request failed")
     assert line.startswith(f"upstream request failed: {method} /dap/query/canvas/table: ")
     broken.mode = Mode.RELAY
@@ -900,37 +912,45 @@ async def test_upstream_5xx_is_passed_through_as_is(
 # ====================================================================== clients
 
 
-@pytest.mark.parametrize(
-    ("framing", "size"),
-    [("content-length", 8 * 1024 * 1024), ("chunked", 0)],
-    ids=["content-length", "chunked"],
-)
-async def test_client_hanging_up_during_a_streamed_upload(
-    gateway: Gateway,
-    proxy_factory: ProxyFactory,
-    caplog: pytest.LogCaptureFixture,
-    framing: str,
-    size: int,
-) -> None:
-    """The gateway must see the upload aborted, never a complete (short) body."""
-    proxy = await start_proxy(proxy_factory, gateway.url)
+async def hang_up_during_upload(proxy: Proxy, gateway: Gateway, size: int) -> tuple[str, int]:
+    """Send 512 KiB of a streamed body (``size`` by Content-Length, or chunked if 0), go
+    away, and return what the gateway's handler made of it: (outcome, bytes read)."""
     probes = gateway.probes
-    framing_header = f"Content-Length: {size}" if size else "Transfer-Encoding: chunked"
+    framing = f"Content-Length: {size}" if size else "Transfer-Encoding: chunked"
     _, writer = await asyncio.open_connection("127.0.0.1", proxy_port(proxy))
-    writer.write(
-        f"POST /faults/sink HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing_header}\r\n\r\n".encode()
-    )
+    writer.write(f"POST /faults/sink HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\n\r\n".encode())
     piece = pattern(64 * 1024)
     for _ in range(8):
         writer.write(piece if size else b"%x\r\n%s\r\n" % (len(piece), piece))
     await writer.drain()
     await asyncio.wait_for(probes.upload_started.wait(), 5)
     writer.transport.abort()  # the client goes away mid-upload
-
     await asyncio.wait_for(probes.upload_ended.wait(), 5)
-    [(outcome, received)] = probes.uploads
+    [ended] = probes.uploads
+    return ended
+
+
+async def hang_up_during_download(proxy: Proxy, gateway: Gateway) -> None:
+    """Start an endless download, read its first bytes, go away; wait for the gateway's
+    handler to be cancelled."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port(proxy))
+    writer.write(get_request("/faults/trickle?chunks=1000&interval=0.01&chunked=1"))
+    await writer.drain()
+    assert (await reader.read(4096)).startswith(b"HTTP/1.1 200")
+    await asyncio.wait_for(gateway.probes.download_started.wait(), 5)
+    writer.transport.abort()  # the client goes away mid-download
+    await asyncio.wait_for(gateway.probes.download_cancelled.wait(), 5)
+
+
+@pytest.mark.parametrize("size", [8 * 1024 * 1024, 0], ids=["content-length", "chunked"])
+async def test_client_hanging_up_during_a_streamed_upload(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture, size: int
+) -> None:
+    """The gateway must see the upload aborted, never a complete (short) body."""
+    proxy = await start_proxy(proxy_factory, gateway.url)
+    outcome, received = await hang_up_during_upload(proxy, gateway, size)
     assert outcome != "complete", f"the gateway took a cut upload as complete ({received} B)"
-    assert received <= 8 * len(piece)
+    assert received <= 8 * 64 * 1024
     await served(proxy)
     assert_no_tracebacks(caplog)
 
@@ -958,15 +978,35 @@ async def test_client_hanging_up_during_a_download_cancels_the_upstream_stream(
     gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = await start_proxy(proxy_factory, gateway.url)
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port(proxy))
-    writer.write(get_request("/faults/trickle?chunks=1000&interval=0.01&chunked=1"))
-    await writer.drain()
-    assert (await reader.read(4096)).startswith(b"HTTP/1.1 200")
-    await asyncio.wait_for(gateway.probes.download_started.wait(), 5)
-    writer.transport.abort()  # the client goes away mid-download
-    await asyncio.wait_for(gateway.probes.download_cancelled.wait(), 5)
+    await hang_up_during_download(proxy, gateway)
     await served(proxy)
     assert_no_tracebacks(caplog)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a request its client abandons leaves no log line at all: with "
+    "handler_cancellation the handler is cancelled, aiohttp skips the access log for it, "
+    "and forward.py logs nothing on cancellation (README: one line per request)",
+)
+@pytest.mark.parametrize("direction", ["upload", "download"])
+async def test_a_client_hanging_up_is_logged(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture, direction: str
+) -> None:
+    proxy = await start_proxy(proxy_factory, gateway.url)
+    if direction == "upload":
+        await hang_up_during_upload(proxy, gateway, 8 * 1024 * 1024)
+        path = "/faults/sink"
+    else:
+        await hang_up_during_download(proxy, gateway)
+        path = "/faults/trickle"
+    await asyncio.sleep(0.2)
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("proxy.") and path in r.getMessage()
+    ]
+    assert lines, f"nothing logged for the abandoned {direction}"
 
 
 # ====================================================================== the process
@@ -1052,45 +1092,75 @@ async def test_sigterm_lets_streaming_responses_finish_then_exits_0(gateway: Gat
     assert "Traceback" not in stderr
 
 
-async def test_sigterm_cuts_a_response_still_streaming_after_the_drain_timeout(
-    gateway: Gateway,
-) -> None:
+@dataclass
+class CutAtShutdown:
+    outcomes: list[BaseException | bytes]
+    cut_after: float  # seconds from SIGTERM to the streams' end
+    exited_after: float  # seconds from SIGTERM to the process's exit
+    status: int | None
+    stderr: str
+
+
+async def sigterm_during_long_streams(gateway: Gateway, drain: str) -> CutAtShutdown:
+    """Two 5-second downloads (by length and chunked), SIGTERM 0.1 s into them."""
     port = closed_port()
     url = f"http://127.0.0.1:{port}"
-    process = await run_proxy(gateway, port, DAP_PROXY_TIMEOUTS_SHUTDOWN="0.5")
+    process = await run_proxy(gateway, port, DAP_PROXY_TIMEOUTS_SHUTDOWN=drain)
     try:
         async with aiohttp.ClientSession() as http:
             await wait_ready(http, url)
             streams = [
-                asyncio.create_task(
-                    download(http, url + "/faults/trickle?chunks=100&interval=0.05")
-                ),
-                asyncio.create_task(
-                    download(http, url + "/faults/trickle?chunks=100&interval=0.05&chunked=1")
-                ),
+                asyncio.create_task(download(http, url + f"/faults/trickle?{query}"))
+                for query in ("chunks=100&interval=0.05", "chunks=100&interval=0.05&chunked=1")
             ]
             await asyncio.wait_for(gateway.probes.download_started.wait(), 5)
+            await asyncio.sleep(0.1)
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             outcomes = await asyncio.gather(*streams, return_exceptions=True)
             cut_after = time.monotonic() - signalled
-        _, stderr_bytes = await asyncio.wait_for(process.communicate(), 10)
-        took = time.monotonic() - signalled
+        _, stderr = await asyncio.wait_for(process.communicate(), 10)
+        exited_after = time.monotonic() - signalled
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    stderr = stderr_bytes.decode()
     SWEEP.saw(stderr)
     for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            SWEEP.saw_exception(outcome)
+    return CutAtShutdown(
+        list(outcomes), cut_after, exited_after, process.returncode, stderr.decode()
+    )
+
+
+async def test_sigterm_cuts_a_response_still_streaming_after_the_drain_timeout(
+    gateway: Gateway,
+) -> None:
+    run = await sigterm_during_long_streams(gateway, drain="0.5")
+    for outcome in run.outcomes:
+        # Cut, by length or chunked alike: never a complete-looking short body.
         assert isinstance(outcome, aiohttp.ClientPayloadError), f"not cut: {outcome!r}"
-        SWEEP.saw_exception(outcome)
-    assert 0.4 <= cut_after < 2.5
-    assert process.returncode == 0, stderr
-    assert took < 3
-    assert "shutting down: no new connections; up to 0.5 s for requests in flight" in stderr
+    assert 0.4 <= run.cut_after < 2.5, run.cut_after
+    assert run.status == 0, run.stderr
+    assert run.exited_after < 3
+    assert "shutting down: no new connections; up to 0.5 s for requests in flight" in run.stderr
+    assert run.stderr.rstrip().endswith("proxy.server: stopped")
+    assert "Traceback" not in run.stderr
     await asyncio.wait_for(gateway.probes.download_cancelled.wait(), 2)
-    assert "Traceback" not in stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: streams are cut after twice timeouts.shutdown: aiohttp's "
+    "RequestHandler.shutdown waits `timeout` for the handler, then again `timeout` for it "
+    "to finish after cancelling only the request body; server.py passes "
+    "shutdown_timeout=timeouts.shutdown, so the default 15 s drain is 30 s",
+)
+async def test_sigterm_cuts_streams_at_the_drain_timeout_not_later(gateway: Gateway) -> None:
+    run = await sigterm_during_long_streams(gateway, drain="0.5")
+    assert run.status == 0, run.stderr
+    assert run.cut_after < 0.5 + 0.3, f"cut {run.cut_after:.2f} s after SIGTERM, drain 0.5 s"
 
 
 # ====================================================================== the sweep, last
@@ -1109,9 +1179,9 @@ async def test_no_secret_or_token_anywhere_in_what_the_fault_tests_captured(
     gateway.state.faults.token_statuses = [500] * 10
     gateway.state.faults.revoke_tokens()
     (await fetch(proxy)).error(503, "TokenEndpointUnavailable")
-    SWEEP.saw(repr(proxy.tokens.current), repr(proxy.tokens.last_error))
-    if proxy.tokens.last_error is not None:
-        SWEEP.saw_exception(proxy.tokens.last_error)
+    for path in ("/-/ready", "/-/status", "/-/metrics"):  # what the proxy tells of itself
+        await fetch(proxy, path)
+    SWEEP.saw_proxies()
     for recorded in gateway.state.requests:  # whatever reached the gateway with a token
         scheme, _, token = recorded.headers.get("Authorization", "").partition(" ")
         if scheme == "Bearer":

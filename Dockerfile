@@ -11,13 +11,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies in their own layer: it is rebuilt only when pyproject.toml changes. A stub
-# package lets pip resolve them from pyproject.toml alone, then goes away.
-COPY pyproject.toml README.md ./
-RUN mkdir proxy && echo '__version__ = "0"' > proxy/__init__.py \
+# package (and an empty README, which pyproject.toml names) lets pip resolve them from
+# pyproject.toml alone, then goes away.
+COPY pyproject.toml ./
+RUN mkdir proxy && echo '__version__ = "0"' > proxy/__init__.py && touch README.md \
     && pip install '.[fast]' \
     && pip uninstall -y instructure-auth-proxy \
-    && rm -rf proxy
+    && rm -rf proxy README.md
 
+COPY README.md ./
 COPY proxy ./proxy
 RUN pip install --no-deps . && rm -rf /app/build
 
@@ -29,13 +31,18 @@ RUN pip install --no-deps . && rm -rf /app/build
 ENV DAP_PROXY_LISTEN=0.0.0.0:8080 \
     DAP_PROXY_ALLOW_NON_LOOPBACK=true
 
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin authproxy
-USER 10001
+# uid and gid 10001: fixed numbers, so that runAsUser/runAsGroup/fsGroup in Kubernetes and
+# the owner of a mounted secret file can be set without looking inside the image.
+RUN groupadd --system --gid 10001 authproxy \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin authproxy
+USER 10001:10001
 
 EXPOSE 8080
 STOPSIGNAL SIGTERM
+# Liveness: the process answers. It probes the port of DAP_PROXY_LISTEN (which, being
+# environment, wins over a mounted config file's listen), so moving the port keeps it true.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/-/healthy', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('DAP_PROXY_LISTEN', '').rpartition(':')[2] or '8080'; urllib.request.urlopen(f'http://127.0.0.1:{port}/-/healthy', timeout=2)"]
 
 # Credentials: DAP_CLIENT_ID with DAP_CLIENT_SECRET, or DAP_CLIENT_SECRET_FILE pointing at a
 # mounted secret (e.g. /run/secrets/dap_client_secret). A config file: mount it and set

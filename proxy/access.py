@@ -56,10 +56,15 @@ class AccessControl:
     """Identifies callers: ``access.identify(authorization_header)``, ``access.login(id, s)``."""
 
     def __init__(self, config: AccessConfig, issuer: LocalTokenIssuer) -> None:
+        self._issuer = issuer
+        self.update(config)
+
+    def update(self, config: AccessConfig) -> None:
+        """New keys and local clients (a reload). Local tokens already issued stay valid
+        until they expire: their grant was checked when they were issued."""
         self.required = config.required
         self._keys = dict(config.keys)
         self._clients = dict(config.clients)
-        self._issuer = issuer
         # Local tokens already verified: checking a JWT signature on every request would be
         # the most expensive thing the proxy does.
         self._verified: TTLCache[str, tuple[float, Caller]] = TTLCache(maxsize=4096, ttl=300)

@@ -141,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("proxy").debug("configuration: %r", config)
     if args.command == "token":
         return _run(print_token(config, args.profile))
-    return _run(serve(config))
+    return _run(serve(config, load=lambda: load_config(path, environ, flags)))

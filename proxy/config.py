@@ -159,6 +159,8 @@ class Config:
     # Every credential set in use, by name: ``default`` (when the top level has credentials)
     # and the named profiles.
     profiles: Mapping[str, Profile] = field(default_factory=dict)
+    # Files whose change means a reload: the config file and every secret file read.
+    watched_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.profiles and self.upstream.credentials is not None:
@@ -497,7 +499,7 @@ def _named_profiles(
     sources: Mapping[str, Mapping[str, _Raw]],
     top: Mapping[str, Any],
     problems: list[str],
-    warnings: list[str],
+    into: _Reader,
 ) -> dict[str, Profile]:
     profiles: dict[str, Profile] = {}
     for name, raw in sorted(sources.items()):
@@ -512,7 +514,8 @@ def _named_profiles(
         reader = _Reader(raw, values, prefix)
         credentials = _credentials(reader, required=True)
         problems += reader.problems
-        warnings += reader.warnings
+        into.warnings += reader.warnings
+        into.files += reader.files
         url: URL = values.get("upstream") or top["upstream"]
         token_url: URL = (
             values.get("token_url")
@@ -555,6 +558,7 @@ class _Reader:
         self.raw, self.values, self.prefix = raw, values, prefix
         self.problems: list[str] = []
         self.warnings: list[str] = []
+        self.files: list[str] = []  # the secret files read, to watch for changes
 
     def private_file(self, key: str) -> str | None:
         """The text of the file named by ``key``, or ``None`` (a problem is recorded)."""
@@ -562,6 +566,7 @@ class _Reader:
         if path_text is None:
             return None  # its value was invalid; already reported
         path = Path(path_text)
+        self.files.append(path_text)
         try:
             text = path.read_text(encoding="utf-8").strip()
             mode = path.stat().st_mode
@@ -683,9 +688,7 @@ def load_config(
     credentials = _credentials(reader, require_credentials and not sources)
     access = _access(reader)
     problems += reader.problems
-    named = (
-        _named_profiles(sources, values, problems, reader.warnings) if "upstream" in values else {}
-    )
+    named = _named_profiles(sources, values, problems, reader) if "upstream" in values else {}
     known = set(named) | ({"default"} if credentials else set())
     for grant in (*access.keys.values(), *(p for _, p in access.clients.values())):
         if grant is not None and (unknown := sorted(grant - known)):
@@ -738,4 +741,5 @@ def load_config(
         allow_non_loopback=values["allow_non_loopback"],
         max_connections=values["max_connections"],
         warnings=tuple(reader.warnings),
+        watched_files=tuple(dict.fromkeys([*([str(path)] if path else []), *reader.files])),
     )

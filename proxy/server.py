@@ -7,9 +7,11 @@ the credentials at startup, 4 when the listen address cannot be bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -19,6 +21,7 @@ from .config import Config, ListenAddress
 from .errors import CredentialsRejected, TokenEndpointUnavailable
 from .logs import AccessLogger
 from .protocol import ProxyRunner
+from .reload import Reloader
 
 __all__ = ["EXIT_CANNOT_LISTEN", "EXIT_CREDENTIALS_REJECTED", "RunningProxy", "serve", "start"]
 
@@ -147,8 +150,12 @@ async def wait_for_signal() -> None:
             loop.remove_signal_handler(signum)
 
 
-async def serve(config: Config) -> int:
-    """Run until SIGTERM or SIGINT; requests in flight get ``timeouts.shutdown`` to finish."""
+async def serve(config: Config, load: Callable[[], Config] | None = None) -> int:
+    """Run until SIGTERM or SIGINT; requests in flight get ``timeouts.shutdown`` to finish.
+
+    With ``load`` (how the configuration was read), secrets are reloaded on SIGHUP and when
+    a secret file changes.
+    """
     try:
         running = await start(config)
     except StartupError as exc:
@@ -160,7 +167,15 @@ async def serve(config: Config) -> int:
         log.error("%s", exc)
         await running.stop()
         return exc.exit_status
+    watcher = None
+    if load is not None:
+        reloader = Reloader(running.runner.app, config, load)
+        watcher = asyncio.create_task(reloader.run())
     await wait_for_signal()
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
     log.info(
         "shutting down: no new connections; up to %g s for requests in flight",
         config.timeouts.shutdown,

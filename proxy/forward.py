@@ -29,7 +29,15 @@ from yarl import URL
 from . import headers
 from .errors import ClientTooSlow, ProxyError, UpstreamTimeout, UpstreamUnreachable
 from .guard import REQUEST_ID_HEADER
-from .logs import BYTES_IN, PROFILE, REQUEST_ID, UPSTREAM_SECONDS
+from .logs import (
+    BYTES_IN,
+    CLIENT_CLOSED,
+    PROFILE,
+    REQUEST_ID,
+    RESPONSE,
+    UPSTREAM_SECONDS,
+    record_request,
+)
 from .metrics import Metrics
 from .responses import error_response, proxy_error_response
 from .tokens import Token, TokenManager
@@ -37,6 +45,7 @@ from .tokens import Token, TokenManager
 __all__ = ["Forwarder"]
 
 log = logging.getLogger("proxy.forward")
+_access_log = logging.getLogger("proxy.access")
 
 # Let the client's own headers through as they are: no User-Agent, Content-Type, Accept
 # or Accept-Encoding of aiohttp's own invented on the way.
@@ -87,8 +96,16 @@ class Forwarder:
             return error_response(400, "BadRequest", str(exc), request_id=request_id)
         in_flight = self._metrics.in_flight
         in_flight.inc()
+        started = time.perf_counter()
         try:
             return await self._exchange(request, target, request_id, local_prefix)
+        except asyncio.CancelledError:
+            # aiohttp writes no access line for a cancelled handler: write ours.
+            response = request.get(RESPONSE)
+            sent = response.body_length if response is not None else 0
+            seconds = time.perf_counter() - started
+            record_request(_access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
+            raise
         finally:
             in_flight.dec()
 
@@ -206,6 +223,7 @@ class Forwarder:
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=relayed
         )
+        request[RESPONSE] = response
         await response.prepare(request)
         reader = upstream.content
         while True:

@@ -23,13 +23,14 @@ from aiohttp.abc import AbstractAccessLogger
 
 from .metrics import Metrics
 
-__all__ = ["AccessLogger", "JsonFormatter", "configure_logging"]
+__all__ = ["AccessLogger", "JsonFormatter", "configure_logging", "record_request"]
 
 # Keys a handler may set on a request for its access log line.
 REQUEST_ID = "request_id"
 BYTES_IN = "bytes_in"
 UPSTREAM_SECONDS = "upstream_seconds"
 PROFILE = "profile"
+RESPONSE = "response"  # the response being streamed, for a line if the client hangs up
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,6 +64,55 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root.setLevel(level.upper())
 
 
+# The status logged for a request its client abandoned (nginx's "client closed request").
+CLIENT_CLOSED = 499
+
+
+def record_request(
+    logger: logging.Logger,
+    metrics: Metrics | None,
+    request: web.BaseRequest,
+    status: int,
+    bytes_out: int,
+    seconds: float,
+) -> None:
+    """Count one request in the metrics and write its access log line."""
+    bytes_in = request.get(BYTES_IN, 0)
+    profile = request.get(PROFILE, "default")
+    if metrics is not None:
+        metrics.observe_request(request.method, status, seconds, bytes_in, bytes_out, profile)
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    path = request.raw_path.partition("?")[0]
+    upstream = request.get(UPSTREAM_SECONDS)
+    request_id = request.get(REQUEST_ID, "-")
+    logger.info(
+        "%s %s %d in=%d out=%d %.1fms up=%s id=%s%s",
+        request.method,
+        path,
+        status,
+        bytes_in,
+        bytes_out,
+        seconds * 1000,
+        f"{upstream * 1000:.1f}ms" if upstream is not None else "-",
+        request_id,
+        " (abandoned: the client hung up, or shutdown cut it)" if status == CLIENT_CLOSED else "",
+        extra={
+            "fields": {
+                "method": request.method,
+                "path": path,
+                "status": status,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "duration_ms": round(seconds * 1000, 3),
+                "upstream_ms": round(upstream * 1000, 3) if upstream is not None else None,
+                "request_id": request_id,
+                "profile": profile,
+            }
+        },
+    )
+
+
 class AccessLogger(AbstractAccessLogger):
     """``GET /dap/query/canvas/table 200 in=0 out=1234 12.3ms up=11.9ms id=...``.
 
@@ -76,40 +126,8 @@ class AccessLogger(AbstractAccessLogger):
         return type("CountingAccessLogger", (cls,), {"metrics": metrics})
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        bytes_in = request.get(BYTES_IN, 0)
-        profile = request.get(PROFILE, "default")
-        if self.metrics is not None:
-            self.metrics.observe_request(
-                request.method, response.status, time, bytes_in, response.body_length, profile
-            )
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        path = request.raw_path.partition("?")[0]
-        upstream = request.get(UPSTREAM_SECONDS)
-        request_id = request.get(REQUEST_ID, "-")
-        self.logger.info(
-            "%s %s %d in=%d out=%d %.1fms up=%s id=%s",
-            request.method,
-            path,
-            response.status,
-            bytes_in,
-            response.body_length,
-            time * 1000,
-            f"{upstream * 1000:.1f}ms" if upstream is not None else "-",
-            request_id,
-            extra={
-                "fields": {
-                    "method": request.method,
-                    "path": path,
-                    "status": response.status,
-                    "bytes_in": bytes_in,
-                    "bytes_out": response.body_length,
-                    "duration_ms": round(time * 1000, 3),
-                    "upstream_ms": round(upstream * 1000, 3) if upstream is not None else None,
-                    "request_id": request_id,
-                    "profile": profile,
-                }
-            },
+        record_request(
+            self.logger, self.metrics, request, response.status, response.body_length, time
         )
 
     @property

@@ -55,6 +55,19 @@ def profile_env(alpha: Gateway, beta: Gateway, **extra: str) -> dict[str, str]:
     }
 
 
+def alpha_secret_in_a_file(
+    alpha: Gateway, beta: Gateway, tmp_path: Path
+) -> tuple[dict[str, str], Path]:
+    """Both profiles' settings, alpha's secret in a file that holds an outdated one."""
+    secret = tmp_path / "alpha-secret"
+    secret.write_text("an-old-secret\n")
+    secret.chmod(0o600)
+    env = profile_env(alpha, beta)
+    del env["DAP_PROXY_PROFILE_ALPHA_CLIENT_SECRET"]
+    env["DAP_PROXY_PROFILE_ALPHA_CLIENT_SECRET_FILE"] = str(secret)
+    return env, secret
+
+
 @pytest.fixture
 async def institutions(gateway_factory: GatewayFactory) -> tuple[Gateway, Gateway]:
     alpha = await gateway_factory(clients={ALPHA_ID: ALPHA_SECRET}, job_duration=0)
@@ -198,12 +211,7 @@ async def test_reload_a_changed_secret_file_per_profile(
     institutions: tuple[Gateway, Gateway], tmp_path: Path
 ) -> None:
     alpha, beta = institutions
-    secret = tmp_path / "alpha-secret"
-    secret.write_text("an-old-secret\n")
-    secret.chmod(0o600)
-    env = profile_env(alpha, beta)
-    del env["DAP_PROXY_PROFILE_ALPHA_CLIENT_SECRET"]
-    env["DAP_PROXY_PROFILE_ALPHA_CLIENT_SECRET_FILE"] = str(secret)
+    env, secret = alpha_secret_in_a_file(alpha, beta, tmp_path)
     flags = {"listen": "127.0.0.1:0"}
     config = load_config(None, env, flags)
     running = await start(config)
@@ -236,12 +244,7 @@ async def test_sighup_reloads_secrets(
     institutions: tuple[Gateway, Gateway], tmp_path: Path
 ) -> None:
     alpha, beta = institutions
-    secret = tmp_path / "alpha-secret"
-    secret.write_text("an-old-secret")
-    secret.chmod(0o600)
-    env = profile_env(alpha, beta)
-    del env["DAP_PROXY_PROFILE_ALPHA_CLIENT_SECRET"]
-    env["DAP_PROXY_PROFILE_ALPHA_CLIENT_SECRET_FILE"] = str(secret)
+    env, secret = alpha_secret_in_a_file(alpha, beta, tmp_path)
     port = closed_port()
     process = await run_proxy("--listen", f"127.0.0.1:{port}", env=env)
     url = f"http://127.0.0.1:{port}"

@@ -1,5 +1,7 @@
 """From the records of a run to figures: min-median-max, per-round ratios, targets, Markdown.
 
+    python -m benchmarks.report benchmarks/results/<time>.json   # the tables again
+
 A record is one measurement: ``{"round": 2, "workload": "get-c50", "variant": "ours",
 "rps": ..., ...}``. Ratios are taken within a round (ours against nginx measured minutes
 apart at most, in alternating order) and only then summarised over rounds.
@@ -7,11 +9,13 @@ apart at most, in alternating order) and only then summarised over rounds.
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["add_derived", "markdown", "spread", "summary", "targets"]
+__all__ = ["add_derived", "main", "markdown", "spread", "summary", "targets"]
 
 Record = dict[str, Any]
 GET_WORKLOADS = ("get-c1", "get-c50")
@@ -381,17 +385,17 @@ def markdown(results: dict[str, Any]) -> str:
     out += [_table(["target", "figure: median [min, max]", "verdict"], rows), ""]
     out += ["### Noise: the spread of direct across rounds", ""]
     rows = []
-    for workload, metric in (
-        ("get-c1", "rps"),
-        ("get-c50", "rps"),
-        ("get-c1", "p50_ms"),
-        ("download", "mib_per_s"),
-        ("upload", "mib_per_s"),
+    for workload, metric, digits in (
+        ("get-c1", "rps", 0),
+        ("get-c50", "rps", 0),
+        ("get-c1", "p50_ms", 3),
+        ("download", "mib_per_s", 0),
+        ("upload", "mib_per_s", 0),
     ):
         figure = summ.get(workload, {}).get("direct", {}).get(metric)
         if figure:
             width = (figure["max"] - figure["min"]) / figure["median"] * 100
-            rows.append([workload, metric, _cell(figure, 3), f"{width:.1f} %"])
+            rows.append([workload, metric, _cell(figure, digits), f"{width:.1f} %"])
     if rows:
         out += [
             _table(
@@ -410,3 +414,20 @@ def markdown(results: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(out)
+
+
+def main() -> int:
+    """Print the Markdown of a result file again (after the report itself has changed)."""
+    if len(sys.argv) != 2:
+        print("usage: python -m benchmarks.report RESULTS.json", file=sys.stderr)
+        return 2
+    with open(sys.argv[1], encoding="utf-8") as file:
+        results = json.load(file)
+    add_derived(results["records"])
+    results["targets"] = targets(results["records"])
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -59,11 +59,38 @@ def _wrk(wrk: str, lua: Path, url: str, connections: int, seconds: float) -> Rec
 
 
 def small_gets(
-    endpoint: Endpoint, wrk: str, lua: Path, connections: int, seconds: float, warmup: float
+    endpoint: Endpoint,
+    wrk: str,
+    lua: Path,
+    connections: int,
+    seconds: float,
+    warmup: float,
+    retries: int = 2,
+    disturbed: float = 0.05,
 ) -> Record:
-    """Requests/s, p50/p99 and the proxy's CPU per request for GET /small.json."""
+    """Requests/s, p50/p99 and the proxy's CPU per request for GET /small.json.
+
+    On a shared machine other processes sometimes take the proxy's core: a measurement
+    during which they took more than ``disturbed`` CPU-seconds per second is taken again,
+    up to ``retries`` times, and the least disturbed one is kept.
+    """
     url = endpoint.url + "/small.json"
     _wrk(wrk, lua, url, connections, warmup)
+    best: Record | None = None
+    for attempt in range(retries + 1):
+        record = _small_gets_once(endpoint, wrk, lua, url, connections, seconds)
+        record["attempts"] = attempt + 1
+        if best is None or record.get("foreign_load", 0) < best.get("foreign_load", 0):
+            best = record
+        if best.get("foreign_load", 0) <= disturbed:
+            break
+    assert best is not None
+    return best
+
+
+def _small_gets_once(
+    endpoint: Endpoint, wrk: str, lua: Path, url: str, connections: int, seconds: float
+) -> Record:
     cpu_before = cpu_seconds(endpoint.pids)
     busy_before = core_busy_seconds(endpoint.core)
     result = _wrk(wrk, lua, url, connections, seconds)

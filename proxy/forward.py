@@ -31,10 +31,10 @@ from .errors import ClientTooSlow, ProxyError, UpstreamTimeout, UpstreamUnreacha
 from .guard import REQUEST_ID_HEADER
 from .logs import (
     BYTES_IN,
+    BYTES_OUT,
     CLIENT_CLOSED,
     PROFILE,
     REQUEST_ID,
-    RESPONSE,
     UPSTREAM_SECONDS,
     record_request,
 )
@@ -101,9 +101,8 @@ class Forwarder:
             return await self._exchange(request, target, request_id, local_prefix)
         except asyncio.CancelledError:
             # aiohttp writes no access line for a cancelled handler: write ours.
-            response = request.get(RESPONSE)
-            sent = response.body_length if response is not None else 0
             seconds = time.perf_counter() - started
+            sent = request.get(BYTES_OUT, 0)
             record_request(_access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
             raise
         finally:
@@ -223,26 +222,30 @@ class Forwarder:
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=relayed
         )
-        request[RESPONSE] = response
         await response.prepare(request)
         reader = upstream.content
-        while True:
-            try:
-                chunk = await reader.readany()
-            except _UPSTREAM_READ_ERRORS as exc:
-                # Headers are out; the only honest signal left is to cut the connection,
-                # so the client cannot take a truncated body for a complete one.
-                log.warning(
-                    "upstream failed mid-response: %s %s: %s; aborting the client connection",
-                    request.method,
-                    request.path,
-                    _name(exc),
-                )
-                _abort(request)
-                return response
-            if not chunk:
-                break
-            await response.write(chunk)
+        sent = 0  # body bytes, for the access line of a client that hangs up mid-way
+        try:
+            while True:
+                try:
+                    chunk = await reader.readany()
+                except _UPSTREAM_READ_ERRORS as exc:
+                    # Headers are out; the only honest signal left is to cut the connection,
+                    # so the client cannot take a truncated body for a complete one.
+                    log.warning(
+                        "upstream failed mid-response: %s %s: %s; aborting the client connection",
+                        request.method,
+                        request.path,
+                        _name(exc),
+                    )
+                    _abort(request)
+                    return response
+                if not chunk:
+                    break
+                await response.write(chunk)
+                sent += len(chunk)
+        finally:
+            request[BYTES_OUT] = sent
         await response.write_eof()
         return response
 

@@ -30,7 +30,7 @@ REQUEST_ID = "request_id"
 BYTES_IN = "bytes_in"
 UPSTREAM_SECONDS = "upstream_seconds"
 PROFILE = "profile"
-RESPONSE = "response"  # the response being streamed, for a line if the client hangs up
+BYTES_OUT = "bytes_out"  # body bytes sent so far, for the line of a client that hangs up
 
 
 class JsonFormatter(logging.Formatter):

@@ -7,18 +7,22 @@ Those bytes can hold a client's credentials (a control character inside an
 ``Authorization`` header is enough), so here such requests are answered in the gateway's
 JSON error shape with a fixed message, and logged as one line without the bytes.
 
-It also bounds what a connection may cost: at most ``max_connections`` at once (the next
-is answered 503 and closed), and ``head_timeout`` seconds to send the first request's head
-(a client trickling headers, "slowloris", is cut off). Later heads on a kept-alive
-connection are bounded by aiohttp's keep-alive timeout.
+It drains properly on shutdown: the request in flight on each connection may finish
+within the drain timeout, still reading its body (aiohttp would stop reading at once, and
+wait twice the timeout). And it bounds what a connection may cost: at most
+``max_connections`` at once (the next is answered 503 and closed), and ``head_timeout``
+seconds to send the first request's head (a client trickling headers, "slowloris", is cut
+off). Later heads on a kept-alive connection are bounded by aiohttp's keep-alive timeout.
 
-aiohttp offers no public hook for either, so ``ProxyRunner`` swaps in this handler class;
-``tests/test_hostile.py`` fails if a future aiohttp stops calling it.
+aiohttp offers no public hook for any of this, so ``ProxyRunner`` swaps in this handler
+class; ``tests/test_hostile.py`` and ``tests/test_faults.py`` fail if a future aiohttp
+stops calling it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -29,6 +33,9 @@ from aiohttp.web_request import BaseRequest
 __all__ = ["ProxyRunner"]
 
 log = logging.getLogger("proxy.protocol")
+
+_DRAIN_POLL = 0.05  # seconds between looks at a draining connection
+_CUT = 0.01  # what aiohttp's shutdown is left to wait once our drain is over
 
 _TOO_BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -99,10 +106,28 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         self._head_timer = self._loop.call_later(self._head_timeout, self._head_too_slow)
 
     def data_received(self, data: bytes) -> None:
+        if self._close and not self._force_close and self._request_in_progress:
+            # Draining: aiohttp drops every byte once a connection is closing, which would
+            # stall an upload in flight. Keep feeding its body; take no new request.
+            parser = self._request_parser
+            if parser is not None:
+                with contextlib.suppress(http_exceptions.HttpProcessingError):
+                    parser.feed_data(data)
+            return
         super().data_received(data)
         if self._head_timer is not None and self._request_count:
             self._head_timer.cancel()
             self._head_timer = None
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's
+        """Let the request in flight finish, its body still read, within ``timeout``; then
+        cut what is left at once. (aiohttp's own waits ``timeout`` twice and stops reading
+        request bodies at the start.)"""
+        deadline = self._loop.time() + (timeout or 0.0)
+        # aiohttp offers no event for "this request is done"; a short poll, only at shutdown.
+        while self._request_in_progress and self._loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_POLL)
+        await super().shutdown(_CUT)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:

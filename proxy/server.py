@@ -92,9 +92,7 @@ async def start(config: Config) -> RunningProxy:
         handler_cancellation=True,  # a client hanging up cancels its upstream request
         access_log_class=AccessLogger.counting_into(app[METRICS]),
         access_log=logging.getLogger("proxy.access"),
-        # aiohttp waits this long for handlers, then as long again after cancelling only
-        # their request bodies: half of it each makes the drain what the user configured.
-        shutdown_timeout=config.timeouts.shutdown / 2,
+        shutdown_timeout=config.timeouts.shutdown,  # see protocol.py: the drain
         max_connections=config.max_connections,
         head_timeout=config.timeouts.client,
         keepalive_timeout=KEEPALIVE_TIMEOUT,

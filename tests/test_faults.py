@@ -1007,11 +1007,6 @@ async def test_a_client_hanging_up_is_logged(
         assert int(re.findall(r" in=(\d+) ", line)[0]) > 0, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the 499 line of an abandoned download says out=0 whatever was sent: "
-    "forward.py logs response.body_length, which aiohttp sets only in write_eof",
-)
 async def test_an_abandoned_download_logs_the_bytes_it_sent(
     gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1169,13 +1164,6 @@ async def test_sigterm_cuts_streams_at_the_drain_timeout_not_later(gateway: Gate
     assert run.cut_after < 0.5 + 0.3, f"cut {run.cut_after:.2f} s after SIGTERM, drain 0.5 s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an upload in flight at SIGTERM stalls and is cut: aiohttp's shutdown "
-    "(BaseRunner.cleanup -> Server.pre_shutdown -> RequestHandler.close) makes "
-    "data_received drop every byte that arrives afterwards (web_protocol.py), and the "
-    "client then gets 502 'the gateway could not be reached (ServerDisconnectedError)'",
-)
 async def test_sigterm_lets_a_streamed_upload_in_flight_finish(gateway: Gateway) -> None:
     """An upload in flight has the whole drain timeout to finish, as a download has."""
     port = closed_port()

@@ -581,10 +581,11 @@ class _Reader:
         if not text:
             self.problems.append(f"{self.prefix}{key}: {path_text} is empty (from {source})")
             return None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        # Others, not the group: Kubernetes mounts secrets group-readable (fsGroup) on purpose.
+        if mode & stat.S_IRWXO:
             self.warnings.append(
                 f"{self.prefix}{key}: {path_text} can be read by other users "
-                f"(mode {stat.filemode(mode)}); chmod 600 it"
+                f"(mode {stat.filemode(mode)}); chmod o-rwx it"
             )
         return text
 
@@ -648,7 +649,8 @@ def _policy(values: Mapping[str, Any], listen: ListenAddress) -> Policy:
     if hosts is None:
         # Loopback names and the listen address: a web page reaching the proxy through a
         # DNS name it controls (DNS rebinding) sends that name as Host, and is refused.
-        allowed: frozenset[str] | None = _LOOPBACK_NAMES | ({listen.host} if listen.host else set())
+        own = {listen.host} if listen.host and listen.host not in ("0.0.0.0", "::") else set()  # noqa: S104
+        allowed: frozenset[str] | None = _LOOPBACK_NAMES | own
     elif "*" in hosts:
         allowed = None
     else:

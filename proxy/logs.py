@@ -81,12 +81,15 @@ def record_request(
     profile = request.get(PROFILE, "default")
     if metrics is not None:
         metrics.observe_request(request.method, status, seconds, bytes_in, bytes_out, profile)
-    if not logger.isEnabledFor(logging.INFO):
-        return
     path = request.raw_path.partition("?")[0]
+    # Probes and scrapes (/-/...) every few seconds would drown the requests that matter.
+    level = logging.DEBUG if path.startswith("/-/") else logging.INFO
+    if not logger.isEnabledFor(level):
+        return
     upstream = request.get(UPSTREAM_SECONDS)
     request_id = request.get(REQUEST_ID, "-")
-    logger.info(
+    logger.log(
+        level,
         "%s %s %d in=%d out=%d %.1fms up=%s id=%s%s",
         request.method,
         path,
@@ -126,9 +129,12 @@ class AccessLogger(AbstractAccessLogger):
         return type("CountingAccessLogger", (cls,), {"metrics": metrics})
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        record_request(
-            self.logger, self.metrics, request, response.status, response.body_length, time
-        )
+        # Body bytes: counted while relaying, else the local response's length. (aiohttp's
+        # body_length counts the headers and chunk framing too.)
+        sent = request.get(BYTES_OUT)
+        if sent is None:
+            sent = response.content_length or 0
+        record_request(self.logger, self.metrics, request, response.status, sent, time)
 
     @property
     def enabled(self) -> bool:

@@ -30,6 +30,7 @@ from .config import Config
 from .forward import Forwarder
 from .guard import CALLER, LOGIN_PATH, cors_headers, guard_middleware
 from .login import LocalTokenIssuer, LoginHandler
+from .logs import AccessLog
 from .metrics import CONTENT_TYPE, Metrics
 from .responses import error_response, json_response
 from .routing import ProfileRouter
@@ -38,6 +39,7 @@ from .tokens import Clock, TokenClient, TokenManager
 
 __all__ = [
     "ACCESS",
+    "ACCESS_LOG",
     "CONFIG",
     "FORWARDERS",
     "LOCAL_TOKENS",
@@ -58,10 +60,16 @@ ROUTER = web.AppKey("router", ProfileRouter)
 LOGIN = web.AppKey("login", LoginHandler)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED = web.AppKey("started", float)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 
 
-def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
-    """The proxy application; ``config.profiles`` must hold at least one credential set."""
+def create_app(
+    config: Config, *, clock: Clock | None = None, access_log: AccessLog | None = None
+) -> web.Application:
+    """The proxy application; ``config.profiles`` must hold at least one credential set.
+
+    ``access_log``: where access lines go (default: the ``proxy.access`` logger).
+    """
     if not config.profiles:
         raise ValueError("create_app needs credentials; load_config reports them missing")
     issuer = LocalTokenIssuer()
@@ -80,6 +88,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app[TOKENS] = managers  # filled at startup, one per profile
     app[METRICS] = Metrics(lambda: managers)
     app[STARTED] = time.monotonic()
+    app[ACCESS_LOG] = access_log or AccessLog()
     app[LOGIN] = LoginHandler(issuer, access, router, scope=lambda name: _scope(app, name))
     app.cleanup_ctx.append(_upstream(clock))
     if config.policy.allowed_origins:
@@ -142,6 +151,7 @@ def _upstream(
                 replay_body_limit=config.replay_body_limit,
                 client_timeout=timeouts.client,
                 metrics=app[METRICS],
+                access_log=app[ACCESS_LOG],
                 profile=name,
             )
         app[TOKEN_CLIENTS] = clients

@@ -36,6 +36,7 @@ from .logs import (
     PROFILE,
     REQUEST_ID,
     UPSTREAM_SECONDS,
+    AccessLog,
     record_request,
 )
 from .metrics import Metrics
@@ -45,7 +46,6 @@ from .tokens import Token, TokenManager
 __all__ = ["Forwarder"]
 
 log = logging.getLogger("proxy.forward")
-_access_log = logging.getLogger("proxy.access")
 
 # Let the client's own headers through as they are: no User-Agent, Content-Type, Accept
 # or Accept-Encoding of aiohttp's own invented on the way.
@@ -71,6 +71,7 @@ class Forwarder:
         replay_body_limit: int,
         client_timeout: float,
         metrics: Metrics,
+        access_log: AccessLog,
         profile: str = "default",
     ) -> None:
         self._session = session
@@ -80,6 +81,7 @@ class Forwarder:
         self._replay_body_limit = replay_body_limit
         self._client_timeout = client_timeout
         self._metrics = metrics
+        self._access_log = access_log
         self._profile = profile
 
     async def forward(
@@ -103,7 +105,7 @@ class Forwarder:
             # aiohttp writes no access line for a cancelled handler: write ours.
             seconds = time.perf_counter() - started
             sent = request.get(BYTES_OUT, 0)
-            record_request(_access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
+            record_request(self._access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
             raise
         finally:
             in_flight.dec()

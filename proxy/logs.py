@@ -12,18 +12,26 @@ once per request with the final status and duration, whatever answered it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TextIO
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from .metrics import Metrics
 
-__all__ = ["AccessLogger", "JsonFormatter", "configure_logging", "record_request"]
+__all__ = [
+    "AccessLog",
+    "AccessLogger",
+    "BufferedAccessLog",
+    "JsonFormatter",
+    "configure_logging",
+    "record_request",
+]
 
 # Keys a handler may set on a request for its access log line.
 REQUEST_ID = "request_id"
@@ -68,8 +76,86 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 CLIENT_CLOSED = 499
 
 
+class AccessLog:
+    """Where access lines go: through the logging module (what tests capture; the default)."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("proxy.access")
+
+    def enabled(self, level: int) -> bool:
+        return self.logger.isEnabledFor(level)
+
+    def write(self, level: int, message: str, fields: dict[str, Any]) -> None:
+        self.logger.log(level, "%s", message, extra={"fields": fields})
+
+    def flush(self) -> None:
+        """Write out anything held back."""
+
+
+class BufferedAccessLog(AccessLog):
+    """Access lines formatted here and written to ``stream`` in batches (every 0.2 s or
+    64 KiB): the logging module's record, handler and one write per line cost about a
+    sixth of a small request. The lines look exactly as ``configure_logging`` makes them.
+    A crash can lose the last 0.2 s of access lines; other log lines are unbuffered.
+    """
+
+    FLUSH_SECONDS = 0.2
+    FLUSH_BYTES = 64 * 1024
+
+    def __init__(self, stream: TextIO, level: str, log_format: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._level: int = logging.getLevelNamesMapping()[level.upper()]
+        self._json = log_format == "json"
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+
+    def enabled(self, level: int) -> bool:
+        return level >= self._level
+
+    def _time(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:  # one strftime a second, not one a request
+            self._second = second
+            pattern = "%Y-%m-%dT%H:%M:%S" if self._json else "%Y-%m-%d %H:%M:%S"
+            convert = time.gmtime if self._json else time.localtime
+            self._stamp = time.strftime(pattern, convert(second))
+        millis = int((now - second) * 1000)
+        return f"{self._stamp}.{millis:03d}Z" if self._json else f"{self._stamp},{millis:03d}"
+
+    def write(self, level: int, message: str, fields: dict[str, Any]) -> None:
+        stamp = self._time(time.time())
+        name = logging.getLevelName(level)
+        if self._json:
+            record = {"time": stamp, "level": name.lower(), "logger": self.logger.name}
+            record["message"] = message
+            record.update(fields)
+            line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        else:
+            line = f"{stamp} {name} {self.logger.name}: {message}\n"
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self.FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            self._stream.write("".join(self._lines))
+            self._stream.flush()
+            self._lines.clear()
+            self._size = 0
+
+
 def record_request(
-    logger: logging.Logger,
+    access_log: AccessLog,
     metrics: Metrics | None,
     request: web.BaseRequest,
     status: int,
@@ -84,34 +170,26 @@ def record_request(
     path = request.raw_path.partition("?")[0]
     # Probes and scrapes (/-/...) every few seconds would drown the requests that matter.
     level = logging.DEBUG if path.startswith("/-/") else logging.INFO
-    if not logger.isEnabledFor(level):
+    if not access_log.enabled(level):
         return
     upstream = request.get(UPSTREAM_SECONDS)
     request_id = request.get(REQUEST_ID, "-")
-    logger.log(
+    up = f"{upstream * 1000:.1f}ms" if upstream is not None else "-"
+    note = " (abandoned: the client hung up, or shutdown cut it)" if status == CLIENT_CLOSED else ""
+    access_log.write(
         level,
-        "%s %s %d in=%d out=%d %.1fms up=%s id=%s%s",
-        request.method,
-        path,
-        status,
-        bytes_in,
-        bytes_out,
-        seconds * 1000,
-        f"{upstream * 1000:.1f}ms" if upstream is not None else "-",
-        request_id,
-        " (abandoned: the client hung up, or shutdown cut it)" if status == CLIENT_CLOSED else "",
-        extra={
-            "fields": {
-                "method": request.method,
-                "path": path,
-                "status": status,
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "duration_ms": round(seconds * 1000, 3),
-                "upstream_ms": round(upstream * 1000, 3) if upstream is not None else None,
-                "request_id": request_id,
-                "profile": profile,
-            }
+        f"{request.method} {path} {status} in={bytes_in} out={bytes_out} "
+        f"{seconds * 1000:.1f}ms up={up} id={request_id}{note}",
+        {
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration_ms": round(seconds * 1000, 3),
+            "upstream_ms": round(upstream * 1000, 3) if upstream is not None else None,
+            "request_id": request_id,
+            "profile": profile,
         },
     )
 
@@ -119,14 +197,17 @@ def record_request(
 class AccessLogger(AbstractAccessLogger):
     """``GET /dap/query/canvas/table 200 in=0 out=1234 12.3ms up=11.9ms id=...``.
 
-    Use ``AccessLogger.counting_into(metrics)`` as aiohttp's ``access_log_class``.
+    Use ``AccessLogger.bound(metrics, access_log)`` as aiohttp's ``access_log_class``.
     """
 
     metrics: ClassVar[Metrics | None] = None
+    access_log: ClassVar[AccessLog] = AccessLog()
 
     @classmethod
-    def counting_into(cls, metrics: Metrics) -> type[AccessLogger]:
-        return type("CountingAccessLogger", (cls,), {"metrics": metrics})
+    def bound(cls, metrics: Metrics, access_log: AccessLog) -> type[AccessLogger]:
+        """The class to give aiohttp (it makes one per connection): counting into
+        ``metrics``, writing to ``access_log``."""
+        return type("BoundAccessLogger", (cls,), {"metrics": metrics, "access_log": access_log})
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         # Body bytes: counted while relaying, else the local response's length. (aiohttp's
@@ -134,7 +215,7 @@ class AccessLogger(AbstractAccessLogger):
         sent = request.get(BYTES_OUT)
         if sent is None:
             sent = response.content_length or 0
-        record_request(self.logger, self.metrics, request, response.status, sent, time)
+        record_request(self.access_log, self.metrics, request, response.status, sent, time)
 
     @property
     def enabled(self) -> bool:

@@ -11,15 +11,16 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import METRICS, TOKENS, create_app
+from .app import ACCESS_LOG, METRICS, TOKENS, create_app
 from .config import Config, ListenAddress
 from .errors import CredentialsRejected, TokenEndpointUnavailable
-from .logs import AccessLogger
+from .logs import AccessLog, AccessLogger, BufferedAccessLog
 from .protocol import ProxyRunner
 from .reload import Reloader
 
@@ -77,20 +78,21 @@ class RunningProxy:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+        self.runner.app[ACCESS_LOG].flush()
 
 
-async def start(config: Config) -> RunningProxy:
+async def start(config: Config, access_log: AccessLog | None = None) -> RunningProxy:
     """Start fetching the first token and listen at once. Raises ``StartupError``.
 
     Requests that arrive before the first token wait for that one fetch.
     """
     for warning in config.warnings:
         log.warning("%s", warning)
-    app = create_app(config)
+    app = create_app(config, access_log=access_log)
     runner = ProxyRunner(
         app,
         handler_cancellation=True,  # a client hanging up cancels its upstream request
-        access_log_class=AccessLogger.counting_into(app[METRICS]),
+        access_log_class=AccessLogger.bound(app[METRICS], app[ACCESS_LOG]),
         access_log=logging.getLogger("proxy.access"),
         shutdown_timeout=config.timeouts.shutdown,  # see protocol.py: the drain
         max_connections=config.max_connections,
@@ -156,8 +158,10 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
     With ``load`` (how the configuration was read), secrets are reloaded on SIGHUP and when
     a secret file changes.
     """
+    # The command line's access lines go straight to stderr in batches (logs.py says why).
+    access_log = BufferedAccessLog(sys.stderr, config.log_level, config.log_format)
     try:
-        running = await start(config)
+        running = await start(config, access_log)
     except StartupError as exc:
         log.error("%s", exc)
         return exc.exit_status

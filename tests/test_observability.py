@@ -150,3 +150,37 @@ async def test_token_command_rejected_exits_3(gateway: Gateway) -> None:
     status, stderr = await finish(process)
     assert status == 3
     assert "rejected the proxy's client credentials" in stderr
+
+
+async def test_buffered_access_log_batches_lines_in_the_logging_format() -> None:
+    import io
+    import logging as logging_module
+
+    from proxy.logs import BufferedAccessLog
+
+    stream = io.StringIO()
+    text = BufferedAccessLog(stream, "info", "text")
+    assert not text.enabled(logging_module.DEBUG) and text.enabled(logging_module.INFO)
+    text.write(logging_module.INFO, "GET /dap/x 200", {"status": 200})
+    text.write(logging_module.INFO, "GET /dap/y 404", {"status": 404})
+    assert stream.getvalue() == "", "lines are held back, not written one by one"
+    await asyncio.sleep(BufferedAccessLog.FLUSH_SECONDS + 0.1)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO proxy\.access: GET /dap/x 200", lines[0]
+    )
+
+    stream = io.StringIO()
+    as_json = BufferedAccessLog(stream, "info", "json")
+    as_json.write(logging_module.INFO, "GET /dap/x 200", {"status": 200, "request_id": "r"})
+    as_json.flush()
+    line = json.loads(stream.getvalue())
+    assert line["level"] == "info" and line["logger"] == "proxy.access"
+    assert line["message"] == "GET /dap/x 200" and line["status"] == 200
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+    # a full buffer is written at once
+    for _ in range(BufferedAccessLog.FLUSH_BYTES // 10):
+        as_json.write(logging_module.INFO, "x" * 20, {})
+    assert len(stream.getvalue()) > BufferedAccessLog.FLUSH_BYTES
+    as_json.flush()

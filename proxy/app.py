@@ -1,6 +1,6 @@
 """``create_app(config)``: the proxy as an aiohttp application.
 
-Every request first passes the admission middleware (guard.py). Then:
+Requests:
 
     /-/healthy              the process is alive (200)
     /-/ready                200 while at least one profile holds a valid token, else 503
@@ -8,7 +8,7 @@ Every request first passes the admission middleware (guard.py). Then:
     /-/status               JSON: version, upstream, uptime, token state (status.py)
     /-/metrics              Prometheus text format (metrics.py)
     /-/...                  reserved for the proxy: anything else here is 404, never forwarded
-    everything else         the profile is chosen (routing.py), then
+    everything else         admission first (guard.py), the profile chosen (routing.py), then
       POST [/<p>]/ids/auth/login   the local token endpoint (login.py)
       anything else                forwarded to that profile's gateway (forward.py)
 
@@ -28,7 +28,7 @@ from aiohttp import web
 from .access import ANYONE, AccessControl
 from .config import Config
 from .forward import Forwarder
-from .guard import CALLER, LOGIN_PATH, cors_headers, guard_middleware
+from .guard import CALLER, LOGIN_PATH, Guard, cors_headers
 from .login import LocalTokenIssuer, LoginHandler
 from .logs import AccessLog
 from .metrics import CONTENT_TYPE, Metrics
@@ -57,6 +57,7 @@ TOKEN_CLIENTS = web.AppKey("token_clients", dict[str, TokenClient])
 FORWARDERS = web.AppKey("forwarders", dict[str, Forwarder])
 LOCAL_TOKENS = web.AppKey("local_tokens", LocalTokenIssuer)
 ROUTER = web.AppKey("router", ProfileRouter)
+GUARD = web.AppKey("guard", Guard)
 LOGIN = web.AppKey("login", LoginHandler)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED = web.AppKey("started", float)
@@ -76,7 +77,6 @@ def create_app(
     access = AccessControl(config.access, issuer)
     router = ProfileRouter(config.profiles)
     app = web.Application(
-        middlewares=[guard_middleware(config.policy, access)],
         # Replayable bodies are read whole, so the server must accept that much.
         client_max_size=max(config.replay_body_limit, 1024 * 1024) + 1,
     )
@@ -84,6 +84,7 @@ def create_app(
     app[LOCAL_TOKENS] = issuer
     app[ACCESS] = access
     app[ROUTER] = router
+    app[GUARD] = Guard(config.policy, access)
     managers: dict[str, TokenManager] = {}
     app[TOKENS] = managers  # filled at startup, one per profile
     app[METRICS] = Metrics(lambda: managers)
@@ -170,6 +171,9 @@ def _upstream(
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
     app = request.app
+    refusal = app[GUARD].admit(request)
+    if refusal is not None:
+        return refusal
     router = app[ROUTER]
     prefixed, target = router.split(request.raw_path)
     if target is None:

@@ -96,8 +96,8 @@ class Forwarder:
             target = self._target(raw_target)
         except ValueError as exc:
             return error_response(400, "BadRequest", str(exc), request_id=request_id)
-        in_flight = self._metrics.in_flight
-        in_flight.inc()
+        metrics = self._metrics
+        metrics.in_flight += 1
         started = time.perf_counter()
         try:
             return await self._exchange(request, target, request_id, local_prefix)
@@ -108,7 +108,7 @@ class Forwarder:
             record_request(self._access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
             raise
         finally:
-            in_flight.dec()
+            metrics.in_flight -= 1
 
     async def _exchange(
         self, request: web.Request, target: URL, request_id: str, local_prefix: str

@@ -9,8 +9,8 @@ order, each refusal a gateway-shaped error and nothing sent upstream:
 2. The target: origin-form only; no ``//`` prefix, dot segments, or encoded ``.``, ``/``,
    ``\\`` or NUL in the path (400). The upstream host is fixed anyway; this stops paths
    meant to be read differently by something between us and the gateway.
-3. ``/-/`` endpoints are the proxy's own and skip the rest (orchestrator probes send the
-   pod's address as ``Host`` and no credentials).
+3. (``/-/`` endpoints are the proxy's own and never come here: orchestrator probes send
+   the pod's address as ``Host`` and no credentials.)
 4. ``Host`` must be allowed (403): a web page reaching the proxy through a DNS name it
    controls (DNS rebinding) is refused.
 5. Browsers: a cross-site request (``Origin`` or ``Sec-Fetch-Site``) is refused (403) unless
@@ -24,9 +24,9 @@ order, each refusal a gateway-shaped error and nothing sent upstream:
 
 from __future__ import annotations
 
+import itertools
 import re
-import uuid
-from collections.abc import Awaitable, Callable
+import secrets
 
 from aiohttp import hdrs, web
 
@@ -35,7 +35,7 @@ from .config import Policy
 from .logs import REQUEST_ID
 from .responses import error_response
 
-__all__ = ["CALLER", "LOGIN_PATH", "REQUEST_ID_HEADER", "cors_headers", "guard_middleware"]
+__all__ = ["CALLER", "LOGIN_PATH", "REQUEST_ID_HEADER", "Guard", "cors_headers"]
 
 LOGIN_PATH = "/ids/auth/login"
 _LOGIN_SLASHES = LOGIN_PATH.count("/")
@@ -46,8 +46,6 @@ _CROSS_SITE = frozenset({"cross-site", "same-site"})
 REQUEST_ID_HEADER = "X-Request-Id"
 # A client's own request id is kept when it is plain and short; otherwise one is made.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _path_problem(path: str) -> str | None:
@@ -74,21 +72,30 @@ def cors_headers(origin: str) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
 
-def guard_middleware(
-    policy: Policy, access: AccessControl
-) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The admission middleware for ``policy`` and ``access``."""
-    hosts = policy.allowed_hosts
-    origins = policy.allowed_origins
-    methods = policy.allowed_methods
-    paths = policy.allowed_paths
+class Guard:
+    """Admission for ``policy`` and ``access``: ``refusal = guard.admit(request)``.
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    Called first by the catch-all handler rather than as a middleware: aiohttp builds a
+    middleware chain per request, which cost more than every check here together.
+    """
+
+    def __init__(self, policy: Policy, access: AccessControl) -> None:
+        self._hosts = policy.allowed_hosts
+        self._origins = policy.allowed_origins
+        self._methods = policy.allowed_methods
+        self._paths = policy.allowed_paths
+        self._access = access
+        # Request ids: a random prefix per process and a counter. Unique, and cheaper than
+        # a UUID a request; they identify, they do not authorise.
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count(1)
+
+    def admit(self, request: web.Request) -> web.StreamResponse | None:
+        """``None`` to go on, else the response that refuses the request."""
         headers = request.headers
         request_id = headers.get(REQUEST_ID_HEADER)
         if request_id is None or not _VALID_REQUEST_ID.fullmatch(request_id):
-            request_id = uuid.uuid4().hex
+            request_id = f"{self._id_prefix}-{next(self._ids):x}"
         request[REQUEST_ID] = request_id
 
         def refuse(status: int, error_type: str, message: str) -> web.Response:
@@ -100,14 +107,12 @@ def guard_middleware(
         path = request.raw_path.partition("?")[0]
         if (problem := _path_problem(path)) is not None:
             return refuse(400, "BadRequest", problem)
-        if path.startswith("/-/"):
-            return await handler(request)
-
+        hosts = self._hosts
         if hosts is not None and _host_name(headers.get(hdrs.HOST, "")) not in hosts:
             return refuse(403, "HostNotAllowed", "this Host is not allowed (see allowed_hosts)")
         origin = headers.get(hdrs.ORIGIN)
         if origin is not None or headers.get("Sec-Fetch-Site") in _CROSS_SITE:
-            if origin is None or origin not in origins:
+            if origin is None or origin not in self._origins:
                 return refuse(
                     403,
                     "OriginNotAllowed",
@@ -119,9 +124,9 @@ def guard_middleware(
         if encoding is not None and encoding.strip().lower() != "chunked":
             return refuse(501, "NotImplemented", "only the chunked transfer coding is supported")
         if path.endswith(LOGIN_PATH) and path.count("/") <= _LOGIN_SLASHES + 1:
-            return await handler(request)  # [/<profile>]/ids/auth/login checks its own
+            return None  # [/<profile>]/ids/auth/login checks its own credentials
 
-        caller = access.identify(headers.get(hdrs.AUTHORIZATION))
+        caller = self._access.identify(headers.get(hdrs.AUTHORIZATION))
         request[CALLER] = caller
         if caller is None:
             return refuse(
@@ -130,15 +135,14 @@ def guard_middleware(
                 "this proxy requires an access key (Authorization: Bearer <key>) "
                 "or a local token from /ids/auth/login",
             )
+        methods = self._methods
         if methods is not None and method not in methods:
             response = refuse(405, "MethodNotAllowed", f"{method} is not allowed by this proxy")
             response.headers[hdrs.ALLOW] = ", ".join(sorted(methods))
             return response
-        if paths is not None and not path.startswith(paths):
+        if self._paths is not None and not path.startswith(self._paths):
             return refuse(403, "PathNotAllowed", "this path is not allowed by this proxy")
-        return await handler(request)
-
-    return guard
+        return None
 
 
 def _preflight(request: web.Request, origin: str) -> web.Response:

@@ -33,6 +33,8 @@ _REPLACED_UPSTREAM = frozenset(istr(name) for name in ("Host", "Authorization", 
 
 
 def _dropped(headers: CIMultiDictProxy[str], always: frozenset[istr]) -> frozenset[str]:
+    if "Connection" not in headers:
+        return always
     named = {
         istr(token.strip())
         for value in headers.getall("Connection", ())

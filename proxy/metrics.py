@@ -3,7 +3,7 @@
 Each app has its own ``CollectorRegistry`` (no process-wide default registry), so several
 proxies can share a process, as the tests do. Labels stay low-cardinality: the method
 (known ones, else ``OTHER``), the status class (``2xx``...), and the profile (the credential
-set; ``default`` until there are several). Never the raw path.
+set). Never the raw path.
 
     proxy_requests_total{method,status_class,profile}        requests answered
     proxy_request_duration_seconds{profile}                  whole request, client's view
@@ -13,15 +13,26 @@ set; ``default`` until there are several). Never the raw path.
     proxy_token_refreshes_total{profile,outcome}             token requests by outcome
     proxy_token_request_duration_seconds{profile}            token endpoint latency
     proxy_token_expires_in_seconds{profile}                  until the held token expires
+
+The values are plain numbers kept here and turned into metric families when scraped:
+prometheus_client's own counters take a lock on every increment, which the single-threaded
+event loop does not need and the per-request path should not pay for.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -36,80 +47,42 @@ _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-class _TokenState(Collector):
-    """Read at scrape time from the token managers: nothing to keep in step."""
+class _Histogram:
+    """Counts per bucket (the last one: above every bound) and the sum."""
 
-    def __init__(self, managers: Callable[[], Mapping[str, TokenManager]]) -> None:
-        self._managers = managers
+    __slots__ = ("counts", "total")
 
-    def collect(self) -> Iterator[Metric]:
-        expires = GaugeMetricFamily(
-            "proxy_token_expires_in_seconds",
-            "Seconds until the held gateway token expires (absent: no token).",
-            labels=["profile"],
-        )
-        refreshes = CounterMetricFamily(
-            "proxy_token_refreshes", "Token requests, by outcome.", labels=["profile", "outcome"]
-        )
-        for name, manager in self._managers().items():
-            seconds = manager.expires_in()
-            if seconds is not None:
-                expires.add_metric([name], seconds)
-            for outcome, count in manager.refreshes.items():
-                refreshes.add_metric([name, outcome], count)
-        yield expires
-        yield refreshes
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(_BUCKETS, value)] += 1  # the first bound >= value: "le"
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative, running = [], 0
+        for bound, count in zip((*map(str, _BUCKETS), "+Inf"), self.counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        return cumulative
 
 
 class Metrics:
     """The proxy's metrics: ``metrics.observe_request(...)``, ``metrics.render()``."""
 
     def __init__(self, managers: Callable[[], Mapping[str, TokenManager]]) -> None:
-        self.registry = CollectorRegistry()
-        registry = self.registry
-        self._requests = Counter(
-            "proxy_requests",
-            "Requests answered, by method and status class.",
-            ["method", "status_class", "profile"],
-            registry=registry,
-        )
-        self._duration = Histogram(
-            "proxy_request_duration_seconds",
-            "Time to answer a request, as the client sees it.",
-            ["profile"],
-            buckets=_BUCKETS,
-            registry=registry,
-        )
-        self._upstream = Histogram(
-            "proxy_upstream_duration_seconds",
-            "Time from sending a request upstream to the gateway's response headers.",
-            ["profile"],
-            buckets=_BUCKETS,
-            registry=registry,
-        )
-        self._received = Counter(
-            "proxy_received_bytes",
-            "Request body bytes from clients.",
-            ["profile"],
-            registry=registry,
-        )
-        self._sent = Counter(
-            "proxy_sent_bytes", "Response body bytes to clients.", ["profile"], registry=registry
-        )
-        self.in_flight = Gauge(
-            "proxy_requests_in_flight", "Requests being forwarded now.", registry=registry
-        )
-        self._token_latency = Histogram(
-            "proxy_token_request_duration_seconds",
-            "Token endpoint latency, every outcome.",
-            ["profile"],
-            buckets=_BUCKETS,
-            registry=registry,
-        )
-        registry.register(_TokenState(managers))
+        self._managers = managers
+        self.requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.durations: defaultdict[str, _Histogram] = defaultdict(_Histogram)
+        self.upstream: defaultdict[str, _Histogram] = defaultdict(_Histogram)
+        self.token_latency: defaultdict[str, _Histogram] = defaultdict(_Histogram)
+        self.received: defaultdict[str, int] = defaultdict(int)
+        self.sent: defaultdict[str, int] = defaultdict(int)
+        self.in_flight = 0
         self.requests_served = 0
-        # Label lookups validate and lock; the per-request path reuses the children.
-        self._children: dict[tuple[str, int, str], tuple[Counter, Histogram, Counter, Counter]] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(_Families(self))
 
     def observe_request(
         self,
@@ -120,38 +93,98 @@ class Metrics:
         bytes_out: int,
         profile: str = "default",
     ) -> None:
-        key = (method, status // 100, profile)
-        children = self._children.get(key)
-        if children is None:
-            label = method if method in _METHODS else "OTHER"
-            status_class = _STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
-            children = (
-                self._requests.labels(label, status_class, profile),
-                self._duration.labels(profile),
-                self._received.labels(profile),
-                self._sent.labels(profile),
-            )
-            self._children[key] = children
-        requests, duration, received, sent = children
-        requests.inc()
-        duration.observe(seconds)
+        label = method if method in _METHODS else "OTHER"
+        status_class = _STATUS_CLASSES[min(max(status // 100, 1), 5) - 1]
+        self.requests[label, status_class, profile] += 1
+        self.durations[profile].observe(seconds)
         if bytes_in:
-            received.inc(bytes_in)
+            self.received[profile] += bytes_in
         if bytes_out:
-            sent.inc(bytes_out)
+            self.sent[profile] += bytes_out
         self.requests_served += 1
 
     def observe_upstream(self, seconds: float, profile: str = "default") -> None:
-        self._upstream.labels(profile).observe(seconds)
+        self.upstream[profile].observe(seconds)
 
     def token_observer(self, profile: str) -> Callable[[str, float], None]:
         """The ``on_refresh`` hook for one profile's token manager."""
-        latency = self._token_latency.labels(profile)
+        latency = self.token_latency[profile]
 
         def observe(outcome: str, seconds: float) -> None:
             latency.observe(seconds)
 
         return observe
 
+    def managers(self) -> Mapping[str, TokenManager]:
+        return self._managers()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Families(Collector):
+    """The numbers above as metric families, built at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        requests = CounterMetricFamily(
+            "proxy_requests",
+            "Requests answered, by method and status class.",
+            labels=["method", "status_class", "profile"],
+        )
+        for labels, count in sorted(m.requests.items()):
+            requests.add_metric(list(labels), count)
+        yield requests
+        yield _histogram(
+            "proxy_request_duration_seconds",
+            "Time to answer a request, as the client sees it.",
+            m.durations,
+        )
+        yield _histogram(
+            "proxy_upstream_duration_seconds",
+            "Time from sending a request upstream to the gateway's response headers.",
+            m.upstream,
+        )
+        yield _counter("proxy_received_bytes", "Request body bytes from clients.", m.received)
+        yield _counter("proxy_sent_bytes", "Response body bytes to clients.", m.sent)
+        yield GaugeMetricFamily(
+            "proxy_requests_in_flight", "Requests being forwarded now.", value=m.in_flight
+        )
+        yield _histogram(
+            "proxy_token_request_duration_seconds",
+            "Token endpoint latency, every outcome.",
+            m.token_latency,
+        )
+        expires = GaugeMetricFamily(
+            "proxy_token_expires_in_seconds",
+            "Seconds until the held gateway token expires (absent: no token).",
+            labels=["profile"],
+        )
+        refreshes = CounterMetricFamily(
+            "proxy_token_refreshes", "Token requests, by outcome.", labels=["profile", "outcome"]
+        )
+        for name, manager in m.managers().items():
+            seconds = manager.expires_in()
+            if seconds is not None:
+                expires.add_metric([name], seconds)
+            for outcome, count in manager.refreshes.items():
+                refreshes.add_metric([name, outcome], count)
+        yield expires
+        yield refreshes
+
+
+def _histogram(name: str, documentation: str, by_profile: Mapping[str, _Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=["profile"])
+    for profile, histogram in sorted(by_profile.items()):
+        family.add_metric([profile], histogram.buckets(), histogram.total)
+    return family
+
+
+def _counter(name: str, documentation: str, by_profile: Mapping[str, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=["profile"])
+    for profile, value in sorted(by_profile.items()):
+        family.add_metric([profile], value)
+    return family

@@ -85,6 +85,21 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
+        routed = self._request_handler
+
+        async def refuse_connect(request: BaseRequest) -> web.StreamResponse:
+            # CONNECT's authority-form target matches no route (it has no path): refused
+            # here, in the gateway's shape, rather than with aiohttp's plain 404.
+            if request.method == "CONNECT":
+                return web.Response(
+                    status=405,
+                    text=_gateway_error("MethodNotAllowed", "CONNECT is not supported"),
+                    content_type="application/json",
+                )
+            assert routed is not None  # noqa: S101 - aiohttp sets it from the server
+            return await routed(request)
+
+        self._request_handler = refuse_connect
         self._max_connections = max_connections
         self._head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None

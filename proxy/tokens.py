@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import aiohttp
@@ -78,9 +79,13 @@ class Token:
     def lifetime(self) -> float:
         return self.expires_at - self.obtained_at
 
+    @cached_property
+    def usable_until(self) -> float:
+        """Sent until then: a safety gap before expiry covers the trip to the gateway."""
+        return self.expires_at - min(5.0, self.lifetime / 10)
+
     def usable(self, now: float) -> bool:
-        """True while it can still be sent: a safety gap covers the trip to the gateway."""
-        return now < self.expires_at - min(5.0, self.lifetime / 10)
+        return now < self.usable_until
 
     def refresh_due(self, margin: float) -> float:
         """When to start refreshing: ``margin`` before expiry, never past half the lifetime."""
@@ -273,6 +278,7 @@ class TokenManager:
         self._last_error: TokenError | None = None
         self._rejected_at: float | None = None
         self._again = False  # fetch once more when the one in flight ends (new credentials)
+        self._due = 0.0  # when the held token's refresh is due
         self.refreshes: dict[str, int] = {"success": 0, "rejected": 0, "unavailable": 0}
         # The latest token request: wall-clock time, outcome, and the error if it failed.
         self.last_refresh: tuple[float, str, str | None] | None = None
@@ -305,8 +311,8 @@ class TokenManager:
         """A usable token; waits only when none is held. Raises ``TokenError`` subclasses."""
         now = self._clock.monotonic()
         token = self._token
-        if token is not None and token.usable(now):
-            if now >= token.refresh_due(self._margin) and not self._recently_rejected(now):
+        if token is not None and now < token.usable_until:
+            if now >= self._due and not self._recently_rejected(now):
                 self._ensure_refreshing()
             return token
         return await self._wait_for_new_token(now)
@@ -433,9 +439,9 @@ class TokenManager:
         return took
 
     def _install(self, token: Token, took: float) -> None:
+        due = self._due = token.refresh_due(self._margin)
         self._token = token
         self._last_error = self._rejected_at = None
-        due = token.refresh_due(self._margin)
         log.info(
             "token refreshed%s: expires in %.0f s, next refresh in %.0f s (took %.3f s)",
             self._label,

@@ -23,7 +23,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import istr
 from yarl import URL
 
 from . import headers
@@ -46,12 +45,6 @@ from .tokens import Token, TokenManager
 __all__ = ["Forwarder"]
 
 log = logging.getLogger("proxy.forward")
-
-# Let the client's own headers through as they are: no User-Agent, Content-Type, Accept
-# or Accept-Encoding of aiohttp's own invented on the way.
-_SKIP_AUTO_HEADERS = frozenset(
-    istr(name) for name in ("User-Agent", "Content-Type", "Accept", "Accept-Encoding")
-)
 
 # Errors that mean the gateway (not the client) broke the exchange. Timeouts first:
 # ServerTimeoutError is a ClientError too.
@@ -195,7 +188,6 @@ class Forwarder:
                 headers=outgoing,
                 data=body,
                 allow_redirects=False,
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
             )
         except TimeoutError:
             raise UpstreamTimeout("the gateway did not answer in time") from None

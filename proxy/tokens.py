@@ -160,7 +160,12 @@ class TokenClient:
                 auth=aiohttp.BasicAuth(
                     self._credentials.client_id, self._credentials.client_secret, "utf-8"
                 ),
-                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+                headers={
+                    "Accept": "application/json",
+                    "Accept-Encoding": "identity",
+                    # The session skips automatic headers (app.py), the form's type included.
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:

@@ -176,10 +176,11 @@ def record_request(
     request_id = request.get(REQUEST_ID, "-")
     up = f"{upstream * 1000:.1f}ms" if upstream is not None else "-"
     note = " (abandoned: the client hung up, or shutdown cut it)" if status == CLIENT_CLOSED else ""
+    named = "" if profile == "default" else f" profile={profile}"
     access_log.write(
         level,
         f"{request.method} {path} {status} in={bytes_in} out={bytes_out} "
-        f"{seconds * 1000:.1f}ms up={up} id={request_id}{note}",
+        f"{seconds * 1000:.1f}ms up={up} id={request_id}{named}{note}",
         {
             "method": request.method,
             "path": path,

@@ -89,7 +89,10 @@ def bearer_of(gateway: Gateway) -> str:
     return gateway.state.requests[-1].headers["Authorization"]
 
 
-async def test_path_prefix_routes_to_each_institution(two: TwoInstitutions) -> None:
+async def test_path_prefix_routes_to_each_institution(
+    two: TwoInstitutions, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="proxy.access")
     assert (await two.get("/alpha" + TABLES))[0] == 200
     alpha_token = bearer_of(two.alpha)
     assert (await two.get("/beta" + TABLES))[0] == 200
@@ -99,6 +102,9 @@ async def test_path_prefix_routes_to_each_institution(two: TwoInstitutions) -> N
         jwt.decode(alpha_token.split()[1], options={"verify_signature": False})["sub"] == ALPHA_ID
     )
     assert jwt.decode(beta_token.split()[1], options={"verify_signature": False})["sub"] == BETA_ID
+    lines = [r.getMessage() for r in caplog.records if r.name == "proxy.access"]
+    assert any(line.startswith("GET /alpha" + TABLES) and "profile=alpha" in line for line in lines)
+    assert any("profile=beta" in line for line in lines), "the access log names the profile"
 
 
 @pytest.mark.parametrize("path", [TABLES, "/gamma" + TABLES, "/alphax" + TABLES])

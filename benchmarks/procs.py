@@ -26,6 +26,7 @@ __all__ = [
     "core_busy_seconds",
     "cpu_seconds",
     "free_port",
+    "listen_overflows",
     "process_tree",
     "reset_peak_rss",
     "rss_kib",
@@ -189,6 +190,21 @@ def core_busy_seconds(core: int | None) -> float:
                 user, nice, system = (int(field) for field in line.split()[1:4])
                 return (user + nice + system) / _CLK_TCK
     return 0.0
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full.
+
+    Machine-wide (``TcpExt: ListenOverflows``); a dropped SYN is retried by the client
+    after a second, which shows as a request a second slower, not as an error.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
+            if names.startswith("TcpExt:"):
+                fields = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+                return int(fields.get("ListenOverflows", 0))
+    return 0
 
 
 def _status_kib(pid: int, key: str) -> int:

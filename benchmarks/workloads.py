@@ -24,7 +24,14 @@ from typing import Any
 import aiohttp
 
 from .lab import Endpoint
-from .procs import RssSampler, core_busy_seconds, cpu_seconds, reset_peak_rss, rss_kib
+from .procs import (
+    RssSampler,
+    core_busy_seconds,
+    cpu_seconds,
+    listen_overflows,
+    reset_peak_rss,
+    rss_kib,
+)
 
 __all__ = ["WRK_LUA", "refresh", "slow", "small_gets", "transfer"]
 
@@ -206,6 +213,7 @@ def slow(endpoint: Endpoint, count: int, hold_ms: int) -> Record:
     rss_before = rss_kib(pids)
     exact_peak = reset_peak_rss(pids)
     cpu_before = cpu_seconds(pids)
+    overflows_before = listen_overflows()
     started = time.monotonic()
     with RssSampler(pids, interval=0.05) as sampler:
         outcomes = asyncio.run(
@@ -226,6 +234,7 @@ def slow(endpoint: Endpoint, count: int, hold_ms: int) -> Record:
         "wall_s": wall,
         "p50_s": statistics.median(latencies),
         "max_s": latencies[-1],
+        "listen_overflows": listen_overflows() - overflows_before,
     }
     if pids:
         record["proxy_cpu_s"] = cpu

@@ -71,12 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--big-mib", type=int, default=512, help="transfer size (512)")
     parser.add_argument(
-        "--repeats", type=int, default=5, help="transfers per measurement; the median counts (5)"
+        "--repeats", type=int, help="transfers per measurement; the median counts (5; quick 3)"
     )
     parser.add_argument("--slow-count", type=int, default=1000)
     parser.add_argument("--slow-ms", type=int, default=3000)
     parser.add_argument(
-        "--refresh-seconds", type=float, help="load during the refresh test (12; quick 8)"
+        "--refresh-seconds", type=float, help="load during the refresh test (12; quick 6)"
     )
     parser.add_argument(
         "--slow-default-pool",
@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.seconds = args.seconds or (2.0 if args.quick else 5.0)
-    args.refresh_seconds = args.refresh_seconds or (8.0 if args.quick else 12.0)
+    args.refresh_seconds = args.refresh_seconds or (6.0 if args.quick else 12.0)
+    args.repeats = args.repeats or (3 if args.quick else 5)
     if args.slow_default_pool is None:
         args.slow_default_pool = not args.quick
     variants = [v for v in args.variants.split(",") if v]

@@ -146,7 +146,7 @@ class Config:
     upstream: Profile  # the top-level settings: the default profile, credentials or not
     refresh_margin: float = 300.0
     replay_body_limit: int = 1024 * 1024
-    pool_size: int = 100
+    pool_size: int = 1000  # as many as max_connections: a request never waits for one
     timeouts: Timeouts = field(default_factory=Timeouts)
     log_level: str = "info"
     log_format: str = "text"
@@ -340,7 +340,7 @@ _KEYS = {
         _Key("client_secret_file", _text, aliases=("DAP_CLIENT_SECRET_FILE",)),
         _Key("refresh_margin", _non_negative_number, 300),
         _Key("replay_body_limit", _non_negative_number, 1024 * 1024),
-        _Key("pool_size", _positive_int, 100),
+        _Key("pool_size", _positive_int, 1000),
         _Key("timeouts.connect", _positive_number, 10),
         _Key("timeouts.read", _positive_number, 300),
         _Key("timeouts.token", _positive_number, 30),

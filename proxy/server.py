@@ -33,6 +33,7 @@ EXIT_CANNOT_LISTEN = 4
 # Idle kept-alive client connections are closed after this long (aiohttp's default is an
 # hour, which lets idle clients hold connection slots).
 KEEPALIVE_TIMEOUT = 75.0
+LISTEN_BACKLOG = 1024
 
 
 class StartupError(Exception):
@@ -128,12 +129,14 @@ async def _listen(runner: web.AppRunner, listen: ListenAddress) -> str:
         # Owner-only from the moment it exists: no window in which others may connect.
         previous = os.umask(0o177)
         try:
-            await web.UnixSite(runner, listen.path).start()
+            await web.UnixSite(runner, listen.path, backlog=LISTEN_BACKLOG).start()
         finally:
             os.umask(previous)
         os.chmod(listen.path, 0o600)
         return f"unix:{listen.path}"
-    await web.TCPSite(runner, listen.host, listen.port).start()
+    # A deeper accept queue than aiohttp's 128: a burst of connections (a thousand jobs
+    # polled at once) otherwise has SYNs dropped and retried a second later.
+    await web.TCPSite(runner, listen.host, listen.port, backlog=LISTEN_BACKLOG).start()
     port = runner.addresses[0][1] if runner.addresses else listen.port
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
     return f"http://{host}:{port}"

@@ -20,7 +20,14 @@ __all__ = ["add_derived", "main", "markdown", "spread", "summary", "targets"]
 Record = dict[str, Any]
 GET_WORKLOADS = ("get-c1", "get-c50")
 TRANSFERS = ("download", "download-chunked", "upload", "upload-chunked")
-VARIANT_ORDER = ("direct", "nginx", "minimal", "ours", "ours-pool100")
+VARIANT_ORDER = (
+    "direct",
+    "nginx",
+    "minimal",
+    "ours",
+    "ours-default-pool",
+    "ours-pool100",  # the same, in result files before fbcf7d1
+)
 
 
 def spread(values: Sequence[float]) -> dict[str, float] | None:
@@ -189,7 +196,7 @@ def _variants(block: dict[str, Any]) -> list[str]:
 def _candidates_table(records: list[Record]) -> list[str]:
     """Each candidate (a patched copy, ``ours-NAME``) against ours, round by round."""
     names = sorted({r["variant"] for r in records if r["variant"].startswith("ours-")})
-    names = [n for n in names if n != "ours-pool100"]
+    names = [n for n in names if n not in ("ours-default-pool", "ours-pool100")]
     if not names:
         return []
     checks = [

@@ -246,7 +246,7 @@ class Runner:
             if rnd == 0 and args.slow_default_pool and "ours" in variants:
                 self._guarded(
                     "ours slow with the default pool",
-                    lambda: self._slow(rnd, "ours", "ours-pool100", None),
+                    lambda: self._slow(rnd, "ours", "ours-default-pool", None),
                 )
         if "refresh" in wanted and "ours" in variants:
             self._guarded(f"round {rnd + 1} refresh", lambda: self._refresh(rnd))

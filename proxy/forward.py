@@ -210,8 +210,7 @@ class Forwarder:
         request_id: str,
         local_prefix: str,
     ) -> web.StreamResponse:
-        local_base = _origin(request) + local_prefix
-        relayed = headers.to_client(upstream.headers, self._upstream, local_base)
+        relayed = headers.to_client(upstream.headers, self._upstream, request, local_prefix)
         relayed[REQUEST_ID_HEADER] = request_id
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=relayed
@@ -242,10 +241,6 @@ class Forwarder:
             request[BYTES_OUT] = sent
         await response.write_eof()
         return response
-
-
-def _origin(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
 
 
 def _abort(request: web.Request) -> None:

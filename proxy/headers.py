@@ -1,73 +1,79 @@
 """Which headers cross the proxy, in each direction (RFC 9110 section 7.6.1).
 
 Headers stay in a ``CIMultiDict`` throughout: repeated headers such as ``Set-Cookie`` must
-survive, and a ``dict`` would keep only the last.
+survive, and a ``dict`` would keep only the last. Names are compared in lower case: a
+client may send ``keep-alive`` or ``TRANSFER-ENCODING`` (and a set of ``istr`` does not
+match other casings).
 """
 
 from __future__ import annotations
 
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 __all__ = ["HOP_BY_HOP", "to_client", "to_upstream"]
 
 # Meaningful for one connection only; never forwarded, in either direction.
 HOP_BY_HOP = frozenset(
-    istr(name)
-    for name in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",  # not standard, but still sent by some clients
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-    )
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",  # not standard, but still sent by some clients
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 
 # Replaced on the way up: the gateway's Host comes from the upstream URL, and whatever
 # credentials a client sends (a local token, or the deprecated x-instauth) give way to ours.
-_REPLACED_UPSTREAM = frozenset(istr(name) for name in ("Host", "Authorization", "X-InstAuth"))
+_DROPPED_UPSTREAM = HOP_BY_HOP | {"host", "authorization", "x-instauth"}
+# CORS is the proxy's decision (allowed_origins), never the gateway's: a permissive header
+# passed through would let any web page read what the proxy fetches.
+_DROPPED_DOWNSTREAM = HOP_BY_HOP | {
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-expose-headers",
+    "access-control-max-age",
+}
 
 
-def _dropped(headers: CIMultiDictProxy[str], always: frozenset[istr]) -> frozenset[str]:
-    if "Connection" not in headers:
+def _dropped(headers: CIMultiDictProxy[str], always: frozenset[str]) -> frozenset[str]:
+    """``always``, and every header the ``Connection`` header names (lower case)."""
+    if "Connection" not in headers:  # a CIMultiDict lookup: any casing
         return always
     named = {
-        istr(token.strip())
+        token.strip().lower()
         for value in headers.getall("Connection", ())
         for token in value.split(",")
         if token.strip()
     }
-    return always | named if named else always
+    return always | named
 
 
 def to_upstream(headers: CIMultiDictProxy[str], access_token: str) -> CIMultiDict[str]:
     """The client's headers, less hop-by-hop and credentials, plus our bearer token."""
-    dropped = _dropped(headers, HOP_BY_HOP | _REPLACED_UPSTREAM)
-    forwarded = CIMultiDict((k, v) for k, v in headers.items() if k not in dropped)
+    dropped = _dropped(headers, _DROPPED_UPSTREAM)
+    forwarded = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
     forwarded["Authorization"] = f"Bearer {access_token}"
     return forwarded
 
 
 def to_client(
-    headers: CIMultiDictProxy[str], upstream_base: URL, proxy_base: str
+    headers: CIMultiDictProxy[str], upstream_base: URL, request: BaseRequest, local_prefix: str
 ) -> CIMultiDict[str]:
-    """The gateway's headers, less hop-by-hop and CORS, with a gateway ``Location`` made ours.
-
-    CORS headers are the proxy's decision (allowed_origins), never the gateway's: a
-    permissive one passed through would let any web page read what the proxy fetches.
-    """
-    dropped = _dropped(headers, HOP_BY_HOP)
-    relayed = CIMultiDict(
-        (k, v)
-        for k, v in headers.items()
-        if k not in dropped and not k.lower().startswith("access-control-")
-    )
+    """The gateway's headers, less hop-by-hop and CORS, with a gateway ``Location`` made ours."""
+    dropped = _dropped(headers, _DROPPED_DOWNSTREAM)
+    relayed = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
     location = relayed.get("Location")
     if location is not None:
+        proxy_base = f"{request.scheme}://{request.host}{local_prefix}"
         relayed["Location"] = _rewrite_location(location, upstream_base, proxy_base)
     return relayed
 

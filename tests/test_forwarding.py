@@ -92,6 +92,11 @@ async def test_hop_by_hop_and_client_credentials_never_reach_the_gateway(proxy: 
         b"Proxy-Connection: keep-alive\r\n"
         b"Authorization: Bearer the-clients-own-token\r\n"
         b"X-InstAuth: deprecated-client-token\r\n"
+        b"keep-alive: timeout=5\r\n"
+        b"connection: X-Lower-Hop\r\n"
+        b"x-lower-hop: also private\r\n"
+        b"proxy-authorization: Basic bG93ZXI6Y2FzZQ==\r\n"
+        b"x-instauth: lower-case-client-token\r\n"
         b"X-Repeated: one\r\n"
         b"X-Repeated: two\r\n"
         b"traceparent: 00-not-valid-w3c-00\r\n"
@@ -103,6 +108,7 @@ async def test_hop_by_hop_and_client_credentials_never_reach_the_gateway(proxy: 
     for hop in (
         "connection",
         "x-private-hop",
+        "x-lower-hop",
         "keep-alive",
         "te",
         "trailer",

@@ -163,7 +163,9 @@ def record_request(
     seconds: float,
 ) -> None:
     """Count one request in the metrics and write its access log line."""
-    bytes_in = request.get(BYTES_IN, 0)
+    bytes_in = request.get(BYTES_IN)
+    if bytes_in is None:  # not counted while forwarding: a local answer (login, errors)
+        bytes_in = request.content_length or 0
     profile = request.get(PROFILE, "default")
     if metrics is not None:
         metrics.observe_request(request.method, status, seconds, bytes_in, bytes_out, profile)

@@ -26,7 +26,7 @@ def parse_scope(scope: str) -> dict[str, str]:
         name, sep, value = word.partition(":")
         if sep and name in ("principal", "partner", "region"):
             parsed[name] = value
-        elif not sep and "service" not in parsed:
+        elif "service" not in parsed:  # the first other word, colons and all (urn:...)
             parsed["service"] = word
     return parsed
 

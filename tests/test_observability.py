@@ -84,7 +84,7 @@ async def test_status_reports_the_token_state_but_never_the_token(
     assert 3500 < profile["expires_in"] <= 3599
     assert profile["last_refresh"]["outcome"] == "success"
     assert profile["scope"]["region"] == "us-east-1"
-    assert {"principal", "partner", "region"} <= set(profile["scope"])
+    assert set(profile["scope"]) == {"service", "principal", "partner", "region"}
     token = proxy.tokens.current
     assert token is not None and token.access_token.encode() not in raw
 

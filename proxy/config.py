@@ -13,7 +13,6 @@ from, and never repeats a secret.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import stat
 from collections.abc import Callable, Mapping
@@ -24,7 +23,9 @@ from typing import Any
 import yaml
 from yarl import URL
 
+from . import values
 from .errors import ConfigError
+from .values import ListenAddress, parse_listen
 
 __all__ = [
     "DEFAULT_UPSTREAM",
@@ -50,31 +51,6 @@ class Credentials:
 
     client_id: str
     client_secret: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """Where the proxy accepts connections: ``ListenAddress("127.0.0.1", 8080)``, or a Unix
-    socket: ``ListenAddress(path="/run/proxy.sock")``."""
-
-    host: str = ""
-    port: int = 0
-    path: str | None = None  # a Unix socket, created owner-only
-
-    @property
-    def is_loopback(self) -> bool:
-        """True when only this machine can connect (a Unix socket counts)."""
-        if self.path is not None or self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -170,152 +146,6 @@ class Config:
 # --------------------------------------------------------------------------- the keys
 
 
-def _text(value: object) -> str:
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ValueError("expected a string")
-    text = str(value).strip()
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def _positive_number(value: object) -> float:
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError("expected a number of seconds") from None
-    if isinstance(value, bool) or not number > 0:
-        raise ValueError("expected a positive number of seconds")
-    return number
-
-
-def _non_negative_number(value: object) -> float:
-    if value in (0, "0"):
-        return 0.0
-    return _positive_number(value)
-
-
-def _positive_int(value: object) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise ValueError("expected a whole number") from None
-    if isinstance(value, bool) or number <= 0:
-        raise ValueError("expected a positive whole number")
-    return number
-
-
-def _url(value: object) -> URL:
-    text = _text(value)
-    url = URL(text)
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
-    if url.user or url.password:
-        raise ValueError("must not carry credentials; use client_id and client_secret")
-    if url.query_string or url.fragment:
-        raise ValueError("must not have a query string or fragment")
-    return url.with_path(url.path.rstrip("/") or "/")
-
-
-def parse_listen(value: object) -> ListenAddress:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``unix:/path``; ``ValueError`` says what is wrong."""
-    text = _text(value)
-    if text.startswith("unix:"):
-        path = text.removeprefix("unix:")
-        if not path.startswith("/"):
-            raise ValueError(f"expected unix:/absolute/path, got {text!r}")
-        return ListenAddress(path=path)
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"expected HOST:PORT with a numeric port, got {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be 0-65535, got {port}")
-    return ListenAddress(host, port)
-
-
-def _log_format(value: object) -> str:
-    text = _text(value).lower()
-    if text not in ("text", "json"):
-        raise ValueError(f"expected text or json, got {text!r}")
-    return text
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = _text(value).lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def _list(value: object) -> tuple[str, ...]:
-    """A YAML list, or a comma-separated string (the environment's form)."""
-    items = value if isinstance(value, list) else _text(value).split(",")
-    texts = tuple(_text(item) for item in items if str(item).strip())
-    if not texts:
-        raise ValueError("must not be empty")
-    return texts
-
-
-def _methods(value: object) -> frozenset[str]:
-    methods = frozenset(item.upper() for item in _list(value))
-    if bad := sorted(m for m in methods if not m.isalpha()):
-        raise ValueError(f"not HTTP methods: {', '.join(bad)}")
-    return methods
-
-
-def _paths(value: object) -> tuple[str, ...]:
-    paths = _list(value)
-    if bad := [p for p in paths if not p.startswith("/")]:
-        raise ValueError(f"path prefixes must start with '/': {', '.join(bad)}")
-    return paths
-
-
-def _grant(text: str) -> frozenset[str] | None:
-    names = frozenset(name.strip() for name in text.split("+") if name.strip())
-    return names or None
-
-
-def _access_keys(value: object) -> dict[str, frozenset[str] | None]:
-    """``KEY`` or ``KEY:profile+profile`` items; errors never repeat a key."""
-    keys: dict[str, frozenset[str] | None] = {}
-    for number, item in enumerate(_list(value), 1):
-        key, _, profiles = item.partition(":")
-        if not key.strip():
-            raise ValueError(f"item {number} has no key")
-        keys[key.strip()] = _grant(profiles)
-    return keys
-
-
-def _client_pairs(value: object) -> dict[str, tuple[str, frozenset[str] | None]]:
-    """``client_id:secret`` or ``client_id:secret:profile+profile`` items; errors never
-    repeat the item, which holds a secret."""
-    pairs: dict[str, tuple[str, frozenset[str] | None]] = {}
-    for number, item in enumerate(_list(value), 1):
-        client_id, sep, rest = item.partition(":")
-        secret, _, profiles = rest.partition(":")
-        if not sep or not client_id.strip() or not secret.strip():
-            raise ValueError(f"item {number} is not client_id:secret[:profiles]")
-        pairs[client_id.strip()] = (secret.strip(), _grant(profiles))
-    return pairs
-
-
-def _log_level(value: object) -> str:
-    level = _text(value).lower()
-    if level not in ("debug", "info", "warning", "error"):
-        raise ValueError(f"expected debug, info, warning or error, got {level!r}")
-    return level
-
-
 @dataclass(frozen=True)
 class _Key:
     name: str
@@ -332,32 +162,32 @@ class _Key:
 _KEYS = {
     key.name: key
     for key in (
-        _Key("listen", parse_listen, "127.0.0.1:8080"),
-        _Key("upstream", _url, DEFAULT_UPSTREAM),
-        _Key("token_url", _url),
-        _Key("client_id", _text, aliases=("DAP_CLIENT_ID",)),
-        _Key("client_secret", _text, aliases=("DAP_CLIENT_SECRET",), secret=True),
-        _Key("client_secret_file", _text, aliases=("DAP_CLIENT_SECRET_FILE",)),
-        _Key("refresh_margin", _non_negative_number, 300),
-        _Key("replay_body_limit", _non_negative_number, 1024 * 1024),
-        _Key("pool_size", _positive_int, 1000),
-        _Key("timeouts.connect", _positive_number, 10),
-        _Key("timeouts.read", _positive_number, 300),
-        _Key("timeouts.token", _positive_number, 30),
-        _Key("timeouts.shutdown", _positive_number, 15),
-        _Key("timeouts.client", _positive_number, 30),
-        _Key("log_level", _log_level, "info"),
-        _Key("log_format", _log_format, "text"),
-        _Key("allow_non_loopback", _bool, False),
-        _Key("max_connections", _positive_int, 1000),
-        _Key("access_keys", _access_keys, secret=True),
-        _Key("access_keys_file", _text),
-        _Key("local_clients", _client_pairs, secret=True),
-        _Key("local_clients_file", _text),
-        _Key("allowed_hosts", _list),
-        _Key("allowed_origins", _list),
-        _Key("allowed_methods", _methods),
-        _Key("allowed_paths", _paths),
+        _Key("listen", values.listen, "127.0.0.1:8080"),
+        _Key("upstream", values.url, DEFAULT_UPSTREAM),
+        _Key("token_url", values.url),
+        _Key("client_id", values.text, aliases=("DAP_CLIENT_ID",)),
+        _Key("client_secret", values.text, aliases=("DAP_CLIENT_SECRET",), secret=True),
+        _Key("client_secret_file", values.text, aliases=("DAP_CLIENT_SECRET_FILE",)),
+        _Key("refresh_margin", values.non_negative_number, 300),
+        _Key("replay_body_limit", values.non_negative_number, 1024 * 1024),
+        _Key("pool_size", values.positive_int, 1000),
+        _Key("timeouts.connect", values.positive_number, 10),
+        _Key("timeouts.read", values.positive_number, 300),
+        _Key("timeouts.token", values.positive_number, 30),
+        _Key("timeouts.shutdown", values.positive_number, 15),
+        _Key("timeouts.client", values.positive_number, 30),
+        _Key("log_level", values.log_level, "info"),
+        _Key("log_format", values.log_format, "text"),
+        _Key("allow_non_loopback", values.boolean, False),
+        _Key("max_connections", values.positive_int, 1000),
+        _Key("access_keys", values.access_keys, secret=True),
+        _Key("access_keys_file", values.text),
+        _Key("local_clients", values.client_pairs, secret=True),
+        _Key("local_clients_file", values.text),
+        _Key("allowed_hosts", values.text_list),
+        _Key("allowed_origins", values.text_list),
+        _Key("allowed_methods", values.methods),
+        _Key("allowed_paths", values.paths),
     )
 }
 
@@ -441,12 +271,12 @@ def _collect(
 _PROFILE_KEYS = {
     key.name: key
     for key in (
-        _Key("client_id", _text),
-        _Key("client_secret", _text, secret=True),
-        _Key("client_secret_file", _text),
-        _Key("upstream", _url),
-        _Key("token_url", _url),
-        _Key("local_client_ids", _list),
+        _Key("client_id", values.text),
+        _Key("client_secret", values.text, secret=True),
+        _Key("client_secret_file", values.text),
+        _Key("upstream", values.url),
+        _Key("token_url", values.url),
+        _Key("local_client_ids", values.text_list),
     )
 }
 _PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")

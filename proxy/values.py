@@ -1,0 +1,206 @@
+"""Parsers for configuration values, one per kind.
+
+Each takes what YAML or the environment gave (a string, a number, a list) and returns the
+typed value, or raises ``ValueError`` saying what is wrong, without repeating the value
+when it can hold a secret. ``config.py`` says which key uses which.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from yarl import URL
+
+__all__ = [
+    "ListenAddress",
+    "access_keys",
+    "boolean",
+    "client_pairs",
+    "listen",
+    "log_format",
+    "log_level",
+    "methods",
+    "non_negative_number",
+    "parse_listen",
+    "paths",
+    "positive_int",
+    "positive_number",
+    "text",
+    "text_list",
+    "url",
+]
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """Where the proxy accepts connections: ``ListenAddress("127.0.0.1", 8080)``, or a Unix
+    socket: ``ListenAddress(path="/run/proxy.sock")``."""
+
+    host: str = ""
+    port: int = 0
+    path: str | None = None  # a Unix socket, created owner-only
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when only this machine can connect (a Unix socket counts)."""
+        if self.path is not None or self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def text(value: object) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError("expected a string")
+    stripped = str(value).strip()
+    if not stripped:
+        raise ValueError("must not be empty")
+    return stripped
+
+
+def positive_number(value: object) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds") from None
+    if isinstance(value, bool) or not number > 0:
+        raise ValueError("expected a positive number of seconds")
+    return number
+
+
+def non_negative_number(value: object) -> float:
+    if value in (0, "0"):
+        return 0.0
+    return positive_number(value)
+
+
+def positive_int(value: object) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if isinstance(value, bool) or number <= 0:
+        raise ValueError("expected a positive whole number")
+    return number
+
+
+def url(value: object) -> URL:
+    given = text(value)
+    parsed = URL(given)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"expected an http:// or https:// URL, got {given!r}")
+    if parsed.user or parsed.password:
+        raise ValueError("must not carry credentials; use client_id and client_secret")
+    if parsed.query_string or parsed.fragment:
+        raise ValueError("must not have a query string or fragment")
+    return parsed.with_path(parsed.path.rstrip("/") or "/")
+
+
+def parse_listen(value: object) -> ListenAddress:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``unix:/path``; ``ValueError`` says what is wrong."""
+    given = text(value)
+    if given.startswith("unix:"):
+        path = given.removeprefix("unix:")
+        if not path.startswith("/"):
+            raise ValueError(f"expected unix:/absolute/path, got {given!r}")
+        return ListenAddress(path=path)
+    host, sep, port_text = given.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {given!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"expected HOST:PORT with a numeric port, got {given!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port}")
+    return ListenAddress(host, port)
+
+
+def log_format(value: object) -> str:
+    given = text(value).lower()
+    if given not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {given!r}")
+    return given
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    given = text(value).lower()
+    if given in ("true", "yes", "on", "1"):
+        return True
+    if given in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {given!r}")
+
+
+def text_list(value: object) -> tuple[str, ...]:
+    """A YAML list, or a comma-separated string (the environment's form)."""
+    items = value if isinstance(value, list) else text(value).split(",")
+    texts = tuple(text(item) for item in items if str(item).strip())
+    if not texts:
+        raise ValueError("must not be empty")
+    return texts
+
+
+def methods(value: object) -> frozenset[str]:
+    found = frozenset(item.upper() for item in text_list(value))
+    if bad := sorted(m for m in found if not m.isalpha()):
+        raise ValueError(f"not HTTP methods: {', '.join(bad)}")
+    return found
+
+
+def paths(value: object) -> tuple[str, ...]:
+    found = text_list(value)
+    if bad := [p for p in found if not p.startswith("/")]:
+        raise ValueError(f"path prefixes must start with '/': {', '.join(bad)}")
+    return found
+
+
+def _grant(given: str) -> frozenset[str] | None:
+    names = frozenset(name.strip() for name in given.split("+") if name.strip())
+    return names or None
+
+
+def access_keys(value: object) -> dict[str, frozenset[str] | None]:
+    """``KEY`` or ``KEY:profile+profile`` items; errors never repeat a key."""
+    keys: dict[str, frozenset[str] | None] = {}
+    for number, item in enumerate(text_list(value), 1):
+        key, _, profiles = item.partition(":")
+        if not key.strip():
+            raise ValueError(f"item {number} has no key")
+        keys[key.strip()] = _grant(profiles)
+    return keys
+
+
+def client_pairs(value: object) -> dict[str, tuple[str, frozenset[str] | None]]:
+    """``client_id:secret`` or ``client_id:secret:profile+profile`` items; errors never
+    repeat the item, which holds a secret."""
+    pairs: dict[str, tuple[str, frozenset[str] | None]] = {}
+    for number, item in enumerate(text_list(value), 1):
+        client_id, sep, rest = item.partition(":")
+        secret, _, profiles = rest.partition(":")
+        if not sep or not client_id.strip() or not secret.strip():
+            raise ValueError(f"item {number} is not client_id:secret[:profiles]")
+        pairs[client_id.strip()] = (secret.strip(), _grant(profiles))
+    return pairs
+
+
+def log_level(value: object) -> str:
+    level = text(value).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"expected debug, info, warning or error, got {level!r}")
+    return level
+
+
+listen = parse_listen  # the name config.py's key table uses

@@ -168,16 +168,23 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
     except StartupError as exc:
         log.error("%s", exc)
         return exc.exit_status
+    watcher = None
+    if load is not None:
+        # At once, before the first token: a SIGHUP must never find the default handler,
+        # which would end the process.
+        reloader = Reloader(running.runner.app, config, load)
+        watcher = asyncio.create_task(reloader.run())
+        await asyncio.sleep(0)  # let it install its SIGHUP handler
     try:
         await running.first_token()
     except StartupError as exc:
         log.error("%s", exc)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         await running.stop()
         return exc.exit_status
-    watcher = None
-    if load is not None:
-        reloader = Reloader(running.runner.app, config, load)
-        watcher = asyncio.create_task(reloader.run())
     await wait_for_signal()
     if watcher is not None:
         watcher.cancel()

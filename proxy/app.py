@@ -30,7 +30,7 @@ from .config import Config
 from .forward import Forwarder
 from .guard import CALLER, LOGIN_PATH, Guard, cors_headers
 from .login import LocalTokenIssuer, LoginHandler
-from .logs import AccessLog
+from .logs import REQUEST_ID, AccessLog
 from .metrics import CONTENT_TYPE, Metrics
 from .responses import error_response, json_response
 from .routing import ProfileRouter
@@ -200,7 +200,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def _refuse(request: web.Request, status: int, error_type: str, message: str) -> web.Response:
-    return error_response(status, error_type, message, request_id=request.get("request_id"))
+    return error_response(status, error_type, message, request_id=request.get(REQUEST_ID))
 
 
 def _scope(app: web.Application, profile: str) -> str:

@@ -35,7 +35,6 @@ __all__ = [
     "ListenAddress",
     "Profile",
     "Timeouts",
-    "UpstreamConfig",
     "load_config",
     "parse_listen",
 ]
@@ -67,9 +66,6 @@ class Profile:
     credentials: Credentials | None
     name: str = "default"
     local_client_ids: tuple[str, ...] = ()
-
-
-UpstreamConfig = Profile  # the name before profiles existed
 
 
 @dataclass(frozen=True)

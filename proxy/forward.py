@@ -17,7 +17,6 @@ import logging
 import socket
 import struct
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -83,8 +82,7 @@ class Forwarder:
         """Forward ``request`` to ``raw_target`` (its path and query, less any profile
         prefix, which is ``local_prefix``: Locations get it back)."""
         request[PROFILE] = self._profile
-        request_id = request.get(REQUEST_ID) or uuid.uuid4().hex  # the guard sets it
-        request[REQUEST_ID] = request_id
+        request_id: str = request[REQUEST_ID]  # given by the guard, which runs first
         try:
             target = self._target(raw_target)
         except ValueError as exc:
@@ -179,7 +177,7 @@ class Forwarder:
         self, request: web.Request, target: URL, token: Token, body: Any
     ) -> aiohttp.ClientResponse:
         outgoing = headers.to_upstream(request.headers, token.access_token)
-        outgoing[REQUEST_ID_HEADER] = request[REQUEST_ID]
+        outgoing[REQUEST_ID_HEADER] = request[REQUEST_ID]  # the client may quote it upstream
         started = time.perf_counter()
         try:
             response = await self._session.request(

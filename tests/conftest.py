@@ -71,11 +71,16 @@ ProxyFactory = Callable[..., Coroutine[Any, Any, Proxy]]
 
 @pytest.fixture
 def gateway_factory(aiohttp_server: Any) -> GatewayFactory:
-    async def make(**settings: Any) -> Gateway:
+    async def make(
+        prepare: Callable[[web.Application], None] | None = None, **settings: Any
+    ) -> Gateway:
+        """A simulator with ``settings``; ``prepare`` may add routes before it starts."""
         settings.setdefault("rate_limits", False)
         app = create_simulator_app(SimulatorSettings(**settings))
         hangups = Hangups()
         add_test_routes(app, hangups)
+        if prepare is not None:
+            prepare(app)
         server = await aiohttp_server(app)  # TestServer cancels handlers on hang-up
         return Gateway(str(server.make_url("")).rstrip("/"), app, hangups)
 

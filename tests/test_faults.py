@@ -41,15 +41,13 @@ from proxy.simulator import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     SIMULATOR_STATE,
-    SimulatorSettings,
     SimulatorState,
-    create_simulator_app,
 )
 from proxy.simulator.identity import TokenIssuer
 
 from .broken_upstream import BODY_BYTE, PROMISED, SENT, BrokenUpstream, Mode
 from .conftest import Proxy, ProxyFactory
-from .gateway_routes import Hangups, add_test_routes, pattern
+from .gateway_routes import pattern
 
 TABLES = "/dap/query/canvas/table"
 LOGIN = "/ids/auth/login"
@@ -210,19 +208,21 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
 @pytest.fixture
-def gateway_factory(aiohttp_server: Any) -> GatewayFactory:
+def gateway_factory(gateway_factory: Any) -> GatewayFactory:
+    """conftest's simulator, with a token issuer that records and the probe routes."""
+
     async def make(**settings: Any) -> Gateway:
-        settings.setdefault("rate_limits", False)
         settings.setdefault("job_duration", 0)
-        app = create_simulator_app(SimulatorSettings(**settings))
-        state = app[SIMULATOR_STATE]
-        state.tokens = RecordingIssuer(state.settings.token_lifetime, state.settings.clock)
         probes = Probes()
-        add_test_routes(app, Hangups())
-        app.router.add_route("*", "/faults/sink", probes.sink)
-        app.router.add_get("/faults/trickle", probes.trickle)
-        server = await aiohttp_server(app)
-        return Gateway(str(server.make_url("")).rstrip("/"), app, probes)
+
+        def prepare(app: web.Application) -> None:
+            state = app[SIMULATOR_STATE]
+            state.tokens = RecordingIssuer(state.settings.token_lifetime, state.settings.clock)
+            app.router.add_route("*", "/faults/sink", probes.sink)
+            app.router.add_get("/faults/trickle", probes.trickle)
+
+        base = await gateway_factory(prepare=prepare, **settings)
+        return Gateway(base.url, base.app, probes)
 
     return make
 

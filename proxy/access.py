@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from .config import AccessConfig, Grant
-from .login import LocalTokenIssuer
+from .local_tokens import LocalTokenIssuer
 
 __all__ = ["ANYONE", "AccessControl", "Caller"]
 

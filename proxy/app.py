@@ -8,9 +8,13 @@ Requests:
     /-/status               JSON: version, upstream, uptime, token state (status.py)
     /-/metrics              Prometheus text format (metrics.py)
     /-/...                  reserved for the proxy: anything else here is 404, never forwarded
-    everything else         admission first (guard.py), the profile chosen (routing.py), then
+    everything else         read once (routing.py), admitted (guard.py), then
       POST [/<p>]/ids/auth/login   the local token endpoint (login.py)
-      anything else                forwarded to that profile's gateway (forward.py)
+      anything else                forwarded to its profile's gateway (forward.py)
+
+The ``/-/`` endpoints pass the Host and browser checks too; with inbound authentication,
+status and metrics need a key, and readiness shows gateway-provided text only to callers
+with one.
 
 Each profile (credential set) has its own token manager and forwarder; they share one
 upstream ``ClientSession`` (a keep-alive pool per host). All live for the life of the app,
@@ -20,22 +24,24 @@ opened and closed in ``cleanup_ctx``, reached through typed ``AppKey``s, never g
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 
 from .access import ANYONE, AccessControl
+from .background import Supervisor
 from .config import Config
 from .forward import Forwarder
-from .guard import CALLER, LOGIN_PATH, Guard, cors_headers
-from .login import LocalTokenIssuer, LoginHandler
+from .guard import CALLER, Guard, cors_headers
+from .local_tokens import LocalTokenIssuer
+from .login import LoginHandler
 from .logs import REQUEST_ID, AccessLog
 from .metrics import CONTENT_TYPE, Metrics
 from .responses import error_response, json_response
 from .routing import ProfileRouter
 from .status import status_document
 from .tokens import Clock, TokenClient, TokenManager
+from .upstream import upstream_session
 
 __all__ = [
     "ACCESS",
@@ -44,10 +50,10 @@ __all__ = [
     "FORWARDERS",
     "LOCAL_TOKENS",
     "METRICS",
+    "SUPERVISOR",
     "TOKENS",
     "TOKEN_CLIENTS",
     "create_app",
-    "upstream_session",
 ]
 
 CONFIG = web.AppKey("config", Config)
@@ -62,6 +68,7 @@ LOGIN = web.AppKey("login", LoginHandler)
 METRICS = web.AppKey("metrics", Metrics)
 STARTED = web.AppKey("started", float)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
 
 
 def create_app(
@@ -91,37 +98,32 @@ def create_app(
     app[STARTED] = time.monotonic()
     app[ACCESS_LOG] = access_log or AccessLog()
     app[LOGIN] = LoginHandler(issuer, access, router, scope=lambda name: _scope(app, name))
+    app[SUPERVISOR] = Supervisor()
     app.cleanup_ctx.append(_upstream(clock))
     if config.policy.allowed_origins:
         app.on_response_prepare.append(_allow_origin)
 
-    app.router.add_get("/-/healthy", _healthy, allow_head=True)
-    app.router.add_get("/-/ready", _ready, allow_head=True)
-    app.router.add_get("/-/ready/{profile}", _ready, allow_head=True)
-    app.router.add_get("/-/status", _status)
-    app.router.add_get("/-/metrics", _metrics)
-    app.router.add_route("*", "/-/{tail:.*}", _reserved)
+    app.router.add_get("/-/healthy", _endpoint(_healthy), allow_head=True)
+    app.router.add_get("/-/ready", _endpoint(_ready), allow_head=True)
+    app.router.add_get("/-/ready/{profile}", _endpoint(_ready), allow_head=True)
+    app.router.add_get("/-/status", _endpoint(_status, private=True))
+    app.router.add_get("/-/metrics", _endpoint(_metrics, private=True))
+    app.router.add_route("*", "/-/{tail:.*}", _endpoint(_reserved))
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     return app
 
 
-def upstream_session(config: Config) -> aiohttp.ClientSession:
-    """The one session to the gateway: a keep-alive pool, shared by every request."""
-    timeouts = config.timeouts
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=config.pool_size, ttl_dns_cache=300),
-        # A proxy relays cookies; it must not keep them, nor mix them between clients.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        # Relay the gateway's bytes as they are: Content-Encoding is the client's business.
-        auto_decompress=False,
-        # Let clients' own headers through as they are: no User-Agent, Content-Type, Accept
-        # or Accept-Encoding of aiohttp's invented on the way. (Set once here: per request
-        # it cost about 2 % of a small request.)
-        skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
-        timeout=aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_read=timeouts.read
-        ),
-    )
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _endpoint(handler: Handler, *, private: bool = False) -> Handler:
+    """One of the proxy's own endpoints, behind its admission (guard.py)."""
+
+    async def admitted(request: web.Request) -> web.StreamResponse:
+        refusal = request.app[GUARD].admit_endpoint(request, private=private)
+        return refusal if refusal is not None else await handler(request)
+
+    return admitted
 
 
 def _upstream(
@@ -175,17 +177,17 @@ def _upstream(
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:
     app = request.app
-    refusal = app[GUARD].admit(request)
+    router = app[ROUTER]
+    route = router.route(request.method, request.raw_path)
+    refusal = app[GUARD].admit(request, route)
     if refusal is not None:
         return refusal
-    router = app[ROUTER]
-    prefixed, target = router.split(request.raw_path)
-    if target is None:
+    if not route.known:
         return _refuse(request, 404, "UnknownProfile", "no such profile (the first path segment)")
-    if target.partition("?")[0] == LOGIN_PATH and request.method == "POST":
-        return await app[LOGIN].login(request, prefixed)
+    if route.login:
+        return await app[LOGIN].login(request, route.prefixed)
     caller = request.get(CALLER) or ANYONE
-    name = router.for_request(prefixed, caller)
+    name = router.for_request(route, caller)
     if name is None:
         return _refuse(
             request,
@@ -195,8 +197,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         )
     if not caller.may_use(name):
         return _refuse(request, 403, "ProfileNotAllowed", "this caller may not use this profile")
-    local_prefix = f"/{prefixed}" if prefixed else ""
-    return await app[FORWARDERS][name].forward(request, target, local_prefix)
+    return await app[FORWARDERS][name].forward(request, route.target, route.local_prefix)
 
 
 def _refuse(request: web.Request, status: int, error_type: str, message: str) -> web.Response:
@@ -220,21 +221,32 @@ async def _healthy(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    """Ready while any profile can serve: one institution's failure is not everyone's."""
-    managers = request.app[TOKENS]
+    """Ready while any profile can serve: one institution's failure is not everyone's.
+
+    Why not is told in the proxy's own words to everyone; the token endpoint's own words
+    (redacted) only to callers the proxy knows, when inbound authentication is on.
+    """
+    app = request.app
+    managers = app[TOKENS]
     name = request.match_info.get("profile")
     if name is not None:
         if name not in managers:
             return error_response(404, "UnknownProfile", f"no profile {name!r}")
         managers = {name: managers[name]}
+    problems = [f"{problem.task}: {problem.error}" for problem in app[SUPERVISOR].problems.values()]
     ready = {profile: tokens.ready for profile, tokens in managers.items()}
     if any(ready.values()):
-        return json_response({"status": "ready", "profiles": ready})
-    reasons = [
-        f"{profile}: {tokens.last_error.message if tokens.last_error else 'no token yet'}"
-        for profile, tokens in managers.items()
-    ]
-    return error_response(503, "NotReady", "; ".join(reasons))
+        body: dict[str, object] = {"status": "ready", "profiles": ready}
+        if problems:
+            body["problems"] = problems
+        return json_response(body)
+    trusted = not app[ACCESS].required or app[GUARD].identify(request) is not None
+    reasons = []
+    for profile, tokens in managers.items():
+        error = tokens.last_error
+        why = "no token yet" if error is None else error.text if trusted else error.message
+        reasons.append(f"{profile}: {why}")
+    return error_response(503, "NotReady", "; ".join([*reasons, *problems]))
 
 
 async def _status(request: web.Request) -> web.Response:
@@ -246,6 +258,7 @@ async def _status(request: web.Request) -> web.Response:
             requests_served=app[METRICS].requests_served,
             profiles=app[TOKENS],
             upstreams={name: str(p.url) for name, p in app[CONFIG].profiles.items()},
+            problems=app[SUPERVISOR].problems.values(),
         )
     )
 

@@ -5,8 +5,12 @@
     instructure-auth-proxy simulate  run the gateway simulator on its own
     instructure-auth-proxy demo      the simulator and the proxy together, no credentials needed
 
-Exit statuses: 0 clean shutdown, 2 invalid configuration or usage, 3 credentials rejected at
-startup, 4 cannot listen (``token``: 1 when the token endpoint stays unavailable).
+Exit statuses (exit_status.py): 0 clean shutdown, 2 invalid configuration or usage,
+3 credentials rejected at startup, 4 cannot listen (``token``: 1 when the token endpoint
+stays unavailable).
+
+Each command imports what it uses, when it runs: ``token`` never loads the server, and
+``serve`` never loads the gateway simulator.
 """
 
 from __future__ import annotations
@@ -21,17 +25,21 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, exit_status
 from .config import load_config
 from .errors import ConfigError
 from .logs import configure_logging
-from .server import serve
-from .token_command import WARNING, print_token
 
 __all__ = ["main"]
 
-EXIT_CONFIG = 2
 COMMANDS = ("serve", "token", "simulate", "demo")
+# The token command's warning, also in token_command.py's docstring.
+PRINT_CAUTION = (
+    "Prints a live gateway access token on stdout. Whatever captures that output (terminal "
+    "scrollback, CI logs, a file, a process listing of a pipeline) holds a credential for the "
+    "institution's data until it expires, about an hour. Prefer pointing tools at the proxy, "
+    "which keeps the token to itself."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser(
         "token",
         help="print a valid gateway access token (read the warning in --help)",
-        description=f"{WARNING} Exit status: 0 printed, 2 invalid configuration, "
+        description=f"{PRINT_CAUTION} Exit status: 0 printed, 2 invalid configuration, "
         "3 credentials rejected, 1 token endpoint unavailable.",
     )
     _config_flags(token)
@@ -136,9 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(path, environ, flags)
     except ConfigError as exc:
         print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exit_status.CONFIG
     configure_logging(config.log_level, config.log_format)
     logging.getLogger("proxy").debug("configuration: %r", config)
     if args.command == "token":
+        from .token_command import print_token
+
         return _run(print_token(config, args.profile))
+    from .server import serve
+
     return _run(serve(config, load=lambda: load_config(path, environ, flags)))

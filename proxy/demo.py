@@ -13,16 +13,15 @@ import sys
 import aiohttp
 from aiohttp import web
 
+from . import exit_status
 from .config import Credentials, load_config, parse_listen
 from .errors import ConfigError
-from .server import EXIT_CANNOT_LISTEN, StartupError, start, wait_for_signal
+from .server import StartupError, start, wait_for_signal
 from .simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, SimulatorSettings, create_simulator_app
 
 __all__ = ["demo", "simulate"]
 
 log = logging.getLogger("proxy.demo")
-
-EXIT_CONFIG = 2
 
 
 async def _start_simulator(listen: str, settings: SimulatorSettings) -> tuple[web.AppRunner, str]:
@@ -40,7 +39,7 @@ async def _start_simulator(listen: str, settings: SimulatorSettings) -> tuple[we
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(
-            f"cannot listen on {address}: {exc.strerror or exc}", EXIT_CANNOT_LISTEN
+            f"cannot listen on {address}: {exc.strerror or exc}", exit_status.CANNOT_LISTEN
         ) from None
     host, port = runner.addresses[0][:2]
     return runner, f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
@@ -57,7 +56,7 @@ async def simulate(listen: str, token_lifetime: int, rate_limits: bool) -> int:
         runner, url = await _start_simulator(listen, settings)
     except ConfigError as exc:
         print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exit_status.CONFIG
     except StartupError as exc:
         print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
         return exc.exit_status
@@ -82,7 +81,7 @@ async def demo(listen: str, simulator_listen: str) -> int:
         )
     except (ConfigError, StartupError) as exc:
         print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
-        return exc.exit_status if isinstance(exc, StartupError) else EXIT_CONFIG
+        return exc.exit_status if isinstance(exc, StartupError) else exit_status.CONFIG
     credentials = Credentials(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)
     default = dataclasses.replace(config.upstream, credentials=credentials)
     config = dataclasses.replace(config, upstream=default, profiles={"default": default})

@@ -12,7 +12,10 @@
 
 Every error carries a ``status``, a gateway-style ``type`` and a ``message`` written for the
 person reading it. Messages never contain a secret or a token: they are built from fixed text
-and the names of things, never from a foreign exception's ``str()``.
+and the names of things, never from a foreign exception's ``str()``. A token error may also
+carry the token endpoint's own words as ``detail``, cleaned by ``redact.redact`` first; it is
+shown to callers the proxy knows (``text`` is message and detail together), never to
+unauthenticated ones.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class ProxyError(Exception):
         # Seconds a client should wait before trying again, sent as `Retry-After`.
         self.retry_after = retry_after
 
+    @property
+    def text(self) -> str:
+        """What a client is told."""
+        return self.message
+
 
 class ConfigError(ProxyError):
     """Invalid configuration: ``problems`` lists every one found, each naming key and source."""
@@ -64,6 +72,19 @@ class TokenError(ProxyError):
     """Getting an access token from the gateway failed."""
 
     type = "TokenError"
+
+    def __init__(self, message: str, *, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.detail = detail  # the token endpoint's own words, already redacted
+
+    @property
+    def text(self) -> str:
+        """The message, with the token endpoint's words when it gave any."""
+        return f"{self.message}: {self.detail}" if self.detail else self.message
+
+    def again(self, retry_after: float | None) -> TokenError:
+        """The same error, telling callers when the next attempt starts."""
+        return type(self)(self.message, detail=self.detail, retry_after=retry_after)
 
 
 class CredentialsRejected(TokenError):

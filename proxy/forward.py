@@ -26,7 +26,6 @@ from yarl import URL
 
 from . import headers
 from .errors import ClientTooSlow, ProxyError, UpstreamTimeout, UpstreamUnreachable
-from .guard import REQUEST_ID_HEADER
 from .logs import (
     BYTES_IN,
     BYTES_OUT,
@@ -38,7 +37,7 @@ from .logs import (
     record_request,
 )
 from .metrics import Metrics
-from .responses import error_response, proxy_error_response
+from .responses import REQUEST_ID_HEADER, error_response, proxy_error_response
 from .tokens import Token, TokenManager
 
 __all__ = ["Forwarder"]
@@ -109,22 +108,37 @@ class Forwarder:
             token = await self._tokens.token()
             upstream = await self._send(request, target, token, body)
             if upstream.status == 401:
-                # The gateway refused a token we thought valid (revoked, clock skew): it is
-                # never sent again. Refresh once and replay when the body allows; a second
-                # 401, or one for a streamed body, goes to the client as it is.
-                if replayable:
-                    await upstream.read()
-                    upstream.release()
-                    token = await self._tokens.replace(token)
-                    upstream = await self._send(request, target, token, body)
-                else:
-                    self._tokens.retire(token)
+                upstream = await self._after_401(request, target, token, body, replayable, upstream)
         except ProxyError as exc:
             return proxy_error_response(exc, request_id)
         try:
             return await self._relay(request, upstream, request_id, local_prefix)
         finally:
             upstream.release()
+
+    async def _after_401(
+        self,
+        request: web.Request,
+        target: URL,
+        token: Token,
+        body: Any,
+        replayable: bool,
+        first: aiohttp.ClientResponse,
+    ) -> aiohttp.ClientResponse:
+        """The gateway refused a token we thought valid (revoked, clock skew). The token
+        manager fetches a new one, unless it is in its holdoff (tokens.py); with it, a
+        replayable request is sent once more. Otherwise the 401 goes to the client as it
+        is, and the next request uses the new token."""
+        try:
+            replacement = await self._tokens.replace(token)
+            if replacement is None or not replayable:
+                return first
+            await first.read()  # small; read whole so its connection can be reused
+        except BaseException:
+            first.release()  # refused, or cancelled while waiting: it must not leak
+            raise
+        first.release()
+        return await self._send(request, target, replacement, body)
 
     def _target(self, raw_target: str) -> URL:
         """The upstream URL for a request target, keeping its percent-encoding exactly."""

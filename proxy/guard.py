@@ -6,20 +6,23 @@ order, each refusal a gateway-shaped error and nothing sent upstream:
 
 1. ``CONNECT`` and ``TRACE`` (405): a proxy that tunnels or reflects headers (our token!)
    is a different product.
-2. The target: origin-form only; no ``//`` prefix, dot segments, or encoded ``.``, ``/``,
-   ``\\`` or NUL in the path (400). The upstream host is fixed anyway; this stops paths
-   meant to be read differently by something between us and the gateway.
-3. (``/-/`` endpoints are the proxy's own and never come here: orchestrator probes send
-   the pod's address as ``Host`` and no credentials.)
-4. ``Host`` must be allowed (403): a web page reaching the proxy through a DNS name it
+2. The target: origin-form only; no ``//`` prefix, dot segments (``..;x`` included), or
+   encoded ``.``, ``/``, ``\\`` or NUL in the path (400), checked on the path as received
+   and as it will be forwarded (after a profile prefix is removed). The upstream host is
+   fixed anyway; this stops paths meant to be read differently by something between us and
+   the gateway.
+3. ``Host`` must be allowed (403): a web page reaching the proxy through a DNS name it
    controls (DNS rebinding) is refused.
-5. Browsers: a cross-site request (``Origin`` or ``Sec-Fetch-Site``) is refused (403) unless
+4. Browsers: a cross-site request (``Origin`` or ``Sec-Fetch-Site``) is refused (403) unless
    its origin is configured for CORS; preflights for allowed origins are answered here.
-6. ``Transfer-Encoding`` other than ``chunked`` (501).
-7. Who is calling (access.py): with inbound authentication configured, unknown callers
-   get 401; the local login checks its own credentials. The ``Caller`` is kept on the
-   request for choosing and checking the profile.
-8. Method and path allow-lists (405, 403).
+5. ``Transfer-Encoding`` other than ``chunked`` (501).
+6. Who is calling (access.py): with inbound authentication configured, unknown callers
+   get 401. Only the local login (``routing.is_local_login``) skips this: it checks the
+   credentials it is sent. The ``Caller`` is kept on the request for the profile checks.
+7. Method and path allow-lists (405, 403), on the path as it will be forwarded.
+
+The proxy's own endpoints (``/-/...``) pass steps 3 and 4 too (``admit_endpoint``), and,
+with inbound authentication, the private ones (status, metrics) step 6.
 """
 
 from __future__ import annotations
@@ -30,22 +33,27 @@ import secrets
 
 from aiohttp import hdrs, web
 
-from .access import AccessControl
+from .access import ANYONE, AccessControl, Caller
 from .config import Policy
 from .logs import REQUEST_ID
-from .responses import error_response
+from .responses import REQUEST_ID_HEADER, error_response
+from .routing import Route
 
-__all__ = ["CALLER", "LOGIN_PATH", "REQUEST_ID_HEADER", "Guard", "cors_headers"]
+__all__ = ["CALLER", "Guard", "cors_headers"]
 
-LOGIN_PATH = "/ids/auth/login"
-_LOGIN_SLASHES = LOGIN_PATH.count("/")
 CALLER = "caller"  # the request key holding the admitted Caller
 _REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 _ENCODED_SEPARATORS = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
+# With allowed_paths, also what could be decoded into a separator by a second decoding
+# (%25 is "%") or read as a path parameter (";") by something behind the gateway.
+_AMBIGUOUS = re.compile(r"%25|;")
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
-REQUEST_ID_HEADER = "X-Request-Id"
 # A client's own request id is kept when it is plain and short; otherwise one is made.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_NEEDS_KEY = (
+    "this proxy requires an access key (Authorization: Bearer <key>) "
+    "or a local token from /ids/auth/login"
+)
 
 
 def _path_problem(path: str) -> str | None:
@@ -55,7 +63,9 @@ def _path_problem(path: str) -> str | None:
         return "the path must not start with //"
     if "\\" in path or _ENCODED_SEPARATORS.search(path):
         return "the path must not contain \\ or an encoded '.', '/', '\\' or NUL"
-    if "/." in path and any(segment in (".", "..") for segment in path.split("/")):
+    if "/." in path and any(
+        segment.partition(";")[0] in (".", "..") for segment in path.split("/")
+    ):
         return "the path must not contain . or .. segments"
     return None
 
@@ -68,12 +78,26 @@ def _host_name(host: str) -> str:
     return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
+def _allowed_path(path: str, prefixes: tuple[str, ...]) -> bool:
+    """``path`` is one of ``prefixes`` or below one, segment by segment (``/dap/query``
+    admits ``/dap/query/x``, not ``/dap/queryx``)."""
+    if _AMBIGUOUS.search(path):
+        return False
+    for prefix in prefixes:
+        if prefix.endswith("/"):
+            if path.startswith(prefix) or path == prefix[:-1]:
+                return True
+        elif path == prefix or path.startswith(prefix + "/"):
+            return True
+    return False
+
+
 def cors_headers(origin: str) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
 
 
 class Guard:
-    """Admission for ``policy`` and ``access``: ``refusal = guard.admit(request)``.
+    """Admission for ``policy`` and ``access``: ``refusal = guard.admit(request, route)``.
 
     Called first by the catch-all handler rather than as a middleware: aiohttp builds a
     middleware chain per request, which cost more than every check here together.
@@ -90,13 +114,67 @@ class Guard:
         self._id_prefix = secrets.token_hex(6)
         self._ids = itertools.count(1)
 
-    def admit(self, request: web.Request) -> web.StreamResponse | None:
-        """``None`` to go on, else the response that refuses the request."""
-        headers = request.headers
-        request_id = headers.get(REQUEST_ID_HEADER)
+    def _tag(self, request: web.Request) -> str:
+        request_id = request.headers.get(REQUEST_ID_HEADER)
         if request_id is None or not _VALID_REQUEST_ID.fullmatch(request_id):
             request_id = f"{self._id_prefix}-{next(self._ids):x}"
         request[REQUEST_ID] = request_id
+        return request_id
+
+    def _browser_refusal(
+        self, request: web.Request, request_id: str, preflight: bool
+    ) -> web.StreamResponse | None:
+        """Steps 3 and 4: a ``Host`` not allowed, a cross-site browser request."""
+        headers = request.headers
+        hosts = self._hosts
+        if hosts is not None:
+            given = headers.get(hdrs.HOST, "")
+            if _host_name(given) not in hosts:
+                shown = "".join(ch for ch in given if ch.isprintable())[:100] or "(none)"
+                return error_response(
+                    403,
+                    "HostNotAllowed",
+                    f"the Host {shown!r} is not allowed: add its name to allowed_hosts "
+                    "(DAP_PROXY_ALLOWED_HOSTS)",
+                    request_id=request_id,
+                )
+        origin = headers.get(hdrs.ORIGIN)
+        if origin is not None or headers.get("Sec-Fetch-Site") in _CROSS_SITE:
+            if origin is None or origin not in self._origins:
+                return error_response(
+                    403,
+                    "OriginNotAllowed",
+                    "cross-site browser requests are refused (see allowed_origins)",
+                    request_id=request_id,
+                )
+            if (
+                preflight
+                and request.method == "OPTIONS"
+                and hdrs.ACCESS_CONTROL_REQUEST_METHOD in headers
+            ):
+                return _preflight(request, origin)
+        return None
+
+    def identify(self, request: web.Request) -> Caller | None:
+        """Who sends this request (``None``: refuse with 401); kept on the request."""
+        caller = self._access.identify(request.headers.get(hdrs.AUTHORIZATION))
+        request[CALLER] = caller
+        return caller
+
+    def admit_endpoint(self, request: web.Request, *, private: bool) -> web.StreamResponse | None:
+        """Admission for the proxy's own ``/-/`` endpoints: Host and browser checks; for
+        ``private`` ones (status, metrics), a known caller when authentication is on."""
+        request_id = self._tag(request)
+        refusal = self._browser_refusal(request, request_id, preflight=False)
+        if refusal is not None:
+            return refusal
+        if private and self._access.required and self.identify(request) is None:
+            return error_response(401, "AuthenticationError", _NEEDS_KEY, request_id=request_id)
+        return None
+
+    def admit(self, request: web.Request, route: Route) -> web.StreamResponse | None:
+        """``None`` to go on, else the response that refuses the request."""
+        request_id = self._tag(request)
 
         def refuse(status: int, error_type: str, message: str) -> web.Response:
             return error_response(status, error_type, message, request_id=request_id)
@@ -104,43 +182,29 @@ class Guard:
         method = request.method
         if method in _REFUSED_METHODS:
             return refuse(405, "MethodNotAllowed", f"{method} is not supported")
-        path = request.raw_path.partition("?")[0]
-        if (problem := _path_problem(path)) is not None:
+        received = request.raw_path.partition("?")[0]
+        problem = _path_problem(received)
+        if problem is None and route.prefixed:
+            problem = _path_problem(route.path)
+        if problem is not None:
             return refuse(400, "BadRequest", problem)
-        hosts = self._hosts
-        if hosts is not None and _host_name(headers.get(hdrs.HOST, "")) not in hosts:
-            return refuse(403, "HostNotAllowed", "this Host is not allowed (see allowed_hosts)")
-        origin = headers.get(hdrs.ORIGIN)
-        if origin is not None or headers.get("Sec-Fetch-Site") in _CROSS_SITE:
-            if origin is None or origin not in self._origins:
-                return refuse(
-                    403,
-                    "OriginNotAllowed",
-                    "cross-site browser requests are refused (see allowed_origins)",
-                )
-            if method == "OPTIONS" and hdrs.ACCESS_CONTROL_REQUEST_METHOD in headers:
-                return _preflight(request, origin)
-        encoding = headers.get(hdrs.TRANSFER_ENCODING)
+        refusal = self._browser_refusal(request, request_id, preflight=True)
+        if refusal is not None:
+            return refusal
+        encoding = request.headers.get(hdrs.TRANSFER_ENCODING)
         if encoding is not None and encoding.strip().lower() != "chunked":
             return refuse(501, "NotImplemented", "only the chunked transfer coding is supported")
-        if path.endswith(LOGIN_PATH) and path.count("/") <= _LOGIN_SLASHES + 1:
-            return None  # [/<profile>]/ids/auth/login checks its own credentials
-
-        caller = self._access.identify(headers.get(hdrs.AUTHORIZATION))
-        request[CALLER] = caller
-        if caller is None:
-            return refuse(
-                401,
-                "AuthenticationError",
-                "this proxy requires an access key (Authorization: Bearer <key>) "
-                "or a local token from /ids/auth/login",
-            )
+        if route.login:
+            request[CALLER] = ANYONE  # the login checks the credentials it is sent
+            return None
+        if self.identify(request) is None:
+            return refuse(401, "AuthenticationError", _NEEDS_KEY)
         methods = self._methods
         if methods is not None and method not in methods:
             response = refuse(405, "MethodNotAllowed", f"{method} is not allowed by this proxy")
             response.headers[hdrs.ALLOW] = ", ".join(sorted(methods))
             return response
-        if self._paths is not None and not path.startswith(self._paths):
+        if self._paths is not None and not _allowed_path(route.path, self._paths):
             return refuse(403, "PathNotAllowed", "this path is not allowed by this proxy")
         return None
 

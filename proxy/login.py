@@ -1,88 +1,27 @@
 """The local token endpoint: ``POST /ids/auth/login`` answered by the proxy itself.
 
 Tools such as the official ``dap`` CLI always log in before their first call and decode the
-JWT they get back. Pointed at the proxy, they log in here: they receive a local token (a JWT
-signed with a key that lives only in this process), never the gateway's token, and their own
-credentials go nowhere. Whatever they later send as ``Authorization`` is replaced upstream.
+JWT they get back. Pointed at the proxy, they log in here: they receive a local token
+(local_tokens.py), never the gateway's token, and their own credentials go nowhere.
+Whatever they later send as ``Authorization`` is replaced upstream.
 
-The presented client id is kept in the token's ``sub`` so that a later release can pick a
-credential set (profile) by it, or require known local credentials (access control).
+The client id chooses the profile (routing.py) unless the path does; with inbound
+authentication configured, the credentials must be known to access.py.
 """
 
 from __future__ import annotations
 
-import secrets
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import jwt
 from aiohttp import web
 
+from .access import AccessControl
+from .local_tokens import LocalTokenIssuer
 from .responses import error_response, json_response
+from .routing import ProfileRouter
 
-if TYPE_CHECKING:
-    from .access import AccessControl
-    from .routing import ProfileRouter
-
-__all__ = ["LOCAL_TOKEN_LIFETIME", "LocalTokenIssuer", "LoginHandler"]
-
-# Well past the official client's 5-minute re-login window; the same hour the gateway gives.
-LOCAL_TOKEN_LIFETIME = 3600
-_ISSUER = "instructure-auth-proxy"
-
-
-class LocalTokenIssuer:
-    """Signs and checks local tokens: ``issuer.issue("client-id")`` -> JWT string."""
-
-    def __init__(
-        self,
-        *,
-        lifetime: int = LOCAL_TOKEN_LIFETIME,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.lifetime = lifetime
-        self._key = secrets.token_bytes(32)  # per process: restarting revokes every local token
-        self.now = wall_clock  # seconds since the epoch, as JWT exp
-
-    def __repr__(self) -> str:
-        return f"LocalTokenIssuer(lifetime={self.lifetime})"
-
-    def issue(
-        self, client_id: str, profile: str | None = None, grant: frozenset[str] | None = None
-    ) -> str:
-        """A local JWT for ``client_id``; ``prof`` is the profile it chose, ``grt`` the
-        profiles it may use (absent: all)."""
-        now = int(self.now())
-        claims: dict[str, Any] = {
-            "iss": _ISSUER,
-            "sub": client_id,
-            "iat": now,
-            "exp": now + self.lifetime,
-        }
-        if profile is not None:
-            claims["prof"] = profile
-        if grant is not None:
-            claims["grt"] = sorted(grant)
-        return jwt.encode(claims, self._key, algorithm="HS256")
-
-    def verify(self, token: str) -> dict[str, Any] | None:
-        """The claims of a valid, unexpired local token; ``None`` for anything else."""
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self._key,
-                algorithms=["HS256"],
-                issuer=_ISSUER,
-                options={"require": ["exp", "sub"], "verify_iat": False},
-                leeway=0,
-            )
-        except jwt.PyJWTError:
-            return None
-        if claims["exp"] <= self.now():  # checked against our clock, not PyJWT's
-            return None
-        return claims
+__all__ = ["LoginHandler"]
 
 
 class LoginHandler:

@@ -13,6 +13,7 @@ set). Never the raw path.
     proxy_token_refreshes_total{profile,outcome}             token requests by outcome
     proxy_token_request_duration_seconds{profile}            token endpoint latency
     proxy_token_expires_in_seconds{profile}                  until the held token expires
+    proxy_upstream_401_relayed_total{profile}                401s relayed during a holdoff
 
 The values are plain numbers kept here and turned into metric families when scraped:
 prometheus_client's own counters take a lock on every increment, which the single-threaded
@@ -166,14 +167,22 @@ class _Families(Collector):
         refreshes = CounterMetricFamily(
             "proxy_token_refreshes", "Token requests, by outcome.", labels=["profile", "outcome"]
         )
+        relayed = CounterMetricFamily(
+            "proxy_upstream_401_relayed",
+            "Gateway 401s relayed as they were, during the holdoff after a token fetched "
+            "because of a 401.",
+            labels=["profile"],
+        )
         for name, manager in m.managers().items():
             seconds = manager.expires_in()
             if seconds is not None:
                 expires.add_metric([name], seconds)
             for outcome, count in manager.refreshes.items():
                 refreshes.add_metric([name, outcome], count)
+            relayed.add_metric([name], manager.relayed_401s)
         yield expires
         yield refreshes
+        yield relayed
 
 
 def _histogram(name: str, documentation: str, by_profile: Mapping[str, _Histogram]) -> Metric:

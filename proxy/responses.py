@@ -1,8 +1,9 @@
 """Responses the proxy writes itself, in the gateway's own error shape.
 
 The official client parses error bodies strictly: ``{"error": {"type", "uuid", "message"}}``,
-exactly those keys, as JSON. Every error the proxy answers with goes through here, so the
-shape is decided once; ``uuid`` is the request's id, for quoting in a support ticket.
+exactly those keys, as JSON. Every error body the proxy makes is built by ``error_body``
+(protocol.py writes its own bytes for requests that never reach a handler, with that body);
+``uuid`` is the request's id, for quoting in a support ticket.
 """
 
 from __future__ import annotations
@@ -14,7 +15,21 @@ from aiohttp import web
 
 from .errors import ProxyError
 
-__all__ = ["error_response", "json_response", "proxy_error_response"]
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "error_body",
+    "error_response",
+    "json_response",
+    "proxy_error_response",
+]
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def error_body(error_type: str, message: str, request_id: str = "") -> bytes:
+    """The gateway's error shape, as compact JSON bytes."""
+    body = {"error": {"type": error_type, "uuid": request_id, "message": message}}
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -39,9 +54,12 @@ def error_response(
     ``uuid`` is the request's id, also sent as ``X-Request-Id``, for quoting in a ticket.
     """
     request_id = request_id or uuid.uuid4().hex
-    body = {"error": {"type": error_type, "uuid": request_id, "message": message}}
-    response = json_response(body, status)
-    response.headers["X-Request-Id"] = request_id
+    response = web.Response(
+        status=status,
+        body=error_body(error_type, message, request_id),
+        content_type="application/json",
+    )
+    response.headers[REQUEST_ID_HEADER] = request_id
     if retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(retry_after)))
     return response
@@ -50,5 +68,5 @@ def error_response(
 def proxy_error_response(exc: ProxyError, request_id: str | None = None) -> web.Response:
     """The response for one of our own exceptions; its message is written to be shown."""
     return error_response(
-        exc.status, exc.type, exc.message, retry_after=exc.retry_after, request_id=request_id
+        exc.status, exc.type, exc.text, retry_after=exc.retry_after, request_id=request_id
     )

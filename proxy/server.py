@@ -1,7 +1,10 @@
 """Running the proxy: listen, fetch the first token, serve until a signal, drain, exit.
 
-Exit statuses (``cli.py`` maps them): 0 after a clean shutdown, 3 when the gateway rejects
-the credentials at startup, 4 when the listen address cannot be bound.
+Exit statuses (exit_status.py): 0 after a clean shutdown, 3 when the gateway rejects the
+credentials at startup, 4 when the listen address cannot be bound.
+
+Signals: SIGTERM and SIGINT (Ctrl-C) stop it gracefully everywhere; on Windows, where
+asyncio has no signal handlers, Ctrl-C and Ctrl-Break do, through ``signal.signal``.
 """
 
 from __future__ import annotations
@@ -14,25 +17,22 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from .app import ACCESS_LOG, METRICS, TOKENS, create_app
+from . import exit_status
+from .app import ACCESS_LOG, METRICS, SUPERVISOR, TOKENS, create_app
 from .config import Config, ListenAddress
 from .errors import CredentialsRejected, TokenEndpointUnavailable
 from .logs import AccessLog, AccessLogger, BufferedAccessLog
 from .protocol import ProxyRunner
 from .reload import Reloader
 
-__all__ = ["EXIT_CANNOT_LISTEN", "EXIT_CREDENTIALS_REJECTED", "RunningProxy", "serve", "start"]
+__all__ = ["RunningProxy", "StartupError", "serve", "start", "wait_for_signal"]
 
 log = logging.getLogger("proxy.server")
 
-EXIT_CREDENTIALS_REJECTED = 3
-EXIT_CANNOT_LISTEN = 4
-# Idle kept-alive client connections are closed after this long (aiohttp's default is an
-# hour, which lets idle clients hold connection slots).
-KEEPALIVE_TIMEOUT = 75.0
 LISTEN_BACKLOG = 1024
 
 
@@ -64,18 +64,16 @@ class RunningProxy:
             if isinstance(outcome, CredentialsRejected):
                 rejected += 1
                 if len(managers) > 1:
-                    log.error("%s%s; serving the other profiles", outcome.message, label)
+                    log.error("%s%s; serving the other profiles", outcome.text, label)
             elif isinstance(outcome, TokenEndpointUnavailable):
                 log.warning(
-                    "no token yet%s: %s; serving anyway, not ready, retrying",
-                    label,
-                    outcome.message,
+                    "no token yet%s: %s; serving anyway, not ready, retrying", label, outcome.text
                 )
             elif isinstance(outcome, BaseException):
                 raise outcome
         if rejected == len(managers):
             first = next(o for o in outcomes if isinstance(o, CredentialsRejected))
-            raise StartupError(str(first), EXIT_CREDENTIALS_REJECTED)
+            raise StartupError(first.text, exit_status.CREDENTIALS_REJECTED)
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -98,7 +96,9 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
         shutdown_timeout=config.timeouts.shutdown,  # see protocol.py: the drain
         max_connections=config.max_connections,
         head_timeout=config.timeouts.client,
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        # Idle kept-alive client connections are closed after this long (aiohttp's default
+        # is 75 s, fixed; an hour in some releases), so idle clients do not hold slots.
+        keepalive_timeout=config.timeouts.idle,
     )
     await runner.setup()
     listen = config.listen
@@ -107,7 +107,7 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(
-            f"cannot listen on {listen}: {exc.strerror or exc}", EXIT_CANNOT_LISTEN
+            f"cannot listen on {listen}: {exc.strerror or exc}", exit_status.CANNOT_LISTEN
         ) from None
     if not listen.is_loopback:
         log.warning(
@@ -142,17 +142,36 @@ async def _listen(runner: web.AppRunner, listen: ListenAddress) -> str:
     return f"http://{host}:{port}"
 
 
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGBREAK") if hasattr(signal, name)
+)
+
+
 async def wait_for_signal() -> None:
-    """Return on SIGTERM or SIGINT."""
+    """Return on SIGTERM or SIGINT (and Ctrl-Break on Windows)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    installed: list[int] = []
+    previous: dict[int, Any] = {}
+    for signum in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            # Windows: no loop signal handlers. signal.signal runs the handler in the main
+            # thread between bytecodes; hand the event to the loop from there.
+            # (Not from another thread: ValueError; the embedding program decides then.)
+            with contextlib.suppress(ValueError):
+                previous[signum] = signal.signal(
+                    signum, lambda *_: loop.call_soon_threadsafe(stop.set)
+                )
     try:
         await stop.wait()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in installed:
             loop.remove_signal_handler(signum)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 async def serve(config: Config, load: Callable[[], Config] | None = None) -> int:
@@ -171,7 +190,7 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
     watcher = None
     if load is not None:
         # At once, before the first token: a SIGHUP must never find the default handler,
-        # which would end the process.
+        # which would end the process. (The reloader supervises itself: background.py.)
         reloader = Reloader(running.runner.app, config, load)
         watcher = asyncio.create_task(reloader.run())
         await asyncio.sleep(0)  # let it install its SIGHUP handler
@@ -194,6 +213,11 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
         "shutting down: no new connections; up to %g s for requests in flight",
         config.timeouts.shutdown,
     )
-    await running.stop()
+    try:
+        await running.stop()
+    except Exception as exc:
+        # The drain met something unforeseen: say so once, and exit all the same.
+        running.runner.app[SUPERVISOR].record("shutdown", exc)
+        return exit_status.FAILED
     log.info("stopped")
-    return 0
+    return exit_status.OK

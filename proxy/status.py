@@ -2,7 +2,11 @@
 
     {"version", "upstream", "uptime_seconds", "requests_served", "ready",
      "profiles": {"default": {"upstream", "ready", "expires_in", "scope": {...},
-                              "last_refresh": {"at", "outcome", "error"}, "refreshes": {...}}}}
+                              "last_refresh": {"at", "outcome", "error"}, "refreshes": {...},
+                              "relayed_401s"}},
+     "problems": [{"task", "error", "at"}]}
+
+``problems`` lists background tasks that failed unexpectedly (background.py), latest first.
 
 ``scope`` is read from the gateway token's informational scope string,
 ``"<service> principal:<id> partner:<id> region:<id>"``.
@@ -11,9 +15,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from . import __version__
+from .background import BackgroundProblem
 from .tokens import TokenManager
 
 __all__ = ["parse_scope", "status_document"]
@@ -31,17 +37,17 @@ def parse_scope(scope: str) -> dict[str, str]:
     return parsed
 
 
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
 def _profile(tokens: TokenManager, upstream: str | None) -> dict[str, Any]:
     token = tokens.current
     expires_in = tokens.expires_in()
     last: dict[str, Any] | None = None
     if tokens.last_refresh is not None:
         at, outcome, error = tokens.last_refresh
-        last = {
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
-            "outcome": outcome,
-            "error": error,
-        }
+        last = {"at": _utc(at), "outcome": outcome, "error": error.text if error else None}
     return {
         "upstream": upstream,
         "ready": tokens.ready,
@@ -49,6 +55,7 @@ def _profile(tokens: TokenManager, upstream: str | None) -> dict[str, Any]:
         "scope": parse_scope(token.scope) if token is not None else {},
         "last_refresh": last,
         "refreshes": dict(tokens.refreshes),
+        "relayed_401s": tokens.relayed_401s,
     }
 
 
@@ -59,6 +66,7 @@ def status_document(
     requests_served: int,
     profiles: dict[str, TokenManager],
     upstreams: dict[str, str] | None = None,
+    problems: Iterable[BackgroundProblem] = (),
 ) -> dict[str, Any]:
     upstreams = upstreams or {}
     return {
@@ -70,4 +78,8 @@ def status_document(
         "profiles": {
             name: _profile(tokens, upstreams.get(name)) for name, tokens in profiles.items()
         },
+        "problems": [
+            {"task": p.task, "error": p.error, "at": _utc(p.at)}
+            for p in sorted(problems, key=lambda p: p.at, reverse=True)
+        ],
     }

@@ -1,7 +1,8 @@
 """``instructure-auth-proxy token``: print one valid gateway token, for scripts that need one.
 
 It uses the same configuration and the same ``TokenClient`` and ``TokenManager`` as the
-proxy, and retries a failing token endpoint a few times as the proxy would.
+proxy, and retries a failing token endpoint a few times as the proxy would. Whatever
+captures its output holds a live credential for an hour (``cli.PRINT_CAUTION``).
 """
 
 from __future__ import annotations
@@ -10,26 +11,17 @@ import asyncio
 import logging
 import sys
 
-from .app import upstream_session
+from . import exit_status
 from .config import Config
 from .errors import CredentialsRejected, TokenEndpointUnavailable
 from .tokens import TokenClient, TokenManager
+from .upstream import upstream_session
 
-__all__ = ["EXIT_UNAVAILABLE", "WARNING", "print_token"]
+__all__ = ["print_token"]
 
 log = logging.getLogger("proxy.token")
 
-EXIT_UNAVAILABLE = 1
-EXIT_CONFIG = 2
-EXIT_REJECTED = 3
 ATTEMPTS = 3
-
-WARNING = (
-    "Prints a live gateway access token on stdout. Whatever captures that output (terminal "
-    "scrollback, CI logs, a file, a process listing of a pipeline) holds a credential for the "
-    "institution's data until it expires, about an hour. Prefer pointing tools at the proxy, "
-    "which keeps the token to itself."
-)
 
 
 async def print_token(config: Config, profile_name: str = "default") -> int:
@@ -38,7 +30,7 @@ async def print_token(config: Config, profile_name: str = "default") -> int:
     if profile is None or profile.credentials is None:
         known = ", ".join(sorted(config.profiles)) or "none"
         log.error("no profile %r with credentials (profiles: %s)", profile_name, known)
-        return EXIT_CONFIG
+        return exit_status.CONFIG
     async with upstream_session(config) as session:
         client = TokenClient(
             session, profile.token_url, profile.credentials, timeout=config.timeouts.token
@@ -50,12 +42,12 @@ async def print_token(config: Config, profile_name: str = "default") -> int:
                     token = await tokens.first_token()
                     break
                 except CredentialsRejected as exc:
-                    log.error("%s", exc.message)
-                    return EXIT_REJECTED
+                    log.error("%s", exc.text)
+                    return exit_status.CREDENTIALS_REJECTED
                 except TokenEndpointUnavailable as exc:
                     if attempt == ATTEMPTS:
-                        log.error("%s (after %d attempts)", exc.message, ATTEMPTS)
-                        return EXIT_UNAVAILABLE
+                        log.error("%s (after %d attempts)", exc.text, ATTEMPTS)
+                        return exit_status.FAILED
                     await asyncio.sleep(exc.retry_after or 1.0)
         finally:
             await tokens.close()

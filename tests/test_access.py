@@ -31,7 +31,7 @@ async def status_of(
 async def test_access_key_required_for_forwarding(
     gateway: Gateway, proxy_factory: ProxyFactory
 ) -> None:
-    proxy = await proxy_factory(gateway.url, DAP_PROXY_ACCESS_KEYS=f"other-key,{KEY}")
+    proxy = await proxy_factory(gateway.url, DAP_PROXY_ACCESS_KEYS=f"other-key-0123456789,{KEY}")
     seen = len(gateway.state.requests)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
         status, body = await status_of(proxy.http, proxy.url + TABLES, headers=headers)
@@ -98,7 +98,7 @@ def test_secret_files_others_can_read_are_warned_about(tmp_path: Path) -> None:
     secret.write_text("s3cr3t")
     secret.chmod(0o644)
     keys = tmp_path / "keys"
-    keys.write_text("# one key a line\n" + KEY + "\n\nsecond-key\n")
+    keys.write_text("# one key a line\n" + KEY + "\n\nsecond-key-0123456789\n")
     keys.chmod(0o600)
     config = load_config(
         None,
@@ -108,7 +108,7 @@ def test_secret_files_others_can_read_are_warned_about(tmp_path: Path) -> None:
             "DAP_PROXY_ACCESS_KEYS_FILE": str(keys),
         },
     )
-    assert config.access.keys == {KEY: None, "second-key": None}
+    assert config.access.keys == {KEY: None, "second-key-0123456789": None}
     assert len(config.warnings) == 1
     assert "can be read by other users" in config.warnings[0]
     assert "s3cr3t" not in repr(config) and KEY not in repr(config)

@@ -130,8 +130,8 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     example = Path(__file__).parent.parent / "config.example.yaml"
     config = load_config(example, CREDS)
     assert config.listen == ListenAddress("127.0.0.1", 8080)
-    from proxy.config import _KEYS
+    from proxy.config.sources import KEYS
 
     text = example.read_text()
-    for key in _KEYS:
+    for key in KEYS:
         assert f"{key.rpartition('.')[2]}:" in text, f"{key} is not documented"

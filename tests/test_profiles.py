@@ -171,7 +171,9 @@ async def test_inbound_keys_limited_to_profiles(
     institutions: tuple[Gateway, Gateway],
 ) -> None:
     alpha, beta = institutions
-    env = profile_env(alpha, beta, DAP_PROXY_ACCESS_KEYS="alpha-key:alpha,all-key")
+    env = profile_env(
+        alpha, beta, DAP_PROXY_ACCESS_KEYS="alpha-key-0123456789:alpha,all-key-0123456789"
+    )
     running = await start(load_config(None, env, {"listen": "127.0.0.1:0"}))
     try:
         await running.first_token()
@@ -182,14 +184,14 @@ async def test_inbound_keys_limited_to_profiles(
                 async with http.get(running.url + path, headers=headers) as resp:
                     return resp.status
 
-            assert await status("/alpha" + TABLES, "alpha-key") == 200
-            assert await status("/beta" + TABLES, "alpha-key") == 403
-            assert await status("/beta" + TABLES, "all-key") == 200
+            assert await status("/alpha" + TABLES, "alpha-key-0123456789") == 200
+            assert await status("/beta" + TABLES, "alpha-key-0123456789") == 403
+            assert await status("/beta" + TABLES, "all-key-0123456789") == 200
             # and the dap CLI, logging in with the key as its secret, gets the same grant
             async with http.post(
                 running.url + "/beta/ids/auth/login",
                 data={"grant_type": "client_credentials"},
-                auth=aiohttp.BasicAuth("tool", "alpha-key"),
+                auth=aiohttp.BasicAuth("tool", "alpha-key-0123456789"),
             ) as resp:
                 assert resp.status == 403
     finally:

@@ -2,7 +2,7 @@
 
 Each takes what YAML or the environment gave (a string, a number, a list) and returns the
 typed value, or raises ``ValueError`` saying what is wrong, without repeating the value
-when it can hold a secret. ``config.py`` says which key uses which.
+when it can hold a secret. ``sources.py`` says which key uses which.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ __all__ = [
     "ListenAddress",
     "access_keys",
     "boolean",
+    "client_id",
     "client_pairs",
     "listen",
     "log_format",
@@ -64,6 +65,16 @@ def text(value: object) -> str:
     if not stripped:
         raise ValueError("must not be empty")
     return stripped
+
+
+def client_id(value: object) -> str:
+    """A gateway client id: HTTP Basic carries it before a ``:``, so it cannot hold one."""
+    given = text(value)
+    if ":" in given:
+        raise ValueError("must not contain ':' (HTTP Basic authentication cannot carry it)")
+    if not given.isprintable():
+        raise ValueError("must not contain control characters")
+    return given
 
 
 def positive_number(value: object) -> float:
@@ -203,4 +214,4 @@ def log_level(value: object) -> str:
     return level
 
 
-listen = parse_listen  # the name config.py's key table uses
+listen = parse_listen  # the name the key table in sources.py uses

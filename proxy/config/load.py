@@ -1,0 +1,155 @@
+"""``load_config``: every source layered, every value parsed, every rule checked at once.
+
+It is pure apart from reading the files it is told about: only ``cli.py`` passes
+``os.environ``. It reports every problem together, each naming the key and where the value
+came from, and never repeats a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from ..errors import ConfigError
+from ..gateway import token_url_for
+from .profiles import named_profiles, profile_sources
+from .records import AccessConfig, Config, Policy, Profile, Timeouts
+from .secret_files import SecretReader, access_config, credentials
+from .sources import KEYS, Raw, collect, parse_all
+from .values import ListenAddress
+
+__all__ = ["MIN_ACCESS_KEY_LENGTH", "load_config"]
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# An access key is a password that a network caller can guess at: shorter ones are refused.
+MIN_ACCESS_KEY_LENGTH = 16
+
+
+def _policy(parsed: Mapping[str, Any], listen: ListenAddress, access: AccessConfig) -> Policy:
+    hosts: tuple[str, ...] | None = parsed.get("allowed_hosts")
+    if hosts is None and access.required:
+        # A web page cannot present an access key or a local token, so with inbound
+        # authentication the Host check (against DNS rebinding) has nothing left to protect:
+        # any Host is admitted unless allowed_hosts says otherwise.
+        allowed: frozenset[str] | None = None
+    elif hosts is None:
+        # Loopback names and the listen address: a web page reaching the proxy through a
+        # DNS name it controls (DNS rebinding) sends that name as Host, and is refused.
+        own = {listen.host} if listen.host and listen.host not in ("0.0.0.0", "::") else set()  # noqa: S104
+        allowed = _LOOPBACK_NAMES | own
+    elif "*" in hosts:
+        allowed = None
+    else:
+        allowed = frozenset(h.lower().strip("[]") for h in hosts)
+    return Policy(
+        allowed_hosts=allowed,
+        allowed_origins=frozenset(parsed.get("allowed_origins") or ()),
+        allowed_methods=parsed.get("allowed_methods"),
+        allowed_paths=parsed.get("allowed_paths"),
+    )
+
+
+def _check_access(access: AccessConfig, known_profiles: set[str], problems: list[str]) -> None:
+    short = sum(1 for key in access.keys if len(key) < MIN_ACCESS_KEY_LENGTH)
+    if short:
+        problems.append(
+            f"access_keys: {short} key(s) shorter than {MIN_ACCESS_KEY_LENGTH} characters; "
+            f"a network caller could guess them (make one with: "
+            f"python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    grants = (*access.keys.values(), *(grant for _, grant in access.clients.values()))
+    for grant in grants:
+        if grant is not None and (unknown := sorted(grant - known_profiles)):
+            problems.append(f"access: grants unknown profiles: {', '.join(unknown)}")
+
+
+def _check_listen(
+    listen: ListenAddress | None,
+    access: AccessConfig,
+    parsed: Mapping[str, Any],
+    raw: Mapping[str, Raw],
+    problems: list[str],
+) -> None:
+    if (
+        listen is not None
+        and not listen.is_loopback
+        and not access.required
+        and not parsed.get("allow_non_loopback")
+    ):
+        problems.append(
+            f"listen: {listen} is not loopback, and anyone who can reach it would use the "
+            f"gateway with the proxy's credentials; require access_keys or local_clients, "
+            f"or set allow_non_loopback: true (DAP_PROXY_ALLOW_NON_LOOPBACK=true) "
+            f"(from {raw['listen'].source})"
+        )
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, object] | None = None,
+    *,
+    require_credentials: bool = True,
+) -> Config:
+    """Layer defaults < ``path`` (YAML) < ``environ`` < ``flags`` and validate everything.
+
+    ``flags`` maps key names (``"listen"``, ``"upstream"``, ...) to values; ``None`` means unset.
+    Raises ``ConfigError`` listing every problem found.
+    """
+    environ = environ or {}
+    flags = flags or {}
+    problems: list[str] = []
+    warnings: list[str] = []
+    for name in flags:
+        if name not in KEYS:
+            raise ValueError(f"unknown configuration key {name!r}")  # a programming error
+
+    raw, profiles_tree = collect(path, environ, flags, problems, warnings)
+    parsed = parse_all(raw, problems)
+    reader = SecretReader(raw, parsed)
+    sources = profile_sources(profiles_tree, path, environ, problems)
+    # With named profiles, top-level credentials are optional: they make a "default".
+    top_credentials = credentials(reader, require_credentials and not sources)
+    access = access_config(reader)
+    problems += reader.problems
+    named = named_profiles(sources, parsed, problems, reader) if "upstream" in parsed else {}
+    _check_access(access, set(named) | ({"default"} if top_credentials else set()), problems)
+    for name, profile in named.items():
+        for client_id in profile.local_client_ids:
+            if client_id in named and client_id != name:
+                problems.append(f"profiles.{name}.local_client_ids: {client_id} names a profile")
+    listen: ListenAddress | None = parsed.get("listen")
+    _check_listen(listen, access, parsed, raw, problems)
+    if problems:
+        raise ConfigError(problems)
+    assert listen is not None  # noqa: S101 - a problem above otherwise
+
+    upstream_url: URL = parsed["upstream"]
+    token_url: URL = parsed.get("token_url") or token_url_for(upstream_url)
+    default = Profile(upstream_url, token_url, top_credentials)
+    return Config(
+        listen=listen,
+        upstream=default,
+        profiles=({"default": default} if top_credentials else {}) | named,
+        refresh_margin=parsed["refresh_margin"],
+        replay_body_limit=int(parsed["replay_body_limit"]),
+        pool_size=parsed["pool_size"],
+        timeouts=Timeouts(
+            connect=parsed["timeouts.connect"],
+            read=parsed["timeouts.read"],
+            token=parsed["timeouts.token"],
+            shutdown=parsed["timeouts.shutdown"],
+            client=parsed["timeouts.client"],
+            idle=parsed["timeouts.idle"],
+        ),
+        log_level=parsed["log_level"],
+        log_format=parsed["log_format"],
+        access=access,
+        policy=_policy(parsed, listen, access),
+        max_connections=parsed["max_connections"],
+        warnings=(*warnings, *reader.warnings),
+        watched_files=tuple(dict.fromkeys([*([str(path)] if path else []), *reader.files])),
+    )

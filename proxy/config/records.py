@@ -1,0 +1,120 @@
+"""The configuration as the rest of the proxy sees it: frozen records, built by ``load_config``.
+
+Secrets (client secrets, access keys, local clients) are declared ``repr=False``: a record
+can be logged whole without leaking one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from yarl import URL
+
+from .values import ListenAddress
+
+__all__ = [
+    "AccessConfig",
+    "Config",
+    "Credentials",
+    "Grant",
+    "Policy",
+    "Profile",
+    "Timeouts",
+]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A gateway client id and its secret; the secret never appears in a repr."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One credential set and the gateway it is used against.
+
+    ``default`` comes from the top-level keys; named profiles from ``profiles:`` or
+    ``DAP_PROXY_PROFILE_<NAME>_<KEY>``. ``local_client_ids`` are the client ids that, at the
+    local login, choose this profile (its own name always does).
+    """
+
+    url: URL
+    token_url: URL
+    credentials: Credentials | None
+    name: str = "default"
+    local_client_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds: connecting upstream, between bytes read upstream, one token request, draining,
+    how long a client may stay silent while sending its request's head or body, and how long
+    an idle kept-alive client connection is kept waiting for its next request."""
+
+    connect: float = 10.0
+    read: float = 300.0
+    token: float = 30.0
+    shutdown: float = 15.0
+    client: float = 30.0
+    idle: float = 75.0
+
+
+Grant = frozenset[str] | None  # the profiles a key or local client may use; None: all
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """Who may use the proxy. Empty: anyone who can reach it (loopback by default).
+
+    ``keys`` maps bearer keys for plain clients (curl) to the profiles each may use;
+    ``clients`` maps local client ids, for tools that log in (the ``dap`` CLI), to their
+    secret and profiles. Neither appears in a repr.
+    """
+
+    keys: Mapping[str, Grant] = field(default_factory=dict, repr=False)
+    clients: Mapping[str, tuple[str, Grant]] = field(default_factory=dict, repr=False)
+
+    @property
+    def required(self) -> bool:
+        return bool(self.keys or self.clients)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What requests are admitted. ``None`` means no restriction of that kind."""
+
+    allowed_hosts: frozenset[str] | None = None  # Host names, lower case, no port
+    allowed_origins: frozenset[str] = frozenset()  # browser origins granted CORS
+    allowed_methods: frozenset[str] | None = None
+    allowed_paths: tuple[str, ...] | None = None  # path prefixes
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the proxy needs to run; build it with ``load_config``."""
+
+    listen: ListenAddress
+    upstream: Profile  # the top-level settings: the default profile, credentials or not
+    refresh_margin: float = 300.0
+    replay_body_limit: int = 1024 * 1024
+    pool_size: int = 1000  # as many as max_connections: a request never waits for one
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    log_level: str = "info"
+    log_format: str = "text"
+    access: AccessConfig = field(default_factory=AccessConfig)
+    policy: Policy = field(default_factory=Policy)
+    max_connections: int = 1000
+    # Problems worth a warning at startup but not a refusal (a secret file others can read).
+    warnings: tuple[str, ...] = ()
+    # Every credential set in use, by name: ``default`` (when the top level has credentials)
+    # and the named profiles.
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
+    # Files whose change means a reload: the config file and every secret file read.
+    watched_files: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.profiles and self.upstream.credentials is not None:
+            object.__setattr__(self, "profiles", {"default": self.upstream})

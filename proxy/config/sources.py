@@ -1,0 +1,191 @@
+"""Where configuration values come from, and which one wins.
+
+Precedence, lowest first: built-in defaults < YAML file < environment < command-line flags.
+Every key has an environment name ``DAP_PROXY_<KEY>`` (dots become underscores); the
+credentials also answer to the names the official client uses, ``DAP_CLIENT_ID`` and
+``DAP_CLIENT_SECRET``, and to ``DAP_CLIENT_SECRET_FILE`` for Docker and Kubernetes secrets.
+``DAP_API_URL`` is deliberately *not* read: beside a tool it points at the proxy itself.
+
+A value is kept raw, with where it came from, until ``parse_all`` turns it into its type:
+every message can then name the key and its source.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..gateway import DEFAULT_UPSTREAM
+from . import values
+
+__all__ = ["ENV_PREFIX", "KEYS", "Key", "Raw", "collect", "did_you_mean", "parse_all"]
+
+ENV_PREFIX = "DAP_PROXY_"
+
+
+@dataclass(frozen=True)
+class Key:
+    """A configuration key: its dotted name, parser, default and environment names."""
+
+    name: str
+    parse: Callable[[object], Any]
+    default: object = None
+    aliases: tuple[str, ...] = ()  # environment names besides DAP_PROXY_<KEY>
+    secret: bool = False
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        return (*self.aliases, ENV_PREFIX + self.name.replace(".", "_").upper())
+
+
+KEYS = {
+    key.name: key
+    for key in (
+        Key("listen", values.listen, "127.0.0.1:8080"),
+        Key("upstream", values.url, DEFAULT_UPSTREAM),
+        Key("token_url", values.url),
+        Key("client_id", values.client_id, aliases=("DAP_CLIENT_ID",)),
+        Key("client_secret", values.text, aliases=("DAP_CLIENT_SECRET",), secret=True),
+        Key("client_secret_file", values.text, aliases=("DAP_CLIENT_SECRET_FILE",)),
+        Key("refresh_margin", values.non_negative_number, 300),
+        Key("replay_body_limit", values.non_negative_number, 1024 * 1024),
+        Key("pool_size", values.positive_int, 1000),
+        Key("timeouts.connect", values.positive_number, 10),
+        Key("timeouts.read", values.positive_number, 300),
+        Key("timeouts.token", values.positive_number, 30),
+        Key("timeouts.shutdown", values.positive_number, 15),
+        Key("timeouts.client", values.positive_number, 30),
+        Key("timeouts.idle", values.positive_number, 75),
+        Key("log_level", values.log_level, "info"),
+        Key("log_format", values.log_format, "text"),
+        Key("allow_non_loopback", values.boolean, False),
+        Key("max_connections", values.positive_int, 1000),
+        Key("access_keys", values.access_keys, secret=True),
+        Key("access_keys_file", values.text),
+        Key("local_clients", values.client_pairs, secret=True),
+        Key("local_clients_file", values.text),
+        Key("allowed_hosts", values.text_list),
+        Key("allowed_origins", values.text_list),
+        Key("allowed_methods", values.methods),
+        Key("allowed_paths", values.paths),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A value as given, and where: ``rank`` 0 default, 1 file, 2 environment, 3 flag."""
+
+    value: object
+    source: str
+    rank: int
+
+
+def did_you_mean(name: str, known: Mapping[str, object] | set[str] | frozenset[str]) -> str:
+    """`` (did you mean refresh_margin?)`` for a near miss, else ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _flatten(tree: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for name, value in tree.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _read_yaml(path: Path, problems: list[str]) -> tuple[dict[str, object], object]:
+    """The file's keys, flattened (``timeouts.read``), and its ``profiles`` section."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(f"config file {path}: cannot be read ({exc.strerror})")
+        return {}, None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problems.append(f"config file {path}: not valid YAML{where}")
+        return {}, None
+    if tree is None:
+        return {}, None
+    if not isinstance(tree, Mapping):
+        problems.append(f"config file {path}: expected a mapping of keys at the top level")
+        return {}, None
+    tree = dict(tree)
+    profiles = tree.pop("profiles", None)
+    flat = _flatten(tree)
+    for unknown in sorted(set(flat) - set(KEYS)):
+        hint = did_you_mean(unknown, KEYS)
+        problems.append(f"{unknown}: unknown key{hint} (from config file {path})")
+    return {name: value for name, value in flat.items() if name in KEYS}, profiles
+
+
+def collect(
+    path: Path | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, object],
+    problems: list[str],
+    warnings: list[str],
+) -> tuple[dict[str, Raw], object]:
+    """Every key's winning raw value, and the file's ``profiles`` section (unparsed).
+
+    An unknown ``DAP_PROXY_*`` variable is a warning, not a problem: the environment is
+    shared with other programs (and other versions of this one).
+    """
+    raw = {
+        name: Raw(key.default, "default", 0)
+        for name, key in KEYS.items()
+        if key.default is not None
+    }
+    profiles: object = None
+    if path is not None:
+        flat, profiles = _read_yaml(path, problems)
+        for name, value in flat.items():
+            if value is not None:
+                raw[name] = Raw(value, f"config file {path}", 1)
+    for name, key in KEYS.items():
+        # The later names win: DAP_PROXY_CLIENT_ID is more specific than DAP_CLIENT_ID.
+        for env_name in key.env_names:
+            if environ.get(env_name, "") != "":
+                raw[name] = Raw(environ[env_name], f"environment variable {env_name}", 2)
+    known_env = {env for key in KEYS.values() for env in key.env_names}
+    for env_name in sorted(environ):
+        if (
+            env_name.startswith(ENV_PREFIX)
+            and env_name not in known_env
+            and not env_name.startswith(ENV_PREFIX + "PROFILE_")
+            and env_name != ENV_PREFIX + "CONFIG"
+        ):
+            hint = did_you_mean(env_name, known_env)
+            warnings.append(f"{env_name}: not a setting of this proxy, ignored{hint}")
+    for name, value in flags.items():
+        if value is not None:
+            raw[name] = Raw(value, f"flag --{name.replace('_', '-')}", 3)
+    return raw, profiles
+
+
+def parse_all(
+    raw: Mapping[str, Raw],
+    problems: list[str],
+    keys: Mapping[str, Key] = KEYS,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Each raw value parsed by its key; a bad one becomes a problem naming key and source."""
+    parsed: dict[str, Any] = {}
+    for name, item in raw.items():
+        try:
+            parsed[name] = keys[name].parse(item.value)
+        except ValueError as exc:
+            # A secret's parse error says what is wrong with it, never what it is.
+            detail = "invalid value" if keys[name].secret else str(exc)
+            problems.append(f"{prefix}{name}: {detail} (from {item.source})")
+    return parsed

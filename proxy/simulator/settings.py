@@ -37,6 +37,8 @@ class SimulatorSettings:
     # client skips its 5-second polling.
     job_duration: float = 1.0
     rate_limits: bool = True
+    # Seconds in the rate limits' sliding window: the gateway's minute, or less in tests.
+    rate_window: float = 60.0
     seed: int = 0
     rows_per_table: int = 25
     rows_per_object: int = 10
@@ -54,6 +56,8 @@ class SimulatorSettings:
             problems.append("rows_per_table must not be negative")
         if self.rows_per_object <= 0:
             problems.append("rows_per_object must be positive")
+        if self.rate_window <= 0:
+            problems.append("rate_window must be positive")
         if self.url_lifetime <= 0 or self.job_lifetime <= 0:
             problems.append("url_lifetime and job_lifetime must be positive")
         if problems:

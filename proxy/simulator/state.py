@@ -83,12 +83,13 @@ class SimulatorState:
     requests: deque[RecordedRequest] = field(default_factory=lambda: deque(maxlen=1000))
     tokens: TokenIssuer = field(init=False, repr=False)
     jobs: JobStore = field(init=False, repr=False)
-    limiter: RateLimiter = field(default_factory=RateLimiter, repr=False)
+    limiter: RateLimiter = field(init=False, repr=False)
     url_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     def __post_init__(self) -> None:
         self.tokens = TokenIssuer(self.settings.token_lifetime, self.settings.clock)
         self.jobs = JobStore(self.settings)
+        self.limiter = RateLimiter(self.settings.rate_window)
 
     def issue_token(self, client_id: str = DEMO_CLIENT_ID) -> str:
         """A valid bearer token without a login, for tests that are not about logging in."""

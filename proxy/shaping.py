@@ -72,7 +72,7 @@ def endpoint_class(method: str, path: str) -> str | None:
     return None
 
 
-class OverBudget(Exception):  # noqa: N818 - a condition, not a failure of the proxy's
+class OverBudget(Exception):
     """No slot frees within the wait allowed; ``retry_after`` says when one will."""
 
     def __init__(self, retry_after: float) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import exit_status
+from . import __version__, exit_status
 from .app import ACCESS_LOG, METRICS, SUPERVISOR, TOKENS, create_app
 from .config import Config, ListenAddress
 from .errors import CredentialsRejected, TokenEndpointUnavailable
@@ -29,7 +31,15 @@ from .logs import AccessLog, AccessLogger, BufferedAccessLog
 from .protocol import ProxyRunner
 from .reload import Reloader
 
-__all__ = ["RunningProxy", "StartupError", "serve", "start", "wait_for_signal"]
+__all__ = [
+    "RunningProxy",
+    "StartupError",
+    "listen_failure",
+    "running_on",
+    "serve",
+    "start",
+    "wait_for_signal",
+]
 
 log = logging.getLogger("proxy.server")
 
@@ -104,10 +114,10 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
     listen = config.listen
     try:
         url = await _listen(runner, listen)
-    except OSError as exc:
+    except (OSError, NotImplementedError) as exc:
         await runner.cleanup()
         raise StartupError(
-            f"cannot listen on {listen}: {exc.strerror or exc}", exit_status.CANNOT_LISTEN
+            f"cannot listen on {listen}: {listen_failure(exc)}", exit_status.CANNOT_LISTEN
         ) from None
     if not listen.is_loopback:
         log.warning(
@@ -117,10 +127,64 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
             if config.access.required
             else "anyone who can reach it uses the gateway with this proxy's credentials",
         )
+    software = running_on()
     for name, profile in config.profiles.items():
         prefix = "" if name == "default" else f"/{name}/..."
-        log.info("listening on %s%s, forwarding to %s (profile %s)", url, prefix, profile.url, name)
+        log.info(
+            "%s: listening on %s%s, forwarding to %s (profile %s)",
+            software,
+            url,
+            prefix,
+            profile.url,
+            name,
+        )
     return RunningProxy(url, runner)
+
+
+def running_on() -> str:
+    """``instructure-auth-proxy 0.1.0 on uvloop 0.21.0``: what a bug report needs first. The
+    event loop matters: uvloop is markedly faster, and on Windows the loop class decides
+    what works (signals, subprocesses)."""
+    loop = asyncio.get_running_loop()
+    module = type(loop).__module__.partition(".")[0]
+    if module == "uvloop":
+        version = getattr(sys.modules.get("uvloop"), "__version__", "")
+        name = f"uvloop {version}".rstrip()
+    elif sys.platform == "win32":
+        name = f"{module} {type(loop).__name__}"  # ProactorEventLoop or SelectorEventLoop
+    else:
+        name = module
+    return f"instructure-auth-proxy {__version__} on {name}"
+
+
+# The OS's reasons, in the words of its own messages. Windows reports socket errors by their
+# WSA numbers, which errno names only partly (EACCES is 13 there, WSAEACCES 10013).
+_BIND_REASONS = {
+    getattr(errno, name): reason
+    for names, reason in (
+        (("EADDRINUSE", "WSAEADDRINUSE"), "address already in use"),
+        (("EACCES", "WSAEACCES"), "permission denied"),
+        (("EADDRNOTAVAIL", "WSAEADDRNOTAVAIL"), "no such address on this machine"),
+    )
+    for name in names
+    if hasattr(errno, name)
+}
+
+
+def listen_failure(exc: BaseException) -> str:
+    """Why a listen failed, in a few words: ``address already in use``. (asyncio's own text
+    repeats the address and, on Windows, is a sentence long.)"""
+    if isinstance(exc, NotImplementedError):
+        return "this platform has no Unix sockets; listen on 127.0.0.1:PORT instead"
+    if isinstance(exc, socket.gaierror):
+        return "name not resolved"
+    if isinstance(exc, OSError):
+        if exc.errno in _BIND_REASONS:
+            return _BIND_REASONS[exc.errno]
+        if exc.strerror:
+            # "error while attempting to bind on address ('::1', 80): <the OS's reason>"
+            return exc.strerror.rpartition("): ")[2].lower()
+    return type(exc).__name__
 
 
 async def _listen(runner: web.AppRunner, listen: ListenAddress) -> str:

@@ -1,7 +1,8 @@
 """``instructure-auth-proxy token``: print one valid gateway token, for scripts that need one.
 
 It uses the same configuration and the same ``TokenClient`` and ``TokenManager`` as the
-proxy, and retries a failing token endpoint a few times as the proxy would. Whatever
+proxy (the manager in its one-shot mode), and tries an unavailable token endpoint a few
+times, waiting 1 s, then 2 s (or what its ``Retry-After`` asks, up to 30 s). Whatever
 captures its output holds a live credential for an hour (``cli.PRINT_CAUTION``).
 """
 
@@ -22,6 +23,8 @@ __all__ = ["print_token"]
 log = logging.getLogger("proxy.token")
 
 ATTEMPTS = 3
+FIRST_WAIT = 1.0  # seconds before the second attempt; doubled before each next one
+MAX_WAIT = 30.0  # seconds between attempts at most, whatever Retry-After asks
 
 
 async def print_token(config: Config, profile_name: str = "default") -> int:
@@ -35,20 +38,32 @@ async def print_token(config: Config, profile_name: str = "default") -> int:
         client = TokenClient(
             session, profile.token_url, profile.credentials, timeout=config.timeouts.token
         )
-        tokens = TokenManager(client.fetch, refresh_margin=config.refresh_margin, name=profile_name)
+        # One-shot: the manager neither retries in the background nor speaks of "requests
+        # answered 503" and next refreshes; this loop does the retrying and the talking.
+        tokens = TokenManager(
+            client.fetch, refresh_margin=config.refresh_margin, name=profile_name, one_shot=True
+        )
         try:
             for attempt in range(1, ATTEMPTS + 1):
                 try:
                     token = await tokens.first_token()
                     break
                 except CredentialsRejected as exc:
-                    log.error("%s", exc.text)
+                    log.error("no token: %s", exc.text)
                     return exit_status.CREDENTIALS_REJECTED
                 except TokenEndpointUnavailable as exc:
                     if attempt == ATTEMPTS:
-                        log.error("%s (after %d attempts)", exc.text, ATTEMPTS)
+                        log.error("no token: %s (gave up after %d attempts)", exc.text, ATTEMPTS)
                         return exit_status.FAILED
-                    await asyncio.sleep(exc.retry_after or 1.0)
+                    wait = min(MAX_WAIT, exc.retry_after or FIRST_WAIT * 2 ** (attempt - 1))
+                    log.warning(
+                        "no token yet: %s; attempt %d of %d, trying again in %g s",
+                        exc.text,
+                        attempt,
+                        ATTEMPTS,
+                        wait,
+                    )
+                    await asyncio.sleep(wait)
         finally:
             await tokens.close()
     sys.stdout.write(token.access_token + "\n")

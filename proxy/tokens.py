@@ -19,7 +19,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -122,6 +124,39 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+def _host_port(url: URL) -> str:
+    host = f"[{url.host}]" if url.host and ":" in url.host else url.host
+    return f"{host}:{url.port}"
+
+
+def _connection_failure(exc: aiohttp.ClientError) -> str:
+    """Why a connection failed, in the OS's words (``connection refused``), else the class."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "its TLS certificate could not be verified"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "the TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if isinstance(error, socket.gaierror):
+            return "name not resolved"
+        for kind, reason in (
+            (ConnectionRefusedError, "connection refused"),
+            (ConnectionResetError, "connection reset"),
+            (TimeoutError, "timed out"),
+        ):
+            if isinstance(error, kind):
+                return reason
+        if error.errno is not None:
+            # asyncio's strerror is "Connect call failed (address)"; the errno says why.
+            reason = os.strerror(error.errno)
+            if reason.startswith("Unknown error") and error.strerror:  # Windows' WSA codes
+                reason = error.strerror
+            return reason.lower()
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the connection was closed before an answer"
+    return type(exc).__name__
+
+
 class TokenClient:
     """Fetches one token: ``await TokenClient(session, url, creds, timeout=30).fetch()``."""
 
@@ -179,9 +214,11 @@ class TokenClient:
                 f"the token endpoint did not answer within {self._timeout.total:g} s"
             ) from None
         except aiohttp.ClientError as exc:
-            # The exception's text can hold the URL and more; its class name is enough.
+            # Host, port and the OS's reason, which a user can act on; never the exception's
+            # text, which can hold the URL's path and query.
             raise TokenEndpointUnavailable(
-                f"the token endpoint could not be reached ({type(exc).__name__})"
+                f"the token endpoint at {_host_port(self._url)} could not be reached: "
+                f"{_connection_failure(exc)}"
             ) from None
 
         if status in REJECTED_STATUSES:
@@ -270,6 +307,7 @@ class TokenManager:
         rng: random.Random | None = None,
         name: str = "default",
         on_refresh: Callable[[str, float], None] | None = None,
+        one_shot: bool = False,
     ) -> None:
         self._source = source
         self._margin = refresh_margin
@@ -284,6 +322,10 @@ class TokenManager:
         # Told of every token request's outcome ("success", "rejected", "unavailable")
         # and duration: the metrics hook, kept out of this module.
         self._on_refresh = on_refresh
+        # For a command that wants one token and exits (``token``): each ``first_token``
+        # is one request, failures are not retried in the background nor logged here (the
+        # caller reports them), and a success is not announced with a next refresh.
+        self._one_shot = one_shot
 
         self._token: Token | None = None
         self._attempt: asyncio.Future[Token] | None = None  # outcome of the fetch in flight
@@ -483,7 +525,8 @@ class TokenManager:
             except CredentialsRejected as exc:
                 self._record("rejected", started, exc)
                 self._last_error, self._rejected_at = exc, self._now()
-                log.error("token refresh failed%s: %s; not retrying", self._label, exc.text)
+                if not self._one_shot:
+                    log.error("token refresh failed%s: %s; not retrying", self._label, exc.text)
                 _fail(attempt, exc)
                 if not self._again:
                     return
@@ -492,6 +535,10 @@ class TokenManager:
             except TokenEndpointUnavailable as exc:
                 failures += 1
                 self._record("unavailable", started, exc)
+                if self._one_shot:
+                    self._last_error = exc
+                    _fail(attempt, exc)
+                    return
                 delay = self._backoff(failures, exc.retry_after)
                 # Callers answered with this error learn when the next attempt starts.
                 error = exc.again(max(1.0, delay))
@@ -531,13 +578,16 @@ class TokenManager:
         self._last_error = self._rejected_at = None
         self._protected_until = token.obtained_at + self._holdoff if self._for_401 else 0.0
         self._for_401 = False
-        log.info(
-            "token refreshed%s: expires in %.0f s, next refresh in %.0f s (took %.3f s)",
-            self._label,
-            token.lifetime,
-            due - token.obtained_at,
-            took,
-        )
+        if self._one_shot:
+            log.info("token fetched%s: expires in %.0f s", self._label, token.lifetime)
+        else:
+            log.info(
+                "token refreshed%s: expires in %.0f s, next refresh in %.0f s (took %.3f s)",
+                self._label,
+                token.lifetime,
+                due - token.obtained_at,
+                took,
+            )
         if self._timer is not None:
             self._timer.cancel()
         # Up to a tenth of the margin early, at random: proxies (and profiles) started

@@ -9,6 +9,7 @@ warned about when other users can read them, and remembered so a change can be w
 from __future__ import annotations
 
 import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,9 @@ class SecretReader:
             self.problems.append(f"{self.prefix}{key}: {path_text} is empty (from {source})")
             return None
         # Others, not the group: Kubernetes mounts secrets group-readable (fsGroup) on purpose.
-        # (On Windows, st_mode has no such bits to report.)
-        if mode & stat.S_IRWXO:
+        # Not on Windows: its st_mode is made up (every file shows as readable by others) and
+        # its access control lists are not in it, so the warning would be noise there.
+        if sys.platform != "win32" and mode & stat.S_IRWXO:
             self.warnings.append(
                 f"{self.prefix}{key}: {path_text} can be read by other users "
                 f"(mode {stat.filemode(mode)}); chmod o-rwx it"

@@ -8,11 +8,13 @@ when it can hold a secret. ``sources.py`` says which key uses which.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass
 
 from yarl import URL
 
 __all__ = [
+    "LOOPBACK",
     "ListenAddress",
     "access_keys",
     "boolean",
@@ -31,6 +33,8 @@ __all__ = [
     "text_list",
     "url",
 ]
+
+LOOPBACK = "127.0.0.1"  # where a port given alone listens
 
 
 @dataclass(frozen=True)
@@ -116,15 +120,28 @@ def url(value: object) -> URL:
 
 
 def parse_listen(value: object) -> ListenAddress:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``unix:/path``; ``ValueError`` says what is wrong."""
+    """``HOST:PORT``, ``[V6]:PORT``, ``unix:/path``, or a port alone (``8080`` or ``:8080``),
+    which means loopback, ``127.0.0.1:PORT``; ``ValueError`` says what is wrong.
+
+    A bare port is loopback, not every interface as in some servers: whoever reaches the
+    proxy uses the gateway with its credentials, so the short form must be the safe one.
+    """
     given = text(value)
     if given.startswith("unix:"):
+        if sys.platform == "win32":
+            # asyncio's Windows event loops cannot serve on AF_UNIX sockets.
+            raise ValueError(
+                "Unix sockets are not available on Windows; listen on a loopback HOST:PORT "
+                "such as 127.0.0.1:8080 instead"
+            )
         path = given.removeprefix("unix:")
         if not path.startswith("/"):
             raise ValueError(f"expected unix:/absolute/path, got {given!r}")
         return ListenAddress(path=path)
     host, sep, port_text = given.rpartition(":")
-    if not sep or not host:
+    if not host and (sep or given.isdigit()):
+        host = LOOPBACK  # ":8080" or "8080"
+    if not host:
         raise ValueError(f"expected HOST:PORT, got {given!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

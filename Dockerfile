@@ -10,18 +10,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies in their own layer: it is rebuilt only when pyproject.toml changes. A stub
-# package (and an empty README, which pyproject.toml names) lets pip resolve them from
-# pyproject.toml alone, then goes away.
-COPY pyproject.toml ./
+# Dependencies in their own layer: it is rebuilt only when pyproject.toml or constraints.txt
+# changes. A stub package (and an empty README, which pyproject.toml names) lets pip resolve
+# them from pyproject.toml alone, then goes away. constraints.txt (scripts/lock) pins every
+# one of them to what CI tested.
+COPY pyproject.toml constraints.txt ./
 RUN mkdir proxy && echo '__version__ = "0"' > proxy/__init__.py && touch README.md \
-    && pip install '.[fast]' \
+    && pip install -c constraints.txt '.[fast]' \
     && pip uninstall -y instructure-auth-proxy \
     && rm -rf proxy README.md
 
 COPY README.md ./
 COPY proxy ./proxy
-RUN pip install --no-deps . && rm -rf /app/build
+RUN pip install -c constraints.txt --no-deps . && rm -rf /app/build
 
 # Inside the container the proxy must listen on all interfaces to be reachable at all, so
 # the image opts in to a non-loopback address: the container's network namespace, not the

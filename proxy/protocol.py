@@ -15,20 +15,22 @@ seconds to send the first request's head (a client trickling headers, "slowloris
 off). Later heads on a kept-alive connection are bounded by aiohttp's keep-alive timeout.
 
 aiohttp offers no public hook for any of this, so ``ProxyRunner`` swaps in this handler
-class; ``tests/test_hostile.py`` and ``tests/test_faults.py`` fail if a future aiohttp
-stops calling it.
+class. Every aiohttp internal used here is listed in ``aiohttp_support.py`` and checked
+when a ``ProxyRunner`` is made; ``tests/test_hostile.py`` and ``tests/test_faults.py`` fail
+if a future aiohttp stops calling this class.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
 
 from aiohttp import http_exceptions, web, web_protocol
 from aiohttp.web_request import BaseRequest
+
+from .aiohttp_support import check_aiohttp
 
 __all__ = ["ProxyRunner"]
 
@@ -123,11 +125,15 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._close and not self._force_close and self._request_in_progress:
             # Draining: aiohttp drops every byte once a connection is closing, which would
-            # stall an upload in flight. Keep feeding its body; take no new request.
-            parser = self._request_parser
-            if parser is not None:
-                with contextlib.suppress(http_exceptions.HttpProcessingError):
-                    parser.feed_data(data)
+            # stall an upload in flight. So its own path reads them, with the flag lowered
+            # for that call only (not the parser itself: 3.14 moved it). A pipelined request
+            # parsed here is never served: once the flag is up again, start() stops after
+            # the request in flight and closes the connection.
+            self._close = False
+            try:
+                super().data_received(data)
+            finally:
+                self._close = True
             return
         super().data_received(data)
         if self._head_timer is not None and self._request_count:
@@ -190,8 +196,13 @@ class _ProxyServer(web.Server):
 class ProxyRunner(web.AppRunner):
     """An ``AppRunner`` whose connections use the handler above.
 
-    ``ProxyRunner(app, max_connections=1000, head_timeout=30, ...)``
+    ``ProxyRunner(app, max_connections=1000, head_timeout=30, ...)``; raises
+    ``UnsupportedAiohttp`` at once if the installed aiohttp lacks what this module relies on.
     """
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        check_aiohttp()
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()

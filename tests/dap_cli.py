@@ -21,10 +21,18 @@ CLI_TIMEOUT = 60.0
 
 
 def dap_executable() -> str:
-    """The CLI of the environment running the tests, wherever it was installed."""
-    found = shutil.which("dap") or str(Path(sys.executable).parent / "dap")
+    """``$DAP_CLI`` (``scripts/dap-cli`` prints one), else the ``dap`` of this environment.
+
+    The CLI pins aiohttp exactly, so it lives in an environment of its own: the proxy's
+    runs on whatever aiohttp it allows.
+    """
+    found = os.environ.get("DAP_CLI") or shutil.which("dap")
+    found = found or str(Path(sys.executable).parent / "dap")
     if not Path(found).exists():
-        pytest.fail("the official dap CLI is not installed (instructure-dap-client)")
+        pytest.fail(
+            f"the official dap CLI is not at {found}: set DAP_CLI=$(scripts/dap-cli), "
+            "or install instructure-dap-client"
+        )
     return found
 
 

@@ -156,6 +156,7 @@ def _upstream(
                 profile.url,
                 tokens,
                 replay_body_limit=config.replay_body_limit,
+                replay_memory=config.replay_memory,  # one budget: app[METRICS] counts it
                 client_timeout=timeouts.client,
                 metrics=app[METRICS],
                 access_log=app[ACCESS_LOG],

@@ -7,6 +7,9 @@ path can send a request (or our token) anywhere else.
 Bodies are never held whole. A request body small enough to replay (no body, or a
 ``Content-Length`` up to ``replay_body_limit``) is read first, so that when the gateway
 refuses a token we still hold we can refresh it once and send the same request again.
+Bodies held that way share one budget, ``replay_memory`` bytes across all requests in
+flight (its counter is ``Metrics.replay_bytes_held``): past it, a body streams and is not
+replayed, so memory stays bounded however many uploads arrive at once.
 """
 
 from __future__ import annotations
@@ -21,11 +24,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from yarl import URL
 
 from . import headers
-from .errors import ClientTooSlow, ProxyError, UpstreamTimeout, UpstreamUnreachable
+from .errors import (
+    ClientTooSlow,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from .logs import (
     BYTES_IN,
     BYTES_OUT,
@@ -48,6 +57,14 @@ log = logging.getLogger("proxy.forward")
 # ServerTimeoutError is a ClientError too.
 _UPSTREAM_READ_ERRORS = (TimeoutError, aiohttp.ClientError)
 _TOO_SLOW = "the client stopped sending its request body"
+_MALFORMED = "invalid chunked encoding"  # the words protocol.py uses for the same fault
+
+
+class _MalformedBody(ProxyError):
+    """The client's body broke its own framing mid-way (an invalid chunk)."""
+
+    status = 400
+    type = "BadRequest"
 
 
 class Forwarder:
@@ -60,6 +77,7 @@ class Forwarder:
         tokens: TokenManager,
         *,
         replay_body_limit: int,
+        replay_memory: int,
         client_timeout: float,
         metrics: Metrics,
         access_log: AccessLog,
@@ -70,6 +88,7 @@ class Forwarder:
         self._base_path = upstream.raw_path.rstrip("/")
         self._tokens = tokens
         self._replay_body_limit = replay_body_limit
+        self._replay_memory = replay_memory
         self._client_timeout = client_timeout
         self._metrics = metrics
         self._access_log = access_log
@@ -103,18 +122,55 @@ class Forwarder:
     async def _exchange(
         self, request: web.Request, target: URL, request_id: str, local_prefix: str
     ) -> web.StreamResponse:
+        held = self._hold(request)
         try:
-            body, replayable = await self._request_body(request)
-            token = await self._tokens.token()
-            upstream = await self._send(request, target, token, body)
-            if upstream.status == 401:
-                upstream = await self._after_401(request, target, token, body, replayable, upstream)
-        except ProxyError as exc:
-            return proxy_error_response(exc, request_id)
-        try:
-            return await self._relay(request, upstream, request_id, local_prefix)
+            try:
+                body, replayable = await self._request_body(request, whole=held is not None)
+                token = await self._tokens.token()
+                upstream = await self._send(request, target, token, body)
+                if upstream.status == 401:
+                    upstream = await self._after_401(
+                        request, target, token, body, replayable, upstream
+                    )
+            except ProxyError as exc:
+                response = proxy_error_response(exc, request_id)
+                if isinstance(exc, _MalformedBody):
+                    response.force_close()  # what follows on the connection cannot be framed
+                return response
+            if upstream.status < 200:
+                # aiohttp's client skips 100 and 103 itself; a 101 means the gateway switched
+                # protocols on a request that never asked to (Upgrade is not forwarded), and
+                # relaying it would leave the client waiting for a response that never comes.
+                upstream.close()
+                what = "switch protocols" if upstream.status == 101 else "answer with only a 1xx"
+                log.warning(
+                    "upstream answered %d: %s %s", upstream.status, request.method, request.path
+                )
+                return proxy_error_response(
+                    UpstreamError(f"the gateway tried to {what}"), request_id
+                )
+            try:
+                return await self._relay(request, upstream, request_id, local_prefix)
+            finally:
+                upstream.release()
         finally:
-            upstream.release()
+            if held:
+                self._metrics.replay_bytes_held -= held
+
+    def _hold(self, request: web.Request) -> int | None:
+        """Bytes set aside from the replay budget to read this request's body whole, or
+        None: it streams (chunked, too large, or the budget is spent). Counted before the
+        body is read, so concurrent uploads cannot all fit the same remainder."""
+        if not request.body_exists:
+            return 0
+        length = request.content_length
+        if length is None or length > self._replay_body_limit:
+            return None
+        metrics = self._metrics
+        if metrics.replay_bytes_held + length > self._replay_memory:
+            return None
+        metrics.replay_bytes_held += length
+        return length
 
     async def _after_401(
         self,
@@ -154,17 +210,18 @@ class Forwarder:
             encoded=True,
         )
 
-    async def _request_body(self, request: web.Request) -> tuple[Any, bool]:
-        """The body to send and whether it can be sent twice."""
+    async def _request_body(self, request: web.Request, *, whole: bool) -> tuple[Any, bool]:
+        """The body to send and whether it can be sent twice (``whole``: read it first)."""
         if not request.body_exists:
             return None, True
-        length = request.content_length
-        if length is not None and length <= self._replay_body_limit:
+        if whole:
             try:
                 async with asyncio.timeout(self._client_timeout):
                     body = await request.read()
             except TimeoutError:
                 raise ClientTooSlow(_TOO_SLOW) from None
+            except http_exceptions.HttpProcessingError:
+                raise _MalformedBody(_MALFORMED) from None
             request[BYTES_IN] = len(body)
             return body, True
         return self._stream(request), False
@@ -180,6 +237,11 @@ class Forwarder:
                         chunk = await body.readany()
                 except TimeoutError:
                     raise ClientTooSlow(_TOO_SLOW) from None
+                except http_exceptions.HttpProcessingError:
+                    # Raised into aiohttp's client while it sends the body: it drops the
+                    # upstream connection, so the gateway sees the upload cut off, never a
+                    # short body that looks complete.
+                    raise _MalformedBody(_MALFORMED) from None
                 if not chunk:
                     return
                 received += len(chunk)
@@ -204,7 +266,7 @@ class Forwarder:
         except TimeoutError:
             raise UpstreamTimeout("the gateway did not answer in time") from None
         except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, ClientTooSlow):  # raised while sending its body
+            if isinstance(exc.__cause__, ClientTooSlow | _MalformedBody):  # sending the body
                 raise exc.__cause__ from None
             log.warning(
                 "upstream request failed: %s %s: %s", request.method, request.path, _name(exc)

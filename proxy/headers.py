@@ -31,7 +31,9 @@ HOP_BY_HOP = frozenset(
 
 # Replaced on the way up: the gateway's Host comes from the upstream URL, and whatever
 # credentials a client sends (a local token, or the deprecated x-instauth) give way to ours.
-_DROPPED_UPSTREAM = HOP_BY_HOP | {"host", "authorization", "x-instauth"}
+# Expect is answered by the proxy (aiohttp's server sends the 100 Continue): forwarded, it
+# would make aiohttp's client wait for a 100 that a gateway not speaking it never sends.
+_DROPPED_UPSTREAM = HOP_BY_HOP | {"host", "authorization", "x-instauth", "expect"}
 # CORS is the proxy's decision (allowed_origins), never the gateway's: a permissive header
 # passed through would let any web page read what the proxy fetches.
 _DROPPED_DOWNSTREAM = HOP_BY_HOP | {

@@ -10,6 +10,7 @@ set). Never the raw path.
     proxy_upstream_duration_seconds{profile}                 until the gateway's headers
     proxy_received_bytes_total / proxy_sent_bytes_total      bodies, client side
     proxy_requests_in_flight                                 requests being forwarded now
+    proxy_replay_bytes_held                                  bodies read whole for replay
     proxy_token_refreshes_total{profile,outcome}             token requests by outcome
     proxy_token_request_duration_seconds{profile}            token endpoint latency
     proxy_token_expires_in_seconds{profile}                  until the held token expires
@@ -81,6 +82,9 @@ class Metrics:
         self.received: defaultdict[str, int] = defaultdict(int)
         self.sent: defaultdict[str, int] = defaultdict(int)
         self.in_flight = 0
+        # Request bodies held whole for a possible replay: also the replay_memory budget's
+        # counter, which the forwarders check and change (one integer, one place).
+        self.replay_bytes_held = 0
         self.requests_served = 0
         self.registry = CollectorRegistry()
         self.registry.register(_Families(self))
@@ -153,6 +157,11 @@ class _Families(Collector):
         yield _counter("proxy_sent_bytes", "Response body bytes to clients.", m.sent)
         yield GaugeMetricFamily(
             "proxy_requests_in_flight", "Requests being forwarded now.", value=m.in_flight
+        )
+        yield GaugeMetricFamily(
+            "proxy_replay_bytes_held",
+            "Request body bytes held whole for a possible replay (bounded by replay_memory).",
+            value=m.replay_bytes_held,
         )
         yield _histogram(
             "proxy_token_request_duration_seconds",

@@ -136,6 +136,7 @@ def load_config(
         profiles=({"default": default} if top_credentials else {}) | named,
         refresh_margin=parsed["refresh_margin"],
         replay_body_limit=int(parsed["replay_body_limit"]),
+        replay_memory=int(parsed["replay_memory"]),
         pool_size=parsed["pool_size"],
         timeouts=Timeouts(
             connect=parsed["timeouts.connect"],

@@ -100,6 +100,7 @@ class Config:
     upstream: Profile  # the top-level settings: the default profile, credentials or not
     refresh_margin: float = 300.0
     replay_body_limit: int = 1024 * 1024
+    replay_memory: int = 32 * 1024 * 1024  # bytes held for replay, all requests together
     pool_size: int = 1000  # as many as max_connections: a request never waits for one
     timeouts: Timeouts = field(default_factory=Timeouts)
     log_level: str = "info"

@@ -54,6 +54,7 @@ KEYS = {
         Key("client_secret_file", values.text, aliases=("DAP_CLIENT_SECRET_FILE",)),
         Key("refresh_margin", values.non_negative_number, 300),
         Key("replay_body_limit", values.non_negative_number, 1024 * 1024),
+        Key("replay_memory", values.non_negative_number, 32 * 1024 * 1024),
         Key("pool_size", values.positive_int, 1000),
         Key("timeouts.connect", values.positive_number, 10),
         Key("timeouts.read", values.positive_number, 300),

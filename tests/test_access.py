@@ -177,6 +177,10 @@ async def test_extra_allowed_host(gateway: Gateway, proxy_factory: ProxyFactory)
     assert (await status_of(proxy.http, proxy.url + TABLES, headers={"Host": "proxy:8080"}))[
         0
     ] == 200
+    # Loopback names stay admitted (a page cannot rebind them; health checks use them).
     assert (await status_of(proxy.http, proxy.url + TABLES, headers={"Host": "127.0.0.1"}))[
+        0
+    ] == 200
+    assert (await status_of(proxy.http, proxy.url + TABLES, headers={"Host": "evil.example"}))[
         0
     ] == 403

@@ -43,7 +43,9 @@ def _policy(parsed: Mapping[str, Any], listen: ListenAddress, access: AccessConf
     elif "*" in hosts:
         allowed = None
     else:
-        allowed = frozenset(h.lower().strip("[]") for h in hosts)
+        # Loopback names stay admitted: a page cannot rebind them (a Host of 127.0.0.1 comes
+        # only from a page of that very origin), and health checks inside a container use them.
+        allowed = _LOOPBACK_NAMES | frozenset(h.lower().strip("[]") for h in hosts)
     return Policy(
         allowed_hosts=allowed,
         allowed_origins=frozenset(parsed.get("allowed_origins") or ()),

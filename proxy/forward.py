@@ -289,6 +289,9 @@ class Forwarder:
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=relayed
         )
+        # Taken before anything awaits: once a close-delimited body has ended, the
+        # connection is released and how it ended can no longer be asked.
+        closed = _closing(upstream)
         await response.prepare(request)
         reader = upstream.content
         sent = 0  # body bytes, for the access line of a client that hangs up mid-way
@@ -296,6 +299,8 @@ class Forwarder:
             while True:
                 try:
                     chunk = await reader.readany()
+                    if not chunk and closed is not None and closed.done():
+                        closed.result()  # raises if the connection ended by error (a reset)
                 except _UPSTREAM_READ_ERRORS as exc:
                     # Headers are out; the only honest signal left is to cut the connection,
                     # so the client cannot take a truncated body for a complete one.
@@ -315,6 +320,29 @@ class Forwarder:
             request[BYTES_OUT] = sent
         await response.write_eof()
         return response
+
+
+def _closing(upstream: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
+    """For a body delimited by the end of its connection (neither ``Content-Length`` nor
+    chunked), the connection's ``closed`` future: aiohttp's client ends such a body cleanly
+    however the connection ends, and only this future, set before the body's end, tells a
+    reset from a close. None for framed bodies (the gateway's own), whose framing tells."""
+    if upstream.content_length is not None:
+        return None
+    if "chunked" in upstream.headers.get("Transfer-Encoding", "").lower():
+        return None
+    connection = upstream.connection
+    protocol = connection.protocol if connection is not None else None
+    closed = protocol.closed if protocol is not None else None
+    if closed is not None:
+        closed.add_done_callback(_retrieve)
+    return closed
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark the future's exception as seen: nobody may be looking when the connection ends."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _abort(request: web.Request) -> None:

@@ -146,8 +146,9 @@ class RawUpstream:
     """A loopback HTTP/1.1 server on a raw socket, answering every request with ``answer``
     after reading its head and its Content-Length body; ``heads`` holds the heads read."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, *, close: bool = False) -> None:
         self.answer = answer
+        self.close = close  # end the connection (FIN) after each answer
         self.heads: list[bytes] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -169,6 +170,8 @@ class RawUpstream:
                         await reader.readexactly(int(value))
                 writer.write(self.answer)
                 await writer.drain()
+                if self.close:
+                    return
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -378,3 +381,22 @@ async def test_the_replay_budget_comes_back_after_success_and_errors(
         status, _, _ = await asyncio.wait_for(read_answer(reader), BOUND)
         assert status == 408
     assert held(proxy) == 0
+
+
+# ====================================================================== 5. close-delimited bodies
+
+
+async def test_a_close_delimited_upstream_body_ended_cleanly_is_relayed_whole(
+    gateway: Gateway, proxy_factory: ProxyFactory
+) -> None:
+    """The other half of tests/test_faults.py's reset case: a body that ends with a clean
+    close (FIN) is complete, and must reach the client whole, with its last chunk."""
+    data = bytes(range(256)) * 1024
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n" + data
+    async with RawUpstream(answer, close=True) as upstream:
+        proxy = await raw_proxy(proxy_factory, gateway, upstream)
+        for _ in range(2):
+            async with asyncio.timeout(BOUND):
+                async with proxy.http.get(proxy.url + "/data") as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == data

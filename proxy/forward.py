@@ -220,8 +220,6 @@ class Forwarder:
                     body = await request.read()
             except TimeoutError:
                 raise ClientTooSlow(_TOO_SLOW) from None
-            except http_exceptions.HttpProcessingError:
-                raise _MalformedBody(_MALFORMED) from None
             request[BYTES_IN] = len(body)
             return body, True
         return self._stream(request), False

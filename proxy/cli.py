@@ -311,17 +311,24 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    if args.command == "simulate":
-        from .demo import simulate
-
+    if args.command in ("simulate", "demo"):
+        try:
+            from . import demo
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("proxy.simulator"):
+                raise
+            print(
+                f"instructure-auth-proxy: {args.command} needs the gateway simulator, which "
+                "this installation leaves out (the container image does): run it from a pip "
+                "install (pip install instructure-auth-proxy)",
+                file=sys.stderr,
+            )
+            return exit_status.CONFIG
         configure_logging(args.log_level or "info")
-        listen = _listen(args) or "127.0.0.1:9000"
-        return _run(simulate(listen, args.token_lifetime, not args.no_rate_limits))
-    if args.command == "demo":
-        from .demo import demo
-
-        configure_logging(args.log_level or "info")
-        return _run(demo(_listen(args) or "127.0.0.1:8080", args.simulator_listen))
+        if args.command == "simulate":
+            listen = _listen(args) or "127.0.0.1:9000"
+            return _run(demo.simulate(listen, args.token_lifetime, not args.no_rate_limits))
+        return _run(demo.demo(_listen(args) or "127.0.0.1:8080", args.simulator_listen))
 
     environ = dict(os.environ)
     path = args.config or (

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__, exit_status
+from .aiohttp_support import UnsupportedAiohttp
 from .app import ACCESS_LOG, METRICS, SUPERVISOR, TOKENS, create_app
 from .config import Config, ListenAddress
 from .errors import CredentialsRejected, TokenEndpointUnavailable
@@ -98,18 +99,10 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
     for warning in config.warnings:
         log.warning("%s", warning)
     app = create_app(config, access_log=access_log)
-    runner = ProxyRunner(
-        app,
-        handler_cancellation=True,  # a client hanging up cancels its upstream request
-        access_log_class=AccessLogger.bound(app[METRICS], app[ACCESS_LOG]),
-        access_log=logging.getLogger("proxy.access"),
-        shutdown_timeout=config.timeouts.shutdown,  # see protocol.py: the drain
-        max_connections=config.max_connections,
-        head_timeout=config.timeouts.client,
-        # Idle kept-alive client connections are closed after this long (aiohttp's default
-        # is 75 s, fixed; an hour in some releases), so idle clients do not hold slots.
-        keepalive_timeout=config.timeouts.idle,
-    )
+    try:
+        runner = _runner(app, config)
+    except UnsupportedAiohttp as exc:  # names the version, what is missing and the range
+        raise StartupError(str(exc), exit_status.FAILED) from None
     await runner.setup()
     listen = config.listen
     try:
@@ -120,13 +113,7 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
             f"cannot listen on {listen}: {listen_failure(exc)}", exit_status.CANNOT_LISTEN
         ) from None
     if not listen.is_loopback:
-        log.warning(
-            "LISTENING ON %s, WHICH IS NOT LOOPBACK: %s",
-            listen,
-            "only callers with an access key or local credentials are served"
-            if config.access.required
-            else "anyone who can reach it uses the gateway with this proxy's credentials",
-        )
+        log.warning("LISTENING ON %s, WHICH IS NOT LOOPBACK: %s", listen, _exposure(config))
     software = running_on()
     for name, profile in config.profiles.items():
         prefix = "" if name == "default" else f"/{name}/..."
@@ -139,6 +126,41 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
             name,
         )
     return RunningProxy(url, runner)
+
+
+def _runner(app: web.Application, config: Config) -> ProxyRunner:
+    return ProxyRunner(
+        app,
+        handler_cancellation=True,  # a client hanging up cancels its upstream request
+        access_log_class=AccessLogger.bound(app[METRICS], app[ACCESS_LOG]),
+        access_log=logging.getLogger("proxy.access"),
+        shutdown_timeout=config.timeouts.shutdown,  # see protocol.py: the drain
+        max_connections=config.max_connections,
+        head_timeout=config.timeouts.client,
+        # Idle kept-alive client connections are closed after this long (aiohttp's default
+        # is 75 s, fixed; an hour in some releases), so idle clients do not hold slots.
+        keepalive_timeout=config.timeouts.idle,
+    )
+
+
+def _exposure(config: Config) -> str:
+    """What protects a proxy others can reach, and what does not, in one sentence."""
+    if config.access.required:
+        hosts = (
+            "any Host is admitted (a web page cannot present a key)"
+            if config.policy.allowed_hosts is None
+            else "Host must be in allowed_hosts"
+        )
+        return (
+            "protected: only callers with an access key or local credentials are served, "
+            f"failed logins are throttled, {hosts}; not protected: the traffic itself, which "
+            "is plain HTTP (keep it on a private network or behind TLS)"
+        )
+    return (
+        "NOT protected: anyone who can reach this port uses the gateway with this proxy's "
+        "credentials; only the Host check (allowed_hosts) and the refusal of cross-site "
+        "browser requests apply. Keep the port private, or require access_keys"
+    )
 
 
 def running_on() -> str:

@@ -184,3 +184,19 @@ async def test_extra_allowed_host(gateway: Gateway, proxy_factory: ProxyFactory)
     assert (await status_of(proxy.http, proxy.url + TABLES, headers={"Host": "evil.example"}))[
         0
     ] == 403
+
+
+def test_the_non_loopback_warning_says_what_is_and_is_not_protected() -> None:
+    from proxy.server import _exposure
+
+    creds = {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET": "s"}
+    keyed = load_config(None, {**creds, "DAP_PROXY_ACCESS_KEYS": KEY}, {"listen": "0.0.0.0:8080"})
+    said = _exposure(keyed)
+    assert "only callers with an access key" in said and "any Host is admitted" in said
+    assert "not protected: the traffic itself" in said
+    open_to_all = load_config(
+        None, {**creds, "DAP_PROXY_ALLOW_NON_LOOPBACK": "true"}, {"listen": "0.0.0.0:8080"}
+    )
+    said = _exposure(open_to_all)
+    assert said.startswith("NOT protected: anyone who can reach this port")
+    assert "require access_keys" in said

@@ -75,3 +75,22 @@ def test_the_runner_refuses_to_be_made_on_an_aiohttp_without_them(
     monkeypatch.setattr(aiohttp_support, "INTERNALS", (*INTERNALS, missing))
     with pytest.raises(UnsupportedAiohttp, match=r"FakeHandler\._close \(the drain\)"):
         ProxyRunner(web.Application())
+
+
+async def test_serve_refuses_to_start_on_such_an_aiohttp_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a traceback at the first SIGTERM: exit status 1 at once, naming what is missing."""
+    from proxy import exit_status
+    from proxy.config import load_config
+    from proxy.server import serve
+
+    missing = Internal("FakeHandler", "_close", "the drain", lambda: FakeHandler)
+    monkeypatch.setattr(aiohttp_support, "INTERNALS", (*INTERNALS, missing))
+    config = load_config(
+        None, {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET": "s"}, {"listen": "127.0.0.1:0"}
+    )
+    assert await serve(config) == exit_status.FAILED
+    text = caplog.text
+    assert "FakeHandler._close (the drain)" in text and f"aiohttp{SUPPORTED}" in text
+    assert "Traceback" not in text

@@ -424,3 +424,18 @@ async def test_simulate_prints_a_command_that_runs_as_printed() -> None:
         status, stderr = await finish(proxy)
         await finish(simulator)
     assert status == 0, stderr
+
+
+def test_demo_without_the_simulator_says_where_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The container image leaves the simulator out (.dockerignore)."""
+    import sys
+
+    import proxy
+
+    monkeypatch.setitem(sys.modules, "proxy.simulator", None)  # as if it were not there
+    monkeypatch.delitem(sys.modules, "proxy.demo", raising=False)
+    monkeypatch.delattr(proxy, "demo", raising=False)  # so that it is imported anew
+    assert cli.main(["demo"]) == 2
+    assert "leaves out (the container image does)" in capsys.readouterr().err

@@ -12,19 +12,31 @@ from __future__ import annotations
 
 from ..gateway import DEFAULT_UPSTREAM
 from .load import MIN_ACCESS_KEY_LENGTH, load_config
-from .records import AccessConfig, Config, Credentials, Grant, Policy, Profile, Timeouts
+from .records import (
+    AccessConfig,
+    CacheSettings,
+    Config,
+    Credentials,
+    Grant,
+    Policy,
+    Profile,
+    RateLimits,
+    Timeouts,
+)
 from .values import ListenAddress, parse_listen
 
 __all__ = [
     "DEFAULT_UPSTREAM",
     "MIN_ACCESS_KEY_LENGTH",
     "AccessConfig",
+    "CacheSettings",
     "Config",
     "Credentials",
     "Grant",
     "ListenAddress",
     "Policy",
     "Profile",
+    "RateLimits",
     "Timeouts",
     "load_config",
     "parse_listen",

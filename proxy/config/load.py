@@ -16,7 +16,15 @@ from yarl import URL
 from ..errors import ConfigError
 from ..gateway import token_url_for
 from .profiles import named_profiles, profile_sources
-from .records import AccessConfig, Config, Policy, Profile, Timeouts
+from .records import (
+    AccessConfig,
+    CacheSettings,
+    Config,
+    Policy,
+    Profile,
+    RateLimits,
+    Timeouts,
+)
 from .secret_files import SecretReader, access_config, credentials
 from .sources import KEYS, Raw, collect, parse_all
 from .values import ListenAddress
@@ -153,6 +161,19 @@ def load_config(
         access=access,
         policy=_policy(parsed, listen, access),
         max_connections=parsed["max_connections"],
+        rate_limits=RateLimits(
+            enabled=parsed["rate_limits.enabled"],
+            max_wait=parsed["rate_limits.max_wait"],
+            window=parsed["rate_limits.window"],
+            limits={
+                name: parsed[f"rate_limits.{name}"]
+                for name in ("create_job", "list_tables", "get_job", "get_schema", "object_urls")
+            },
+        ),
+        cache=CacheSettings(
+            enabled=parsed["cache.enabled"],
+            ttls={name: parsed[f"cache.{name}"] for name in ("list_tables", "get_schema")},
+        ),
         warnings=(*warnings, *reader.warnings),
         watched_files=tuple(dict.fromkeys([*([str(path)] if path else []), *reader.files])),
     )

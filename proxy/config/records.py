@@ -15,11 +15,13 @@ from .values import ListenAddress
 
 __all__ = [
     "AccessConfig",
+    "CacheSettings",
     "Config",
     "Credentials",
     "Grant",
     "Policy",
     "Profile",
+    "RateLimits",
     "Timeouts",
 ]
 
@@ -93,6 +95,35 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class RateLimits:
+    """Shaping requests to the gateway's documented limits (per profile, per endpoint class,
+    per ``window`` seconds); a request waits up to ``max_wait`` seconds for a slot."""
+
+    enabled: bool = True
+    max_wait: float = 60.0
+    window: float = 60.0
+    limits: Mapping[str, int] = field(
+        default_factory=lambda: {
+            "create_job": 5,
+            "list_tables": 5,
+            "get_job": 500,
+            "get_schema": 500,
+            "object_urls": 200,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Seconds a complete answer is kept, per cached endpoint class (0: not cached)."""
+
+    enabled: bool = True
+    ttls: Mapping[str, float] = field(
+        default_factory=lambda: {"list_tables": 60.0, "get_schema": 300.0}
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the proxy needs to run; build it with ``load_config``."""
 
@@ -108,6 +139,8 @@ class Config:
     access: AccessConfig = field(default_factory=AccessConfig)
     policy: Policy = field(default_factory=Policy)
     max_connections: int = 1000
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     # Problems worth a warning at startup but not a refusal (a secret file others can read).
     warnings: tuple[str, ...] = ()
     # Every credential set in use, by name: ``default`` (when the top level has credentials)

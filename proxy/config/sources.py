@@ -74,6 +74,19 @@ KEYS = {
         Key("allowed_origins", values.text_list),
         Key("allowed_methods", values.methods),
         Key("allowed_paths", values.paths),
+        # Sharing one client id's budget (shaping.py) and the metadata cache (metadata_cache.py)
+        Key("rate_limits.enabled", values.boolean, True),
+        Key("rate_limits.max_wait", values.non_negative_number, 60),
+        Key("rate_limits.window", values.positive_number, 60),
+        Key("rate_limits.create_job", values.positive_int, 5),
+        Key("rate_limits.list_tables", values.positive_int, 5),
+        Key("rate_limits.get_job", values.positive_int, 500),
+        Key("rate_limits.get_schema", values.positive_int, 500),
+        Key("rate_limits.object_urls", values.positive_int, 200),
+        Key("cache.enabled", values.boolean, True),
+        Key("cache.list_tables", values.non_negative_number, 60),
+        Key("cache.get_schema", values.non_negative_number, 300),
+        # Issue 13 (egress proxy, trust, object relay): its keys go below this line.
     )
 }
 

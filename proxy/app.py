@@ -10,7 +10,8 @@ Requests:
     /-/...                  reserved for the proxy: anything else here is 404, never forwarded
     everything else         read once (routing.py), admitted (guard.py), then
       POST [/<p>]/ids/auth/login   the local token endpoint (login.py)
-      anything else                forwarded to its profile's gateway (forward.py)
+      anything else                forwarded to its profile's gateway (forward.py), within
+                                   the rate limits, or answered from the cache (sharing.py)
 
 The ``/-/`` endpoints pass the Host and browser checks too; with inbound authentication,
 status and metrics need a key, and readiness shows gateway-provided text only to callers
@@ -39,6 +40,7 @@ from .logs import REQUEST_ID, AccessLog
 from .metrics import CONTENT_TYPE, Metrics
 from .responses import error_response, json_response
 from .routing import ProfileRouter
+from .sharing import Sharing
 from .status import status_document
 from .tokens import Clock, TokenClient, TokenManager
 from .upstream import upstream_session
@@ -50,6 +52,7 @@ __all__ = [
     "FORWARDERS",
     "LOCAL_TOKENS",
     "METRICS",
+    "SHARING",
     "SUPERVISOR",
     "TOKENS",
     "TOKEN_CLIENTS",
@@ -69,6 +72,7 @@ METRICS = web.AppKey("metrics", Metrics)
 STARTED = web.AppKey("started", float)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+SHARING = web.AppKey("sharing", Sharing)
 
 
 def create_app(
@@ -99,6 +103,8 @@ def create_app(
     app[ACCESS_LOG] = access_log or AccessLog()
     app[LOGIN] = LoginHandler(issuer, access, router, scope=lambda name: _scope(app, name))
     app[SUPERVISOR] = Supervisor()
+    app[SHARING] = sharing = Sharing(config)
+    app[METRICS].sharing = sharing
     app.cleanup_ctx.append(_upstream(clock))
     if config.policy.allowed_origins:
         app.on_response_prepare.append(_allow_origin)
@@ -161,6 +167,7 @@ def _upstream(
                 metrics=app[METRICS],
                 access_log=app[ACCESS_LOG],
                 profile=name,
+                shaper=app[SHARING].shaper,
             )
         app[TOKEN_CLIENTS] = clients
         app[FORWARDERS] = forwarders
@@ -198,7 +205,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         )
     if not caller.may_use(name):
         return _refuse(request, 403, "ProfileNotAllowed", "this caller may not use this profile")
-    return await app[FORWARDERS][name].forward(request, route.target, route.local_prefix)
+    return await app[SHARING].forward(request, route, app[FORWARDERS][name], name)
 
 
 def _refuse(request: web.Request, status: int, error_type: str, message: str) -> web.Response:
@@ -260,6 +267,7 @@ async def _status(request: web.Request) -> web.Response:
             profiles=app[TOKENS],
             upstreams={name: str(p.url) for name, p in app[CONFIG].profiles.items()},
             problems=app[SUPERVISOR].problems.values(),
+            shaper=app[SHARING].shaper,
         )
     )
 

@@ -3,6 +3,7 @@
     ProxyError                      every error the proxy itself answers with
     ├── ConfigError                 invalid configuration (exit status 2; never sent to a client)
     ├── ClientTooSlow               the client went silent while sending its body (408)
+    ├── RateLimited                 over the gateway's rate limit, no slot in time (429)
     ├── TokenError                  getting a gateway token failed
     │   ├── CredentialsRejected     the token endpoint refused our client id or secret (401)
     │   └── TokenEndpointUnavailable  network, timeout, 5xx, 429 or a malformed answer (503)
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "CredentialsRejected",
     "ProxyError",
+    "RateLimited",
     "TokenEndpointUnavailable",
     "TokenError",
     "UpstreamError",
@@ -66,6 +68,14 @@ class ClientTooSlow(ProxyError):
 
     status = 408
     type = "RequestTimeout"
+
+
+class RateLimited(ProxyError):
+    """The request is over its endpoint's rate limit and no slot frees within the wait
+    allowed (shaping.py); ``retry_after`` says when one does."""
+
+    status = 429
+    type = "TooManyRequests"
 
 
 class TokenError(ProxyError):

@@ -28,9 +28,11 @@ from aiohttp import http_exceptions, web
 from yarl import URL
 
 from . import headers
+from .body_filter import MAX_FILTERED_BODY, BodyFilter
 from .errors import (
     ClientTooSlow,
     ProxyError,
+    RateLimited,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -39,6 +41,7 @@ from .logs import (
     BYTES_IN,
     BYTES_OUT,
     CLIENT_CLOSED,
+    HELD_SECONDS,
     PROFILE,
     REQUEST_ID,
     UPSTREAM_SECONDS,
@@ -47,6 +50,7 @@ from .logs import (
 )
 from .metrics import Metrics
 from .responses import REQUEST_ID_HEADER, error_response, proxy_error_response
+from .shaping import OverBudget, Shaper, retry_after_seconds
 from .tokens import Token, TokenManager
 
 __all__ = ["Forwarder"]
@@ -82,6 +86,7 @@ class Forwarder:
         metrics: Metrics,
         access_log: AccessLog,
         profile: str = "default",
+        shaper: Shaper | None = None,
     ) -> None:
         self._session = session
         self._upstream = upstream
@@ -93,12 +98,21 @@ class Forwarder:
         self._metrics = metrics
         self._access_log = access_log
         self._profile = profile
+        self._shaper = shaper  # None: rate limits are not shaped
 
     async def forward(
-        self, request: web.Request, raw_target: str, local_prefix: str = ""
+        self,
+        request: web.Request,
+        raw_target: str,
+        local_prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        body_filter: BodyFilter | None = None,
     ) -> web.StreamResponse:
         """Forward ``request`` to ``raw_target`` (its path and query, less any profile
-        prefix, which is ``local_prefix``: Locations get it back)."""
+        prefix, which is ``local_prefix``: Locations get it back). ``endpoint`` is its
+        rate-limit class (shaping.py), ``body_filter`` a hook on its answer (body_filter.py).
+        """
         request[PROFILE] = self._profile
         request_id: str = request[REQUEST_ID]  # given by the guard, which runs first
         try:
@@ -109,7 +123,9 @@ class Forwarder:
         metrics.in_flight += 1
         started = time.perf_counter()
         try:
-            return await self._exchange(request, target, request_id, local_prefix)
+            return await self._exchange(
+                request, target, request_id, local_prefix, endpoint, body_filter
+            )
         except asyncio.CancelledError:
             # aiohttp writes no access line for a cancelled handler: write ours.
             seconds = time.perf_counter() - started
@@ -120,18 +136,21 @@ class Forwarder:
             metrics.in_flight -= 1
 
     async def _exchange(
-        self, request: web.Request, target: URL, request_id: str, local_prefix: str
+        self,
+        request: web.Request,
+        target: URL,
+        request_id: str,
+        local_prefix: str,
+        endpoint: str | None,
+        body_filter: BodyFilter | None,
     ) -> web.StreamResponse:
         held = self._hold(request)
         try:
             try:
                 body, replayable = await self._request_body(request, whole=held is not None)
-                token = await self._tokens.token()
-                upstream = await self._send(request, target, token, body)
-                if upstream.status == 401:
-                    upstream = await self._after_401(
-                        request, target, token, body, replayable, upstream
-                    )
+                upstream = await self._send_within_limits(
+                    request, target, body, replayable, endpoint
+                )
             except ProxyError as exc:
                 response = proxy_error_response(exc, request_id)
                 if isinstance(exc, _MalformedBody):
@@ -150,12 +169,55 @@ class Forwarder:
                     UpstreamError(f"the gateway tried to {what}"), request_id
                 )
             try:
-                return await self._relay(request, upstream, request_id, local_prefix)
+                return await self._relay(request, upstream, request_id, local_prefix, body_filter)
             finally:
                 upstream.release()
         finally:
             if held:
                 self._metrics.replay_bytes_held -= held
+
+    async def _send_within_limits(
+        self,
+        request: web.Request,
+        target: URL,
+        body: Any,
+        replayable: bool,
+        endpoint: str | None,
+    ) -> aiohttp.ClientResponse:
+        """Send once a rate-limit slot is ours (shaping.py), with a valid token (and its
+        401 handling). A gateway 429 pauses the endpoint's budget; the request waits for
+        the pause to pass and goes again if its body allows and its wait has time left,
+        else the 429 goes to the client as it is."""
+        shaper = self._shaper if endpoint is not None else None
+        started = time.monotonic()
+        while True:
+            if shaper is not None:
+                assert endpoint is not None  # noqa: S101 - shaper is set only then
+                left = max(0.0, shaper.max_wait - (time.monotonic() - started))
+                try:
+                    waited = await shaper.acquire(self._profile, endpoint, left)
+                except OverBudget as exc:
+                    raise RateLimited(
+                        f"over the gateway's rate limit for {endpoint.replace('_', ' ')} "
+                        f"(shared by everyone using this proxy); a slot frees in "
+                        f"{exc.retry_after:.0f} s",
+                        retry_after=exc.retry_after,
+                    ) from None
+                if waited:
+                    request[HELD_SECONDS] = request.get(HELD_SECONDS, 0.0) + waited
+            token = await self._tokens.token()
+            upstream = await self._send(request, target, token, body)
+            if upstream.status == 401:
+                upstream = await self._after_401(request, target, token, body, replayable, upstream)
+            if upstream.status != 429 or shaper is None:
+                return upstream
+            assert endpoint is not None  # noqa: S101
+            pause = retry_after_seconds(upstream.headers.get("Retry-After"))
+            shaper.gateway_429(self._profile, endpoint, pause)
+            left = shaper.max_wait - (time.monotonic() - started)
+            if not replayable or (pause or shaper.window) > left:
+                return upstream  # the client's own wait would run out: it decides
+            upstream.release()
 
     def _hold(self, request: web.Request) -> int | None:
         """Bytes set aside from the replay budget to read this request's body whole, or
@@ -281,9 +343,16 @@ class Forwarder:
         upstream: aiohttp.ClientResponse,
         request_id: str,
         local_prefix: str,
+        body_filter: BodyFilter | None = None,
     ) -> web.StreamResponse:
         relayed = headers.to_client(upstream.headers, self._upstream, request, local_prefix)
         relayed[REQUEST_ID_HEADER] = request_id
+        prefix = b""  # what a filter read before finding the body too large to take whole
+        if body_filter is not None and body_filter.wants(upstream.status, relayed):
+            filtered = await self._filtered(request, upstream, relayed, body_filter)
+            if not isinstance(filtered, bytes):
+                return filtered
+            prefix = filtered
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=relayed
         )
@@ -294,6 +363,9 @@ class Forwarder:
         reader = upstream.content
         sent = 0  # body bytes, for the access line of a client that hangs up mid-way
         try:
+            if prefix:
+                await response.write(prefix)
+                sent = len(prefix)
             while True:
                 try:
                     chunk = await reader.readany()
@@ -317,6 +389,39 @@ class Forwarder:
         finally:
             request[BYTES_OUT] = sent
         await response.write_eof()
+        return response
+
+    async def _filtered(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        relayed: Any,
+        body_filter: BodyFilter,
+    ) -> web.StreamResponse | bytes:
+        """The answer read whole and filtered, as a response; or, when it is too large to
+        take whole, the bytes read so far (it streams on, unfiltered)."""
+        length = upstream.content_length
+        if length is not None and length > MAX_FILTERED_BODY:
+            return b""
+        try:
+            body = await upstream.content.read(MAX_FILTERED_BODY + 1)
+            complete = upstream.content.at_eof()
+        except _UPSTREAM_READ_ERRORS as exc:
+            log.warning(
+                "upstream failed mid-response: %s %s: %s", request.method, request.path, _name(exc)
+            )
+            return proxy_error_response(
+                UpstreamUnreachable("the gateway dropped the connection mid-answer"),
+                request[REQUEST_ID],
+            )
+        if not complete or len(body) > MAX_FILTERED_BODY:
+            return body
+        body = body_filter.apply(upstream.status, relayed, body)
+        relayed.pop("Content-Length", None)
+        response = web.Response(
+            status=upstream.status, reason=upstream.reason, headers=relayed, body=body
+        )
+        request[BYTES_OUT] = len(body)
         return response
 
 

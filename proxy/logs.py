@@ -4,7 +4,8 @@ The access log writes the path without its query string (it can carry data) and 
 header, so neither a local nor a gateway token can reach it. JSON lines carry stable field
 names: ``time``, ``level``, ``logger``, ``message``, and for each request ``method``,
 ``path``, ``status``, ``bytes_in``, ``bytes_out``, ``duration_ms``, ``upstream_ms``,
-``request_id``, ``profile``.
+``request_id``, ``profile``, ``held_seconds`` (waited for a rate-limit slot) and ``cache``
+(``hit`` or ``miss`` for cached endpoints).
 
 The access logger is also where each request is counted for the metrics: aiohttp calls it
 once per request with the final status and duration, whatever answered it.
@@ -39,6 +40,8 @@ BYTES_IN = "bytes_in"
 UPSTREAM_SECONDS = "upstream_seconds"
 PROFILE = "profile"
 BYTES_OUT = "bytes_out"  # body bytes sent so far, for the line of a client that hangs up
+HELD_SECONDS = "held_seconds"  # waited for a rate-limit slot (shaping.py)
+CACHE = "cache"  # "hit" or "miss", for answers the metadata cache looked at
 
 
 class JsonFormatter(logging.Formatter):
@@ -179,6 +182,12 @@ def record_request(
     up = f"{upstream * 1000:.1f}ms" if upstream is not None else "-"
     note = " (abandoned: the client hung up, or shutdown cut it)" if status == CLIENT_CLOSED else ""
     named = "" if profile == "default" else f" profile={profile}"
+    held = request.get(HELD_SECONDS)
+    cache = request.get(CACHE)
+    if held is not None:
+        named += f" held={held:.1f}s"
+    if cache is not None:
+        named += f" cache={cache}"
     access_log.write(
         level,
         f"{request.method} {path} {status} in={bytes_in} out={bytes_out} "
@@ -193,6 +202,8 @@ def record_request(
             "upstream_ms": round(upstream * 1000, 3) if upstream is not None else None,
             "request_id": request_id,
             "profile": profile,
+            "held_seconds": round(held, 3) if held is not None else None,
+            "cache": cache,
         },
     )
 

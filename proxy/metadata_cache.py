@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from cachetools import TTLCache
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["CACHED_CLASSES", "CachedAnswer", "MetadataCache"]
+__all__ = ["CACHED_CLASSES", "CacheFill", "CachedAnswer", "MetadataCache", "wants_fresh"]
 
 CACHED_CLASSES = ("list_tables", "get_schema")
 MAX_BODY = 1024 * 1024
@@ -95,3 +95,18 @@ class MetadataCache:
     def age(self, answer: CachedAnswer) -> int:
         """Whole seconds since the answer was kept, for the ``Age`` header."""
         return int(self._clock() - answer.stored_at)
+
+
+class CacheFill:
+    """The ``BodyFilter`` (body_filter.py) that keeps a complete 200 answer under ``key``;
+    the body goes on to the client unchanged."""
+
+    def __init__(self, cache: MetadataCache, key: Key, endpoint: str) -> None:
+        self._cache, self._key, self._endpoint = cache, key, endpoint
+
+    def wants(self, status: int, headers: CIMultiDict[str]) -> bool:
+        return status == 200 and cacheable(headers)
+
+    def apply(self, status: int, headers: CIMultiDict[str], body: bytes) -> bytes:
+        self._cache.put(self._key, self._endpoint, headers, body)
+        return body

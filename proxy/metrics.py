@@ -15,6 +15,12 @@ set). Never the raw path.
     proxy_token_request_duration_seconds{profile}            token endpoint latency
     proxy_token_expires_in_seconds{profile}                  until the held token expires
     proxy_upstream_401_relayed_total{profile}                401s relayed during a holdoff
+    proxy_rate_limit_queued{profile,endpoint}                requests waiting for a slot now
+    proxy_rate_limit_held_total{profile,endpoint}            requests that waited for a slot
+    proxy_rate_limit_wait_seconds_total{profile,endpoint}    seconds they waited
+    proxy_rate_limit_local_429_total{profile,endpoint}       refused here: no slot in time
+    proxy_rate_limit_gateway_429_total{profile,endpoint}     429s from the gateway
+    proxy_cache_hits_total / proxy_cache_misses_total{profile,endpoint}   metadata cache
 
 The values are plain numbers kept here and turned into metric families when scraped:
 prometheus_client's own counters take a lock on every increment, which the single-threaded
@@ -38,6 +44,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .sharing import Sharing
     from .tokens import TokenManager
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -86,6 +93,7 @@ class Metrics:
         # counter, which the forwarders check and change (one integer, one place).
         self.replay_bytes_held = 0
         self.requests_served = 0
+        self.sharing: Sharing | None = None  # rate shaping and the cache (sharing.py)
         self.registry = CollectorRegistry()
         self.registry.register(_Families(self))
 
@@ -192,6 +200,8 @@ class _Families(Collector):
         yield expires
         yield refreshes
         yield relayed
+        if m.sharing is not None:
+            yield from _sharing_families(m.sharing)
 
 
 def _histogram(name: str, documentation: str, by_profile: Mapping[str, _Histogram]) -> Metric:
@@ -206,3 +216,41 @@ def _counter(name: str, documentation: str, by_profile: Mapping[str, int]) -> Me
     for profile, value in sorted(by_profile.items()):
         family.add_metric([profile], value)
     return family
+
+
+def _sharing_families(sharing: Sharing) -> Iterator[Metric]:
+    labels = ["profile", "endpoint"]
+    shaper, cache = sharing.shaper, sharing.cache
+    if shaper is not None:
+        queued = GaugeMetricFamily(
+            "proxy_rate_limit_queued", "Requests waiting for a rate-limit slot.", labels=labels
+        )
+        for key, count in sorted(shaper.queued().items()):
+            queued.add_metric(list(key), count)
+        yield queued
+        counters = {
+            "held": ("proxy_rate_limit_held", "Requests that waited for a rate-limit slot."),
+            "waited_seconds": (
+                "proxy_rate_limit_wait_seconds",
+                "Seconds requests waited for a rate-limit slot.",
+            ),
+            "local_429": (
+                "proxy_rate_limit_local_429",
+                "Requests refused by the proxy: no rate-limit slot within the wait allowed.",
+            ),
+            "gateway_429": ("proxy_rate_limit_gateway_429", "429 answers from the gateway."),
+        }
+        for attribute, (name, documentation) in counters.items():
+            family = CounterMetricFamily(name, documentation, labels=labels)
+            for key, stats in sorted(shaper.stats.items()):
+                family.add_metric(list(key), getattr(stats, attribute))
+            yield family
+    if cache is not None:
+        for name, documentation, counts in (
+            ("proxy_cache_hits", "Answers from the metadata cache.", cache.hits),
+            ("proxy_cache_misses", "Cacheable requests the cache could not answer.", cache.misses),
+        ):
+            family = CounterMetricFamily(name, documentation, labels=labels)
+            for key, count in sorted(counts.items()):
+                family.add_metric(list(key), count)
+            yield family

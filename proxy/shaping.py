@@ -33,6 +33,7 @@ __all__ = [
     "ShapingStats",
     "endpoint_class",
     "retry_after_header",
+    "retry_after_seconds",
 ]
 
 DEFAULT_LIMITS = {
@@ -254,6 +255,17 @@ class Shaper:
     def remaining(self, profile: str) -> dict[str, int]:
         """Each class's requests that could go at once now, for ``/-/status``."""
         return {endpoint: self.budget(profile, endpoint).remaining() for endpoint in self.limits}
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` in seconds (an HTTP date, rare here, counts as absent)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def retry_after_header(seconds: float) -> str:

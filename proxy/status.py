@@ -3,10 +3,12 @@
     {"version", "upstream", "uptime_seconds", "requests_served", "ready",
      "profiles": {"default": {"upstream", "ready", "expires_in", "scope": {...},
                               "last_refresh": {"at", "outcome", "error"}, "refreshes": {...},
-                              "relayed_401s"}},
+                              "relayed_401s", "rate_limits": {"create_job": 5, ...}}},
      "problems": [{"task", "error", "at"}]}
 
-``problems`` lists background tasks that failed unexpectedly (background.py), latest first.
+``rate_limits`` is each endpoint class's remaining budget: requests that could go at once
+(absent when shaping is off). ``problems`` lists background tasks that failed unexpectedly
+(background.py), latest first.
 
 ``scope`` is read from the gateway token's informational scope string,
 ``"<service> principal:<id> partner:<id> region:<id>"``.
@@ -20,6 +22,7 @@ from typing import Any
 
 from . import __version__
 from .background import BackgroundProblem
+from .shaping import Shaper
 from .tokens import TokenManager
 
 __all__ = ["parse_scope", "status_document"]
@@ -41,7 +44,7 @@ def _utc(at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
-def _profile(tokens: TokenManager, upstream: str | None) -> dict[str, Any]:
+def _profile(tokens: TokenManager, upstream: str | None, shaper: Shaper | None) -> dict[str, Any]:
     token = tokens.current
     expires_in = tokens.expires_in()
     last: dict[str, Any] | None = None
@@ -56,6 +59,7 @@ def _profile(tokens: TokenManager, upstream: str | None) -> dict[str, Any]:
         "last_refresh": last,
         "refreshes": dict(tokens.refreshes),
         "relayed_401s": tokens.relayed_401s,
+        **({"rate_limits": shaper.remaining(tokens.name)} if shaper is not None else {}),
     }
 
 
@@ -67,6 +71,7 @@ def status_document(
     profiles: dict[str, TokenManager],
     upstreams: dict[str, str] | None = None,
     problems: Iterable[BackgroundProblem] = (),
+    shaper: Shaper | None = None,
 ) -> dict[str, Any]:
     upstreams = upstreams or {}
     return {
@@ -76,7 +81,7 @@ def status_document(
         "requests_served": requests_served,
         "ready": any(tokens.ready for tokens in profiles.values()),
         "profiles": {
-            name: _profile(tokens, upstreams.get(name)) for name, tokens in profiles.items()
+            name: _profile(tokens, upstreams.get(name), shaper) for name, tokens in profiles.items()
         },
         "problems": [
             {"task": p.task, "error": p.error, "at": _utc(p.at)}

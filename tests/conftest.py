@@ -60,6 +60,11 @@ def proxy_config(gateway_url: str, **env: str) -> Config:
         "DAP_CLIENT_ID": DEMO_CLIENT_ID,
         "DAP_CLIENT_SECRET": DEMO_CLIENT_SECRET,
         "DAP_PROXY_TIMEOUTS_SHUTDOWN": "2",
+        # Rate shaping and the metadata cache are on by default; suites about other things
+        # count what reaches the gateway, so they are off here unless a test turns them on
+        # (tests/test_sharing.py).
+        "DAP_PROXY_RATE_LIMITS_ENABLED": "false",
+        "DAP_PROXY_CACHE_ENABLED": "false",
         **env,
     }
     return load_config(None, environ, {"listen": "127.0.0.1:0", "upstream": gateway_url})

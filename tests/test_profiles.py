@@ -51,6 +51,9 @@ def profile_env(alpha: Gateway, beta: Gateway, **extra: str) -> dict[str, str]:
         "DAP_PROXY_PROFILE_BETA_CLIENT_SECRET": BETA_SECRET,
         "DAP_PROXY_PROFILE_BETA_UPSTREAM": beta.url,
         "DAP_PROXY_PROFILE_BETA_LOCAL_CLIENT_IDS": "beta-tool",
+        # These tests count what reaches each gateway (tests/test_sharing.py covers these).
+        "DAP_PROXY_RATE_LIMITS_ENABLED": "false",
+        "DAP_PROXY_CACHE_ENABLED": "false",
         **extra,
     }
 

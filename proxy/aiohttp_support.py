@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import aiohttp
-from aiohttp import http_exceptions, web, web_protocol, web_runner
+from aiohttp import helpers, http_exceptions, web, web_protocol, web_runner
 
 __all__ = ["INTERNALS", "SUPPORTED", "Internal", "UnsupportedAiohttp", "check_aiohttp"]
 
@@ -80,6 +80,8 @@ INTERNALS: tuple[Internal, ...] = (
         ("_request_count", "whether a complete head has arrived (the head timer)"),
         ("_request_handler", "wrapped to answer CONNECT"),
         ("_manager", "the server, for its connection count"),
+        ("_messages", "parsed requests waiting: a broken chunk's error is taken from here"),
+        ("_current_request", "the request whose body a broken chunk belongs to"),
         ("_loop", "the timers"),
     ),
     Internal(
@@ -108,6 +110,17 @@ INTERNALS: tuple[Internal, ...] = (
         ("HttpProcessingError", "what aiohttp raises for a malformed request"),
         ("LineTooLong", "tells 414 and 431 apart"),
         ("BadHttpMethod", "a request that is not HTTP"),
+        ("TransferEncodingError", "set on a body whose chunked framing broke"),
+    ),
+    *_on(
+        "web_protocol",
+        lambda: web_protocol,
+        ("_ErrInfo", "how a parse error is queued (a broken chunk mid-body among them)"),
+    ),
+    *_on(
+        "helpers",
+        lambda: helpers,
+        ("set_exception", "ends a request body with an error"),
     ),
 )
 

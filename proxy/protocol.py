@@ -28,6 +28,7 @@ import logging
 from typing import Any
 
 from aiohttp import http_exceptions, web, web_protocol
+from aiohttp.helpers import set_exception
 from aiohttp.web_request import BaseRequest
 
 from .aiohttp_support import check_aiohttp
@@ -131,14 +132,32 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
             # the request in flight and closes the connection.
             self._close = False
             try:
-                super().data_received(data)
+                self._feed(data)
             finally:
                 self._close = True
             return
-        super().data_received(data)
+        self._feed(data)
         if self._head_timer is not None and self._request_count:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _feed(self, data: bytes) -> None:
+        """aiohttp's own ``data_received``, and one correction: with its C parser, a broken
+        chunk in the middle of a request body is queued as the error of a *next* request,
+        and the body in flight never ends (client and upstream wait ``timeouts.client``).
+        Such an error is this body's: it is handed to the body, so that its reader
+        (forward.py) answers 400 at once and the upstream upload is cut."""
+        queued = len(self._messages)
+        super().data_received(data)
+        current = self._current_request
+        if len(self._messages) <= queued or current is None:
+            return
+        message, _ = self._messages[-1]
+        body = current.content
+        if isinstance(message, web_protocol._ErrInfo) and not body.is_eof():
+            self._messages.pop()
+            # A fixed text: the parser's own quotes the client's bytes.
+            set_exception(body, http_exceptions.TransferEncodingError("invalid chunked encoding"))
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's
         """Let the request in flight finish, its body still read, within ``timeout``; then

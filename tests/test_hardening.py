@@ -109,13 +109,6 @@ def gateway_error(body: bytes) -> dict[str, str]:
 C_PARSER = http_parser.HttpRequestParser.__module__ == "aiohttp._http_parser"
 
 
-@pytest.mark.xfail(
-    C_PARSER,
-    strict=True,
-    reason="needs proxy/protocol.py: with aiohttp's C parser a chunk-size error mid-body is "
-    "queued as a new request's error (_ErrInfo) and the body in flight is never ended; "
-    "data_received must hand it to the current request's payload (set_exception) instead",
-)
 async def test_a_broken_chunk_mid_upload_is_400_at_once_and_aborts_the_upstream_request(
     sink_gateway: Gateway, proxy_factory: ProxyFactory, sink: Sink
 ) -> None:

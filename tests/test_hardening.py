@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from aiohttp import http_parser, web
+from aiohttp import web
 
 from proxy.app import METRICS
 from proxy.config import load_config
@@ -106,7 +106,6 @@ def gateway_error(body: bytes) -> dict[str, str]:
 # aiohttp's C parser raises a chunk error that arrives mid-body as a new request's error and
 # never ends the body in flight; forward.py maps an error on the body (as the pure-Python
 # parser sets it, AIOHTTP_NO_EXTENSIONS=1) to 400 and aborts the upstream request.
-C_PARSER = http_parser.HttpRequestParser.__module__ == "aiohttp._http_parser"
 
 
 async def test_a_broken_chunk_mid_upload_is_400_at_once_and_aborts_the_upstream_request(

@@ -103,9 +103,9 @@ def gateway_error(body: bytes) -> dict[str, str]:
 
 # ====================================================================== 1. a broken chunk
 
-# aiohttp's C parser raises a chunk error that arrives mid-body as a new request's error and
-# never ends the body in flight; forward.py maps an error on the body (as the pure-Python
-# parser sets it, AIOHTTP_NO_EXTENSIONS=1) to 400 and aborts the upstream request.
+# A chunk error mid-body ends the body with an error (protocol.py hands it over from
+# aiohttp's C parser; the pure-Python one sets it itself); forward.py answers 400 and aborts
+# the upstream request.
 
 
 async def test_a_broken_chunk_mid_upload_is_400_at_once_and_aborts_the_upstream_request(

@@ -35,6 +35,7 @@ from aiohttp import hdrs, web
 
 from .access import ANYONE, AccessControl, Caller
 from .config import Policy
+from .login_throttle import LoginThrottle
 from .logs import REQUEST_ID
 from .responses import REQUEST_ID_HEADER, error_response
 from .routing import Route
@@ -42,6 +43,7 @@ from .routing import Route
 __all__ = ["CALLER", "Guard", "cors_headers"]
 
 CALLER = "caller"  # the request key holding the admitted Caller
+_SHUT_OUT = "shut_out"  # the request key holding how long a guessing address must wait
 _REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 _ENCODED_SEPARATORS = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
 # With allowed_paths, also what could be decoded into a separator by a second decoding
@@ -70,12 +72,23 @@ def _path_problem(path: str) -> str | None:
     return None
 
 
+# A Host header as RFC 9110 has it: a name or IPv4 address, or a bracketed IPv6 address,
+# then an optional numeric port. Anything else (userinfo, junk after "]", a port that is not
+# a number) names no host, and is refused rather than read leniently.
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^\[\]:@/\\\s]*))(?::[0-9]{0,5})?")
+
+
 def _host_name(host: str) -> str:
-    """``Host`` without its port, lower case; IPv6 brackets removed."""
+    """``Host`` without its port, lower case; IPv6 brackets removed; "" if malformed.
+
+    A bare IPv6 address (``::1``, unbracketed) is accepted as it is."""
     host = host.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rpartition(":")[0] if host.count(":") == 1 else host
+    if host.count(":") > 1 and not host.startswith("["):
+        return host
+    match = _HOST.fullmatch(host)
+    if match is None:
+        return ""
+    return match["v6"] or match["name"] or ""
 
 
 def _allowed_path(path: str, prefixes: tuple[str, ...]) -> bool:
@@ -109,6 +122,9 @@ class Guard:
         self._methods = policy.allowed_methods
         self._paths = policy.allowed_paths
         self._access = access
+        # Keys presented as Bearer values are guessed at as easily as at the login: wrong
+        # ones are throttled per address in the same way (login_throttle.py).
+        self._throttle = LoginThrottle()
         # Request ids: a random prefix per process and a counter. Unique, and cheaper than
         # a UUID a request; they identify, they do not authorise.
         self._id_prefix = secrets.token_hex(6)
@@ -156,20 +172,54 @@ class Guard:
         return None
 
     def identify(self, request: web.Request) -> Caller | None:
-        """Who sends this request (``None``: refuse with 401); kept on the request."""
-        caller = self._access.identify(request.headers.get(hdrs.AUTHORIZATION))
+        """Who sends this request (``None``: refuse with 401); kept on the request.
+
+        An address that presented too many wrong credentials is not even checked for a
+        while (``None``, and ``refuse_unknown`` answers 429)."""
+        authorization = request.headers.get(hdrs.AUTHORIZATION)
+        address = request.remote or "local"
+        throttled = self._access.required and authorization is not None
+        wait = self._throttle.shut_out(f"bearer@{address}", address) if throttled else 0.0
+        if wait > 0:
+            request[_SHUT_OUT] = wait
+            caller = None
+        else:
+            caller = self._access.identify(authorization)
+            if caller is None and throttled:
+                self._throttle.failed(f"bearer@{address}", address)
         request[CALLER] = caller
         return caller
+
+    def refuse_unknown(self, request: web.Request, request_id: str) -> web.Response:
+        """401 for a caller ``identify`` did not know; 429 while its address is shut out."""
+        wait = request.get(_SHUT_OUT)
+        if wait is not None:
+            return error_response(
+                429,
+                "TooManyRequests",
+                f"too many wrong credentials from this address; retry in {wait:.0f} s",
+                retry_after=wait,
+                request_id=request_id,
+            )
+        return error_response(401, "AuthenticationError", _NEEDS_KEY, request_id=request_id)
 
     def admit_endpoint(self, request: web.Request, *, private: bool) -> web.StreamResponse | None:
         """Admission for the proxy's own ``/-/`` endpoints: Host and browser checks; for
         ``private`` ones (status, metrics), a known caller when authentication is on."""
         request_id = self._tag(request)
+        if not request.raw_path.startswith("/"):
+            # Absolute-form (``GET http://host/-/status``): refused here as for forwarding.
+            return error_response(
+                400,
+                "BadRequest",
+                "the request target must be a path (origin-form), not a URL",
+                request_id=request_id,
+            )
         refusal = self._browser_refusal(request, request_id, preflight=False)
         if refusal is not None:
             return refusal
         if private and self._access.required and self.identify(request) is None:
-            return error_response(401, "AuthenticationError", _NEEDS_KEY, request_id=request_id)
+            return self.refuse_unknown(request, request_id)
         return None
 
     def admit(self, request: web.Request, route: Route) -> web.StreamResponse | None:
@@ -188,6 +238,11 @@ class Guard:
             problem = _path_problem(route.path)
         if problem is not None:
             return refuse(400, "BadRequest", problem)
+        if route.prefixed and (route.path == "/-" or route.path.startswith("/-/")):
+            # /-/ is the proxy's own and never forwarded, under a profile prefix neither.
+            return refuse(
+                404, "NotFound", "the proxy's own endpoints are at /-/..., not under a profile"
+            )
         refusal = self._browser_refusal(request, request_id, preflight=True)
         if refusal is not None:
             return refusal
@@ -198,7 +253,7 @@ class Guard:
             request[CALLER] = ANYONE  # the login checks the credentials it is sent
             return None
         if self.identify(request) is None:
-            return refuse(401, "AuthenticationError", _NEEDS_KEY)
+            return self.refuse_unknown(request, request_id)
         methods = self._methods
         if methods is not None and method not in methods:
             response = refuse(405, "MethodNotAllowed", f"{method} is not allowed by this proxy")

@@ -95,7 +95,8 @@ class LoginHandler:
         if (request.content_length or 0) > MAX_LOGIN_BODY:
             return refuse(413, "RequestTooLarge", "a login body is a short form")
         try:
-            form = await request.post()
+            # The bound holds for chunked bodies too, which announce no length.
+            form = await request.clone(client_max_size=MAX_LOGIN_BODY).post()
         except web.HTTPRequestEntityTooLarge:
             return refuse(413, "RequestTooLarge", "a login body is a short form")
         except (ValueError, LookupError, HttpProcessingError) as exc:

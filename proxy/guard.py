@@ -6,7 +6,8 @@ order, each refusal a gateway-shaped error and nothing sent upstream:
 
 1. ``CONNECT`` and ``TRACE`` (405): a proxy that tunnels or reflects headers (our token!)
    is a different product.
-2. The target: origin-form only; no ``//`` prefix, dot segments (``..;x`` included), or
+2. The target: origin-form only (the ``/-/`` endpoints too); no ``/-/`` under a profile
+   prefix (404: never forwarded); no ``//`` prefix, dot segments (``..;x`` included), or
    encoded ``.``, ``/``, ``\\`` or NUL in the path (400), checked on the path as received
    and as it will be forwarded (after a profile prefix is removed). The upstream host is
    fixed anyway; this stops paths meant to be read differently by something between us and
@@ -19,6 +20,8 @@ order, each refusal a gateway-shaped error and nothing sent upstream:
 6. Who is calling (access.py): with inbound authentication configured, unknown callers
    get 401. Only the local login (``routing.is_local_login``) skips this: it checks the
    credentials it is sent. The ``Caller`` is kept on the request for the profile checks.
+   Wrong credentials are throttled per address as failed logins are (429, ``Retry-After``),
+   so keys cannot be guessed as ``Bearer`` values at network speed either.
 7. Method and path allow-lists (405, 403), on the path as it will be forwarded.
 
 The proxy's own endpoints (``/-/...``) pass steps 3 and 4 too (``admit_endpoint``), and,

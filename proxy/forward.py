@@ -87,6 +87,7 @@ class Forwarder:
         access_log: AccessLog,
         profile: str = "default",
         shaper: Shaper | None = None,
+        proxy: URL | None = None,  # the egress proxy for ``upstream`` (egress.proxy_for)
     ) -> None:
         self._session = session
         self._upstream = upstream
@@ -99,6 +100,7 @@ class Forwarder:
         self._access_log = access_log
         self._profile = profile
         self._shaper = shaper  # None: rate limits are not shaped
+        self._proxy = proxy
 
     async def forward(
         self,
@@ -191,6 +193,8 @@ class Forwarder:
         shaper = self._shaper if endpoint is not None else None
         started = time.monotonic()
         while True:
+            # The token first: a request answered 503 for want of one must not spend a slot.
+            token = await self._tokens.token()
             if shaper is not None:
                 assert endpoint is not None  # noqa: S101 - shaper is set only then
                 left = max(0.0, shaper.max_wait - (time.monotonic() - started))
@@ -205,7 +209,7 @@ class Forwarder:
                     ) from None
                 if waited:
                     request[HELD_SECONDS] = request.get(HELD_SECONDS, 0.0) + waited
-            token = await self._tokens.token()
+                    token = await self._tokens.token()  # the one held may have been replaced
             upstream = await self._send(request, target, token, body)
             if upstream.status == 401:
                 upstream = await self._after_401(request, target, token, body, replayable, upstream)
@@ -322,6 +326,7 @@ class Forwarder:
                 headers=outgoing,
                 data=body,
                 allow_redirects=False,
+                proxy=self._proxy,
             )
         except TimeoutError:
             raise UpstreamTimeout("the gateway did not answer in time") from None

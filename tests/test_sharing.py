@@ -311,3 +311,20 @@ async def test_a_stranger_cannot_read_the_budgets_when_keys_are_required(
         http.get(proxy.url + "/-/status", headers={"Authorization": f"Bearer {key}"}) as resp,
     ):
         assert "rate_limits" in (await resp.json())["profiles"]["default"]
+
+
+async def test_requests_answered_503_for_want_of_a_token_spend_no_slot(
+    limited: Gateway, proxy_factory: ProxyFactory
+) -> None:
+    """Nothing reached the gateway, so nothing counts against its limit."""
+    limited.state.faults.token_statuses = [500] * 50
+    proxy = await proxy_factory(
+        limited.url,
+        wait_for_token=False,
+        **shaped(DAP_PROXY_RATE_LIMITS_MAX_WAIT="0", DAP_PROXY_RATE_LIMITS_WINDOW="60"),
+    )
+    for _ in range(7):
+        assert (await get(proxy, SCHEMA))[0] == 503
+    async with proxy.http.get(proxy.url + "/-/status") as resp:
+        budgets = (await resp.json())["profiles"]["default"]["rate_limits"]
+    assert budgets["get_schema"] == 500

@@ -23,7 +23,6 @@ if a future aiohttp stops calling this class.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -32,6 +31,7 @@ from aiohttp.helpers import set_exception
 from aiohttp.web_request import BaseRequest
 
 from .aiohttp_support import check_aiohttp
+from .responses import error_body, error_response
 
 __all__ = ["ProxyRunner"]
 
@@ -47,12 +47,6 @@ _TOO_BUSY = (
     b"Connection: close\r\n"
     b"Content-Length: %d\r\n\r\n%s"
 )
-
-
-def _gateway_error(error_type: str, message: str) -> str:
-    return json.dumps(
-        {"error": {"type": error_type, "uuid": "", "message": message}}, separators=(",", ":")
-    )
 
 
 def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
@@ -94,11 +88,7 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
             # CONNECT's authority-form target matches no route (it has no path): refused
             # here, in the gateway's shape, rather than with aiohttp's plain 404.
             if request.method == "CONNECT":
-                return web.Response(
-                    status=405,
-                    text=_gateway_error("MethodNotAllowed", "CONNECT is not supported"),
-                    content_type="application/json",
-                )
+                return error_response(405, "MethodNotAllowed", "CONNECT is not supported")
             assert routed is not None  # noqa: S101 - aiohttp sets it from the server
             return await routed(request)
 
@@ -111,9 +101,9 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
         if manager is not None and len(manager.connections) >= self._max_connections:
-            body = _gateway_error(
+            body = error_body(
                 "TooManyConnections", "the proxy is at its connection limit; retry shortly"
-            ).encode()
+            )
             assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP and Unix both
             transport.write(_TOO_BUSY % (len(body), body))
             transport.close()
@@ -200,9 +190,7 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
             log.info("refused a malformed request from %s: %d %s", request.remote, code, text)
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started; the connection is closed")
-        response = web.Response(
-            status=code, text=_gateway_error(error_type, text), content_type="application/json"
-        )
+        response = error_response(code, error_type, text)
         response.force_close()
         return response
 

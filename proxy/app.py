@@ -24,6 +24,7 @@ opened and closed in ``cleanup_ctx``, reached through typed ``AppKey``s, never g
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -32,6 +33,7 @@ from aiohttp import web
 from .access import ANYONE, AccessControl
 from .background import Supervisor
 from .config import Config
+from .egress import masked, proxy_for
 from .forward import Forwarder
 from .guard import CALLER, Guard, cors_headers
 from .local_tokens import LocalTokenIssuer
@@ -58,6 +60,8 @@ __all__ = [
     "TOKEN_CLIENTS",
     "create_app",
 ]
+
+log = logging.getLogger("proxy.app")
 
 CONFIG = web.AppKey("config", Config)
 ACCESS = web.AppKey("access", AccessControl)
@@ -142,12 +146,19 @@ def _upstream(
         clients, forwarders = {}, {}
         for name, profile in config.profiles.items():
             assert profile.credentials is not None  # noqa: S101 - load_config's promise
+            # Decided once per profile: its gateway and token endpoint never change.
+            token_proxy = proxy_for(config.egress, profile.token_url)
+            api_proxy = proxy_for(config.egress, profile.url)
+            for what, proxy in (("token endpoint", token_proxy), ("gateway", api_proxy)):
+                if proxy is not None:
+                    log.info("%s (%s): through the egress proxy %s", what, name, masked(proxy))
             clients[name] = TokenClient(
                 session,
                 profile.token_url,
                 profile.credentials,
                 timeout=timeouts.token,
                 clock=clock,
+                proxy=token_proxy,
             )
             tokens = TokenManager(
                 clients[name].fetch,
@@ -168,6 +179,7 @@ def _upstream(
                 access_log=app[ACCESS_LOG],
                 profile=name,
                 shaper=app[SHARING].shaper,
+                proxy=api_proxy,
             )
         app[TOKEN_CLIENTS] = clients
         app[FORWARDERS] = forwarders
@@ -239,7 +251,7 @@ async def _ready(request: web.Request) -> web.Response:
     name = request.match_info.get("profile")
     if name is not None:
         if name not in managers:
-            return error_response(404, "UnknownProfile", f"no profile {name!r}")
+            return _refuse(request, 404, "UnknownProfile", "no such profile")
         managers = {name: managers[name]}
     problems = [f"{problem.task}: {problem.error}" for problem in app[SUPERVISOR].problems.values()]
     ready = {profile: tokens.ready for profile, tokens in managers.items()}
@@ -279,4 +291,4 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _reserved(request: web.Request) -> web.Response:
-    return error_response(404, "NotFound", f"no such proxy endpoint: {request.path}")
+    return _refuse(request, 404, "NotFound", "no such proxy endpoint")

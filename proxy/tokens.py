@@ -33,8 +33,10 @@ import jwt
 from yarl import URL
 
 from .config import Credentials
+from .egress import host_port as proxy_host_port
 from .errors import CredentialsRejected, TokenEndpointUnavailable, TokenError
 from .redact import redact
+from .trust import tls_failure
 
 __all__ = [
     "Clock",
@@ -158,7 +160,11 @@ def _connection_failure(exc: aiohttp.ClientError) -> str:
 
 
 class TokenClient:
-    """Fetches one token: ``await TokenClient(session, url, creds, timeout=30).fetch()``."""
+    """Fetches one token: ``await TokenClient(session, url, creds, timeout=30).fetch()``.
+
+    ``proxy``: the egress proxy for ``token_url`` (egress.proxy_for), credentials and all;
+    its failures (unreachable, 407, a refused CONNECT) are told apart from the gateway's.
+    """
 
     def __init__(
         self,
@@ -168,12 +174,14 @@ class TokenClient:
         *,
         timeout: float,
         clock: Clock | None = None,
+        proxy: URL | None = None,
     ) -> None:
         self._session = session
         self._url = token_url
         self._credentials = credentials
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._clock = clock or SystemClock()
+        self._proxy = proxy
 
     def __repr__(self) -> str:
         return f"TokenClient(url={str(self._url)!r}, client_id={self._credentials.client_id!r})"
@@ -205,6 +213,7 @@ class TokenClient:
                 },
                 timeout=self._timeout,
                 allow_redirects=False,
+                proxy=self._proxy,
             ) as response:
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -215,12 +224,13 @@ class TokenClient:
             ) from None
         except aiohttp.ClientError as exc:
             # Host, port and the OS's reason, which a user can act on; never the exception's
-            # text, which can hold the URL's path and query.
-            raise TokenEndpointUnavailable(
-                f"the token endpoint at {_host_port(self._url)} could not be reached: "
-                f"{_connection_failure(exc)}"
-            ) from None
+            # text, which can hold the URL's path and query (or the egress proxy's password).
+            raise TokenEndpointUnavailable(self._unreachable(exc)) from None
 
+        if status == 407 and self._proxy is not None:
+            # The egress proxy's answer to a plain-http target: not the gateway's verdict on
+            # our client credentials, so never CredentialsRejected.
+            raise TokenEndpointUnavailable(self._proxy_refused(407))
         if status in REJECTED_STATUSES:
             raise CredentialsRejected(
                 f"the gateway's token endpoint rejected the proxy's client credentials "
@@ -233,6 +243,33 @@ class TokenClient:
                 f"the token endpoint answered HTTP {status}{hint}", retry_after=retry_after
             )
         return self._parse(body, sent_at)
+
+    def _unreachable(self, exc: aiohttp.ClientError) -> str:
+        """Why the token request failed before an answer, naming what to change."""
+        if self._proxy is not None:
+            if isinstance(exc, aiohttp.ClientHttpProxyError):  # CONNECT answered non-200
+                return self._proxy_refused(exc.status)
+            if isinstance(exc, aiohttp.ClientProxyConnectionError):
+                return (
+                    f"the egress proxy {proxy_host_port(self._proxy)} could not be reached: "
+                    f"{_connection_failure(exc)}: check egress_proxy (or HTTPS_PROXY/NO_PROXY)"
+                )
+        reason = tls_failure(exc) or _connection_failure(exc)
+        return f"the token endpoint at {_host_port(self._url)} could not be reached: {reason}"
+
+    def _proxy_refused(self, status: int) -> str:
+        assert self._proxy is not None  # noqa: S101 - only asked with a proxy
+        where = proxy_host_port(self._proxy)
+        if status == 407:
+            return (
+                f"the egress proxy {where} refused the credentials (407): check "
+                f"egress_proxy's user and password (or egress_proxy_credentials_file)"
+            )
+        return (
+            f"the egress proxy {where} refused to connect to {_host_port(self._url)} "
+            f"(HTTP {status}): ask its administrators to allow that host, or exempt it "
+            f"with NO_PROXY"
+        )
 
     def _parse(self, body: bytes, sent_at: float) -> Token:
         def invalid(why: str) -> TokenEndpointUnavailable:

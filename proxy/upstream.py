@@ -1,10 +1,17 @@
-"""The HTTP client session every request to the gateway goes through (API and tokens)."""
+"""The HTTP client session every request out goes through (API, tokens, relayed objects).
+
+Its connector verifies TLS with the one context trust.py builds (the OS store plus the
+configured bundles). Which egress proxy a request uses is decided per target URL by
+egress.py and passed with the request (``proxy=``): the session itself reads no
+environment.
+"""
 
 from __future__ import annotations
 
 import aiohttp
 
 from .config import Config
+from .trust import ssl_context
 
 __all__ = ["upstream_session"]
 
@@ -13,7 +20,9 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
     """The one session to the gateway: a keep-alive pool, shared by every request."""
     timeouts = config.timeouts
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=config.pool_size, ttl_dns_cache=300),
+        connector=aiohttp.TCPConnector(
+            limit=config.pool_size, ttl_dns_cache=300, ssl=ssl_context(config.trust)
+        ),
         # A proxy relays cookies; it must not keep them, nor mix them between clients.
         cookie_jar=aiohttp.DummyCookieJar(),
         # Relay the gateway's bytes as they are: Content-Encoding is the client's business.
@@ -25,6 +34,7 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(
             total=None, connect=timeouts.connect, sock_read=timeouts.read
         ),
-        # Environment proxies and ~/.netrc are not read: the proxy decides where it connects.
+        # Environment proxies and ~/.netrc are not read here: load_config reads the proxy
+        # variables from the environment it is given, and egress.py decides per target.
         trust_env=False,
     )

@@ -11,18 +11,20 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from .values import ListenAddress
+from .values import ListenAddress, masked_proxy
 
 __all__ = [
     "AccessConfig",
     "CacheSettings",
     "Config",
     "Credentials",
+    "EgressConfig",
     "Grant",
     "Policy",
     "Profile",
     "RateLimits",
     "Timeouts",
+    "TrustConfig",
 ]
 
 
@@ -124,6 +126,40 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class EgressConfig:
+    """The egress (outbound) HTTP proxies; egress.py decides which one a target uses.
+
+    ``proxy`` (``egress_proxy``) wins over ``https_proxy`` and ``http_proxy`` (from the
+    environment). Their URLs may carry the proxy's credentials: hidden from the repr,
+    which shows them masked.
+    """
+
+    proxy: URL | None = field(default=None, repr=False)
+    https_proxy: URL | None = field(default=None, repr=False)
+    http_proxy: URL | None = field(default=None, repr=False)
+    no_proxy: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        def shown(url: URL | None) -> str | None:
+            return None if url is None else masked_proxy(url)
+
+        return (
+            f"EgressConfig(proxy={shown(self.proxy)!r}, https_proxy={shown(self.https_proxy)!r}, "
+            f"http_proxy={shown(self.http_proxy)!r}, no_proxy={self.no_proxy!r})"
+        )
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """Which certificate authorities the proxy trusts, besides the OS trust store (trust.py):
+    ``ca_file`` (a PEM bundle), and OpenSSL's ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    cert_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the proxy needs to run; build it with ``load_config``."""
 
@@ -141,6 +177,9 @@ class Config:
     max_connections: int = 1000
     rate_limits: RateLimits = field(default_factory=RateLimits)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    egress: EgressConfig = field(default_factory=EgressConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    object_relay: bool = False  # rewrite object URLs to the proxy's /-/relay/ (object_relay.py)
     # Problems worth a warning at startup but not a refusal (a secret file others can read).
     warnings: tuple[str, ...] = ()
     # Every credential set in use, by name: ``default`` (when the top level has credentials)

@@ -87,6 +87,11 @@ KEYS = {
         Key("cache.list_tables", values.non_negative_number, 60),
         Key("cache.get_schema", values.non_negative_number, 300),
         # Issue 13 (egress proxy, trust, object relay): its keys go below this line.
+        # Its URL may carry a password: values.proxy_url's errors never repeat the value.
+        Key("egress_proxy", values.proxy_url),
+        Key("egress_proxy_credentials_file", values.text),
+        Key("ca_file", values.text),
+        Key("object_relay", values.boolean, False),
     )
 }
 

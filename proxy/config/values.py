@@ -23,12 +23,14 @@ __all__ = [
     "listen",
     "log_format",
     "log_level",
+    "masked_proxy",
     "methods",
     "non_negative_number",
     "parse_listen",
     "paths",
     "positive_int",
     "positive_number",
+    "proxy_url",
     "text",
     "text_list",
     "url",
@@ -117,6 +119,36 @@ def url(value: object) -> URL:
     if parsed.query_string or parsed.fragment:
         raise ValueError("must not have a query string or fragment")
     return parsed.with_path(parsed.path.rstrip("/") or "/")
+
+
+def proxy_url(value: object) -> URL:
+    """An egress proxy: ``http://[user:password@]host:port``; ``host:port`` alone means
+    http, as in curl. Errors never repeat the value: it can hold the proxy's password."""
+    given = text(value)
+    if "://" not in given:
+        given = "http://" + given
+    try:
+        parsed = URL(given)
+        parsed.port  # noqa: B018 - a bad port raises only when read
+    except ValueError:
+        raise ValueError("expected http://[user:password@]host:port") from None
+    if parsed.scheme != "http":
+        # aiohttp speaks to proxies in plain HTTP; an https target's TLS goes through
+        # CONNECT end to end, so the proxy never sees the gateway's traffic either way.
+        raise ValueError("expected an http:// proxy URL (https targets go through CONNECT)")
+    if not parsed.host:
+        raise ValueError("expected http://[user:password@]host:port")
+    if parsed.raw_path not in ("", "/") or parsed.query_string or parsed.fragment:
+        raise ValueError("expected http://[user:password@]host:port, without a path or query")
+    return parsed.with_path("")
+
+
+def masked_proxy(proxy: URL) -> str:
+    """``http://user:***@proxy.example:3128``: a proxy URL as shown, never its password."""
+    host = proxy.host or ""
+    where = f"[{host}]:{proxy.port}" if ":" in host else f"{host}:{proxy.port}"
+    user = f"{proxy.user}:***@" if proxy.user else ""
+    return f"{proxy.scheme}://{user}{where}"
 
 
 def parse_listen(value: object) -> ListenAddress:

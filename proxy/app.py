@@ -7,6 +7,7 @@ Requests:
     /-/ready/<profile>      the same, for one profile
     /-/status               JSON: version, upstream, uptime, token state (status.py)
     /-/metrics              Prometheus text format (metrics.py)
+    /-/relay/<id>           with object_relay: an object from storage (object_relay.py)
     /-/...                  reserved for the proxy: anything else here is 404, never forwarded
     everything else         read once (routing.py), admitted (guard.py), then
       POST [/<p>]/ids/auth/login   the local token endpoint (login.py)
@@ -40,6 +41,7 @@ from .local_tokens import LocalTokenIssuer
 from .login import LoginHandler
 from .logs import REQUEST_ID, AccessLog
 from .metrics import CONTENT_TYPE, Metrics
+from .object_relay import ObjectRelay
 from .responses import error_response, json_response
 from .routing import ProfileRouter
 from .sharing import Sharing
@@ -54,6 +56,7 @@ __all__ = [
     "FORWARDERS",
     "LOCAL_TOKENS",
     "METRICS",
+    "RELAY",
     "SHARING",
     "SUPERVISOR",
     "TOKENS",
@@ -77,6 +80,7 @@ STARTED = web.AppKey("started", float)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 SHARING = web.AppKey("sharing", Sharing)
+RELAY = web.AppKey("relay", ObjectRelay)
 
 
 def create_app(
@@ -107,7 +111,10 @@ def create_app(
     app[ACCESS_LOG] = access_log or AccessLog()
     app[LOGIN] = LoginHandler(issuer, access, router, scope=lambda name: _scope(app, name))
     app[SUPERVISOR] = Supervisor()
-    app[SHARING] = sharing = Sharing(config)
+    relay = ObjectRelay(config.egress, app[METRICS], access) if config.object_relay else None
+    if relay is not None:
+        app[RELAY] = relay
+    app[SHARING] = sharing = Sharing(config, relay)
     app[METRICS].sharing = sharing
     app.cleanup_ctx.append(_upstream(clock))
     if config.policy.allowed_origins:
@@ -118,6 +125,12 @@ def create_app(
     app.router.add_get("/-/ready/{profile}", _endpoint(_ready), allow_head=True)
     app.router.add_get("/-/status", _endpoint(_status, private=True))
     app.router.add_get("/-/metrics", _endpoint(_metrics, private=True))
+    if relay is not None:
+        # Private: with inbound authentication, only the caller the object's URL was given to.
+        # The object's file name may follow the id; it is decoration for clients that save
+        # under the URL's last segment.
+        relay_route = "/-/relay/{relay_id:[A-Za-z0-9_-]+}{name:(/[^/]*)?}"
+        app.router.add_get(relay_route, _endpoint(relay.serve, private=True))
     app.router.add_route("*", "/-/{tail:.*}", _endpoint(_reserved))
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     return app
@@ -143,6 +156,8 @@ def _upstream(
         config = app[CONFIG]
         timeouts = config.timeouts
         session = upstream_session(config)
+        if RELAY in app:
+            app[RELAY].session = session
         clients, forwarders = {}, {}
         for name, profile in config.profiles.items():
             assert profile.credentials is not None  # noqa: S101 - load_config's promise

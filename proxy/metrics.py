@@ -21,6 +21,7 @@ set). Never the raw path.
     proxy_rate_limit_local_429_total{profile,endpoint}       refused here: no slot in time
     proxy_rate_limit_gateway_429_total{profile,endpoint}     429s from the gateway
     proxy_cache_hits_total / proxy_cache_misses_total{profile,endpoint}   metadata cache
+    proxy_relay_objects_total / proxy_relay_bytes_total{profile}   object relay (/-/relay/)
 
 The values are plain numbers kept here and turned into metric families when scraped:
 prometheus_client's own counters take a lock on every increment, which the single-threaded
@@ -94,6 +95,9 @@ class Metrics:
         self.replay_bytes_held = 0
         self.requests_served = 0
         self.sharing: Sharing | None = None  # rate shaping and the cache (sharing.py)
+        # Objects relayed from storage in full (object_relay.py), and their body bytes.
+        self.relay_objects: defaultdict[str, int] = defaultdict(int)
+        self.relay_bytes: defaultdict[str, int] = defaultdict(int)
         self.registry = CollectorRegistry()
         self.registry.register(_Families(self))
 
@@ -163,6 +167,12 @@ class _Families(Collector):
         )
         yield _counter("proxy_received_bytes", "Request body bytes from clients.", m.received)
         yield _counter("proxy_sent_bytes", "Response body bytes to clients.", m.sent)
+        yield _counter(
+            "proxy_relay_objects", "Object downloads relayed from storage.", m.relay_objects
+        )
+        yield _counter(
+            "proxy_relay_bytes", "Object bytes relayed from storage to clients.", m.relay_bytes
+        )
         yield GaugeMetricFamily(
             "proxy_requests_in_flight", "Requests being forwarded now.", value=m.in_flight
         )

@@ -21,6 +21,7 @@ from .config import Config
 from .forward import Forwarder
 from .logs import BYTES_OUT, CACHE, PROFILE, REQUEST_ID
 from .metadata_cache import CachedAnswer, CacheFill, MetadataCache, wants_fresh
+from .object_relay import ObjectRelay
 from .responses import REQUEST_ID_HEADER
 from .routing import Route
 from .shaping import Shaper, endpoint_class
@@ -31,7 +32,7 @@ __all__ = ["Sharing"]
 class Sharing:
     """``Sharing(config)``; ``await sharing.forward(request, route, forwarder, profile)``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, relay: ObjectRelay | None = None) -> None:
         limits = config.rate_limits
         self.shaper = (
             Shaper(limits.limits, window=limits.window, max_wait=limits.max_wait)
@@ -39,14 +40,17 @@ class Sharing:
             else None
         )
         self.cache = MetadataCache(config.cache.ttls) if config.cache.enabled else None
+        self.relay = relay  # object_relay: object-URL answers get the proxy's own URLs
 
     async def forward(
         self, request: web.Request, route: Route, forwarder: Forwarder, profile: str
     ) -> web.StreamResponse:
-        if self.shaper is None and self.cache is None:
+        if self.shaper is None and self.cache is None and self.relay is None:
             return await forwarder.forward(request, route.target, route.local_prefix)
         endpoint = endpoint_class(request.method, route.path)
         body_filter: BodyFilter | None = None
+        if self.relay is not None and endpoint == "object_urls":
+            body_filter = self.relay.filter(request, profile)
         cache = self.cache
         if endpoint is not None and cache is not None and cache.caches(endpoint):
             key = cache.key(profile, route.target, request.headers.get("Accept-Encoding"))

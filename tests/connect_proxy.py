@@ -40,6 +40,7 @@ class ConnectProxy:
     port: int = 0
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -56,8 +57,10 @@ class ConnectProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
+        # Cut the connections rather than cancel the tasks: on Python 3.11 asyncio logs an
+        # error for a cancelled connection handler.
+        for writer in list(self._writers):
+            writer.transport.abort()
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
@@ -68,12 +71,14 @@ class ConnectProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         try:
             await self._handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             self._tasks.discard(task)
+            self._writers.discard(writer)
             writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -141,7 +146,9 @@ class ConnectProxy:
             port = self.hosts[host]
         elif host != "127.0.0.1":
             raise ConnectionError(f"the test proxy reaches only loopback, not {host}")
-        return await asyncio.open_connection("127.0.0.1", port)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        self._writers.add(up_writer)
+        return up_reader, up_writer
 
     async def _pipe(
         self,
@@ -164,6 +171,7 @@ class ConnectProxy:
         try:
             await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
         finally:
+            self._writers.discard(up_writer)
             up_writer.close()
 
 

@@ -286,17 +286,27 @@ async def _ready(request: web.Request) -> web.Response:
 
 async def _status(request: web.Request) -> web.Response:
     app = request.app
-    return json_response(
-        status_document(
-            upstream=str(app[CONFIG].upstream.url),
-            uptime=time.monotonic() - app[STARTED],
-            requests_served=app[METRICS].requests_served,
-            profiles=app[TOKENS],
-            upstreams={name: str(p.url) for name, p in app[CONFIG].profiles.items()},
-            problems=app[SUPERVISOR].problems.values(),
-            shaper=app[SHARING].shaper,
-        )
+    egress = app[CONFIG].egress
+    document = status_document(
+        upstream=str(app[CONFIG].upstream.url),
+        uptime=time.monotonic() - app[STARTED],
+        requests_served=app[METRICS].requests_served,
+        profiles=app[TOKENS],
+        upstreams={name: str(p.url) for name, p in app[CONFIG].profiles.items()},
+        problems=app[SUPERVISOR].problems.values(),
+        shaper=app[SHARING].shaper,
     )
+    # How connections leave the proxy (egress.py), for whoever debugs a network: masked.
+    document["egress"] = {
+        name: masked(url) if url is not None else None
+        for name, url in (
+            ("egress_proxy", egress.proxy),
+            ("https_proxy", egress.https_proxy),
+            ("http_proxy", egress.http_proxy),
+        )
+    } | {"no_proxy": list(egress.no_proxy)}
+    document["object_relay"] = RELAY in app
+    return json_response(document)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ runs against a real proxy on loopback (tests/connect_proxy.py) that maps the mad
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -172,6 +173,15 @@ async def test_token_and_api_requests_go_through_the_egress_proxy(
     assert "Proxy-Authorization" not in api.headers
     assert "egress proxy http://alice:***@127.0.0.1" in caplog.text
     assert PASSWORD not in caplog.text
+    async with proxy.http.get(proxy.url + "/-/status") as response:
+        status = await response.text()
+    assert PASSWORD not in status
+    assert json.loads(status)["egress"] == {
+        "egress_proxy": f"http://alice:***@127.0.0.1:{egress_proxy.port}",
+        "https_proxy": None,
+        "http_proxy": None,
+        "no_proxy": [],
+    }
 
 
 async def test_credentials_from_a_file(

@@ -50,7 +50,7 @@ from .logs import (
 )
 from .metrics import Metrics
 from .responses import REQUEST_ID_HEADER, error_response, proxy_error_response
-from .shaping import OverBudget, Shaper, retry_after_seconds
+from .shaping import OverBudget, Shaper
 from .tokens import Token, TokenManager
 
 __all__ = ["Forwarder"]
@@ -216,7 +216,7 @@ class Forwarder:
             if upstream.status != 429 or shaper is None:
                 return upstream
             assert endpoint is not None  # noqa: S101
-            pause = retry_after_seconds(upstream.headers.get("Retry-After"))
+            pause = headers.retry_after_seconds(upstream.headers.get("Retry-After"))
             shaper.gateway_429(self._profile, endpoint, pause)
             left = shaper.max_wait - (time.monotonic() - started)
             if not replayable or (pause or shaper.window) > left:

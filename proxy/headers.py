@@ -8,11 +8,13 @@ match other casings).
 
 from __future__ import annotations
 
+import math
+
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-__all__ = ["HOP_BY_HOP", "to_client", "to_upstream"]
+__all__ = ["HOP_BY_HOP", "retry_after_seconds", "to_client", "to_upstream"]
 
 # Meaningful for one connection only; never forwarded, in either direction.
 HOP_BY_HOP = frozenset(
@@ -86,3 +88,15 @@ def _rewrite_location(location: str, upstream_base: URL, proxy_base: str) -> str
     if location == base or location.startswith(base + "/") or location.startswith(base + "?"):
         return proxy_base + location[len(base) :]
     return location
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` in seconds; an HTTP date (rare from the gateway: backoff or the
+    rate window covers it) or nonsense counts as absent."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -9,6 +9,7 @@ exactly those keys, as JSON. Every error body the proxy makes is built by ``erro
 from __future__ import annotations
 
 import json
+import math
 import uuid
 
 from aiohttp import web
@@ -61,7 +62,8 @@ def error_response(
     )
     response.headers[REQUEST_ID_HEADER] = request_id
     if retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(retry_after)))
+        # Whole seconds, rounded up: a client that waits that long is not too early.
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
 
 

@@ -20,7 +20,6 @@ window after another must not reach the gateway a little early.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -32,8 +31,6 @@ __all__ = [
     "Shaper",
     "ShapingStats",
     "endpoint_class",
-    "retry_after_header",
-    "retry_after_seconds",
 ]
 
 DEFAULT_LIMITS = {
@@ -255,19 +252,3 @@ class Shaper:
     def remaining(self, profile: str) -> dict[str, int]:
         """Each class's requests that could go at once now, for ``/-/status``."""
         return {endpoint: self.budget(profile, endpoint).remaining() for endpoint in self.limits}
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` in seconds (an HTTP date, rare here, counts as absent)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def retry_after_header(seconds: float) -> str:
-    """Whole seconds, rounded up: a client that waits that long gets a slot."""
-    return str(max(1, math.ceil(seconds)))

@@ -51,6 +51,7 @@ from .logs import (
 from .metrics import Metrics
 from .responses import REQUEST_ID_HEADER, error_response, proxy_error_response
 from .shaping import OverBudget, Shaper
+from .token_client import connection_failure
 from .tokens import Token, TokenManager
 
 __all__ = ["Forwarder"]
@@ -100,6 +101,8 @@ class Forwarder:
         self._access_log = access_log
         self._profile = profile
         self._shaper = shaper  # None: rate limits are not shaped
+        host = upstream.raw_host or ""
+        self._where = f"[{host}]:{upstream.port}" if ":" in host else f"{host}:{upstream.port}"
         self._proxy = proxy
 
     async def forward(
@@ -336,7 +339,9 @@ class Forwarder:
             log.warning(
                 "upstream request failed: %s %s: %s", request.method, request.path, _name(exc)
             )
-            raise UpstreamUnreachable(f"the gateway could not be reached ({_name(exc)})") from None
+            raise UpstreamUnreachable(
+                f"the gateway at {self._where} could not be reached: {_name(exc)}"
+            ) from None
         took = time.perf_counter() - started
         request[UPSTREAM_SECONDS] = took
         self._metrics.observe_upstream(took, self._profile)
@@ -467,9 +472,14 @@ def _abort(request: web.Request) -> None:
 
 
 def _name(exc: BaseException) -> str:
-    """What went wrong, by class: a foreign exception's text may hold URLs or more."""
+    """What went wrong, in the operating system's words or by class: a foreign exception's
+    text may hold URLs or more."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return "timeout"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"the egress proxy refused the connection (HTTP {exc.status})"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"the egress proxy could not be reached: {connection_failure(exc)}"
+    if isinstance(exc, aiohttp.ClientError):
+        return connection_failure(exc)
     return type(exc).__name__

@@ -31,7 +31,7 @@ from .headers import retry_after_seconds
 from .redact import redact
 from .trust import tls_failure
 
-__all__ = ["Clock", "SystemClock", "Token", "TokenClient"]
+__all__ = ["Clock", "SystemClock", "Token", "TokenClient", "connection_failure"]
 
 log = logging.getLogger("proxy.tokens")  # one logger name for everything about tokens
 
@@ -106,7 +106,7 @@ def _host_port(url: URL) -> str:
     return f"{host}:{url.port}"
 
 
-def _connection_failure(exc: aiohttp.ClientError) -> str:
+def connection_failure(exc: aiohttp.ClientError) -> str:
     """Why a connection failed, in the OS's words (``connection refused``), else the class."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return "its TLS certificate could not be verified"
@@ -227,9 +227,9 @@ class TokenClient:
             if isinstance(exc, aiohttp.ClientProxyConnectionError):
                 return (
                     f"the egress proxy {proxy_host_port(self._proxy)} could not be reached: "
-                    f"{_connection_failure(exc)}: check egress_proxy (or HTTPS_PROXY/NO_PROXY)"
+                    f"{connection_failure(exc)}: check egress_proxy (or HTTPS_PROXY/NO_PROXY)"
                 )
-        reason = tls_failure(exc) or _connection_failure(exc)
+        reason = tls_failure(exc) or connection_failure(exc)
         return f"the token endpoint at {_host_port(self._url)} could not be reached: {reason}"
 
     def _proxy_refused(self, status: int) -> str:

@@ -253,3 +253,18 @@ async def test_no_proxy_goes_direct(
     async with proxy.http.get(proxy.url + "/dap/query/canvas/table") as response:
         assert response.status == 200
     assert egress_proxy.seen == []
+
+
+def test_api_requests_name_an_egress_failure_as_one() -> None:
+    """The forwarder's words for a failure on the way to the gateway (not only the token
+    client's): a refusing or unreachable egress proxy is named as such."""
+    from unittest.mock import Mock
+
+    import aiohttp
+
+    from proxy.forward import _name
+
+    refused = aiohttp.ClientHttpProxyError(Mock(real_url="http://x"), (), status=407)
+    assert _name(refused) == "the egress proxy refused the connection (HTTP 407)"
+    unreachable = aiohttp.ClientProxyConnectionError(Mock(), ConnectionRefusedError(111, "x"))
+    assert _name(unreachable) == "the egress proxy could not be reached: connection refused"

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -458,6 +459,10 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
+# struct linger {on, seconds}: two ints on POSIX, two u_shorts on Windows.
+_LINGER_NOW = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
+
+
 def _abort(request: web.Request) -> None:
     """Reset the client connection (RST, not FIN): to a client reading until the connection
     closes (HTTP/1.0), a clean close would make the truncated body look complete."""
@@ -467,7 +472,7 @@ def _abort(request: web.Request) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NOW)
     transport.abort()
 
 

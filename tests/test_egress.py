@@ -262,7 +262,7 @@ def test_api_requests_name_an_egress_failure_as_one() -> None:
 
     import aiohttp
 
-    from proxy.forward import _name
+    from proxy.answer import describe as _name
 
     refused = aiohttp.ClientHttpProxyError(Mock(real_url="http://x"), (), status=407)
     assert _name(refused) == "the egress proxy refused the connection (HTTP 407)"

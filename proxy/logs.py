@@ -75,6 +75,8 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root.setLevel(level.upper())
 
 
+_RELAY = "/-/relay/"  # object_relay.RELAY_PATH (not imported: logs.py stays a leaf)
+
 # The status logged for a request its client abandoned (nginx's "client closed request").
 CLIENT_CLOSED = 499
 
@@ -173,8 +175,15 @@ def record_request(
     if metrics is not None:
         metrics.observe_request(request.method, status, seconds, bytes_in, bytes_out, profile)
     path = request.raw_path.partition("?")[0]
-    # Probes and scrapes (/-/...) every few seconds would drown the requests that matter.
-    level = logging.DEBUG if path.startswith("/-/") else logging.INFO
+    if path.startswith(_RELAY):
+        # An object download through the relay is real work: logged as a request, but its
+        # id, a short-lived credential for the object, is not.
+        rest = path[len(_RELAY) :]
+        path = f"{_RELAY}[id]/{rest.partition('/')[2]}" if "/" in rest else f"{_RELAY}[id]"
+        level = logging.INFO
+    else:
+        # Probes and scrapes (/-/...) every few seconds would drown the requests that matter.
+        level = logging.DEBUG if path.startswith("/-/") else logging.INFO
     if not access_log.enabled(level):
         return
     upstream = request.get(UPSTREAM_SECONDS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,28 @@ async def test_range_and_head(
         assert response.headers["Content-Length"] == str(len(DATA))
         assert await response.read() == b""
     assert storage.seen[-1][0] == "HEAD"
+
+
+async def test_a_relayed_download_is_logged_without_its_id(
+    gateway_factory: GatewayFactory,
+    proxy_factory: ProxyFactory,
+    storage: Storage,
+    egress_proxy: ConnectProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Unlike probes, a download is logged at info; its id is a credential for the object."""
+    caplog.set_level(logging.INFO, "proxy.access")
+    _, proxy = await _relay_proxy(gateway_factory, proxy_factory, storage, egress_proxy)
+    _, url = await _object_url(proxy)
+    async with proxy.http.get(url) as response:
+        assert await response.read() == DATA
+    relay_id = URL(url).path.split("/")[3]
+    lines = [r.getMessage() for r in caplog.records if r.name == "proxy.access"]
+    assert any(
+        line.startswith("GET /-/relay/[id]/") and f" 200 in=0 out={len(DATA)} " in line
+        for line in lines
+    ), lines
+    assert not any(relay_id in line for line in lines)
 
 
 async def test_unknown_expired_and_foreign_ids_are_404(

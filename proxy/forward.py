@@ -27,6 +27,7 @@ from yarl import URL
 from . import headers
 from .answer import describe, relay_answer
 from .body_filter import BodyFilter
+from .egress import host_port
 from .errors import (
     ClientTooSlow,
     ProxyError,
@@ -95,8 +96,7 @@ class Forwarder:
         self._access_log = access_log
         self._profile = profile
         self._shaper = shaper  # None: rate limits are not shaped
-        host = upstream.raw_host or ""
-        self._where = f"[{host}]:{upstream.port}" if ":" in host else f"{host}:{upstream.port}"
+        self._where = host_port(upstream)
         self._proxy = proxy
 
     async def forward(

@@ -30,6 +30,7 @@ with inbound authentication, the private ones (status, metrics) step 6.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import secrets
@@ -81,6 +82,7 @@ def _path_problem(path: str) -> str | None:
 _HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[^\[\]:@/\\\s]*))(?::[0-9]{0,5})?")
 
 
+@functools.lru_cache(maxsize=256)  # a few Host values, on every request: parsed once each
 def _host_name(host: str) -> str:
     """``Host`` without its port, lower case; IPv6 brackets removed; "" if malformed.
 
@@ -235,11 +237,10 @@ class Guard:
         method = request.method
         if method in _REFUSED_METHODS:
             return refuse(405, "MethodNotAllowed", f"{method} is not supported")
-        received = request.raw_path.partition("?")[0]
-        problem = _path_problem(received)
-        if problem is None and route.prefixed:
-            problem = _path_problem(route.path)
-        if problem is not None:
+        # The path as it will be forwarded (routing.py read it once). A profile prefix is a
+        # profile's name, which cannot hold what this looks for, so this covers the path as
+        # received too.
+        if (problem := _path_problem(route.path)) is not None:
             return refuse(400, "BadRequest", problem)
         if route.prefixed and (route.path == "/-" or route.path.startswith("/-/")):
             # /-/ is the proxy's own and never forwarded, under a profile prefix neither.

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from cachetools import TTLCache
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["CACHED_CLASSES", "CacheFill", "CachedAnswer", "MetadataCache", "wants_fresh"]
+__all__ = ["DEFAULT_TTLS", "CacheFill", "CachedAnswer", "MetadataCache", "wants_fresh"]
 
-CACHED_CLASSES = ("list_tables", "get_schema")
+# The endpoint classes kept, and for how many seconds by default (the cache.* settings).
+DEFAULT_TTLS = {"list_tables": 60.0, "get_schema": 300.0}
 MAX_BODY = 1024 * 1024
 MAX_ENTRIES = 512
 _UNCACHEABLE = ("private", "no-store")

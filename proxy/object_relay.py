@@ -55,7 +55,6 @@ RELAY_PATH = "/-/relay/"
 DEFAULT_LIFETIME = 15 * 60.0  # S3's usual pre-signed lifetime, when a URL does not say
 MAX_LIFETIME = 7 * 24 * 3600.0  # S3's longest; a URL claiming more is held no longer
 MAX_GRANTS = 100_000  # ids held at once (a few hundred bytes each); the oldest go first
-CHUNK = 64 * 1024
 # The only client headers storage is sent: what a download needs to resume or revalidate.
 _TO_STORAGE = ("Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since")
 # Storage's cookies and CORS are for its own origin, never for the proxy's clients.

@@ -33,6 +33,8 @@ __all__ = [
     "endpoint_class",
 ]
 
+# Requests per window (a minute) by endpoint class: the gateway's documented limits, and
+# the rate_limits.* settings' defaults.
 DEFAULT_LIMITS = {
     "create_job": 5,
     "list_tables": 5,
@@ -224,9 +226,6 @@ class Shaper:
             budget = self._budgets[key] = Budget(self.limits[endpoint], self.window, self._clock)
             self.stats[key] = ShapingStats()
         return budget
-
-    def shapes(self, endpoint: str | None) -> bool:
-        return endpoint is not None and endpoint in self.limits
 
     async def acquire(self, profile: str, endpoint: str, max_wait: float | None = None) -> float:
         """Seconds waited for a slot; raises ``OverBudget`` (counted as a local 429)."""

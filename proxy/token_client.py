@@ -25,7 +25,7 @@ import jwt
 from yarl import URL
 
 from .config import Credentials
-from .egress import host_port as proxy_host_port
+from .egress import host_port
 from .errors import CredentialsRejected, TokenEndpointUnavailable
 from .headers import retry_after_seconds
 from .redact import redact
@@ -99,11 +99,6 @@ def _gateway_message(body: bytes, credentials: Credentials) -> str:
     if not isinstance(message, str):
         return ""
     return redact(message, credentials.client_id, credentials.client_secret)
-
-
-def _host_port(url: URL) -> str:
-    host = f"[{url.host}]" if url.host and ":" in url.host else url.host
-    return f"{host}:{url.port}"
 
 
 def connection_failure(exc: aiohttp.ClientError) -> str:
@@ -226,22 +221,22 @@ class TokenClient:
                 return self._proxy_refused(exc.status)
             if isinstance(exc, aiohttp.ClientProxyConnectionError):
                 return (
-                    f"the egress proxy {proxy_host_port(self._proxy)} could not be reached: "
+                    f"the egress proxy {host_port(self._proxy)} could not be reached: "
                     f"{connection_failure(exc)}: check egress_proxy (or HTTPS_PROXY/NO_PROXY)"
                 )
         reason = tls_failure(exc) or connection_failure(exc)
-        return f"the token endpoint at {_host_port(self._url)} could not be reached: {reason}"
+        return f"the token endpoint at {host_port(self._url)} could not be reached: {reason}"
 
     def _proxy_refused(self, status: int) -> str:
         assert self._proxy is not None  # noqa: S101 - only asked with a proxy
-        where = proxy_host_port(self._proxy)
+        where = host_port(self._proxy)
         if status == 407:
             return (
                 f"the egress proxy {where} refused the credentials (407): check "
                 f"egress_proxy's user and password (or egress_proxy_credentials_file)"
             )
         return (
-            f"the egress proxy {where} refused to connect to {_host_port(self._url)} "
+            f"the egress proxy {where} refused to connect to {host_port(self._url)} "
             f"(HTTP {status}): ask its administrators to allow that host, or exempt it "
             f"with NO_PROXY"
         )

@@ -16,6 +16,8 @@ from yarl import URL
 
 from ..errors import ConfigError
 from ..gateway import token_url_for
+from ..metadata_cache import DEFAULT_TTLS
+from ..shaping import DEFAULT_LIMITS
 from ..trust import ssl_context
 from . import values
 from .profiles import named_profiles, profile_sources
@@ -260,14 +262,11 @@ def load_config(
             enabled=parsed["rate_limits.enabled"],
             max_wait=parsed["rate_limits.max_wait"],
             window=parsed["rate_limits.window"],
-            limits={
-                name: parsed[f"rate_limits.{name}"]
-                for name in ("create_job", "list_tables", "get_job", "get_schema", "object_urls")
-            },
+            limits={name: parsed[f"rate_limits.{name}"] for name in DEFAULT_LIMITS},
         ),
         cache=CacheSettings(
             enabled=parsed["cache.enabled"],
-            ttls={name: parsed[f"cache.{name}"] for name in ("list_tables", "get_schema")},
+            ttls={name: parsed[f"cache.{name}"] for name in DEFAULT_TTLS},
         ),
         egress=egress,
         trust=trust,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
+from ..metadata_cache import DEFAULT_TTLS
+from ..shaping import DEFAULT_LIMITS
 from .values import ListenAddress, masked_proxy
 
 __all__ = [
@@ -104,15 +106,7 @@ class RateLimits:
     enabled: bool = True
     max_wait: float = 60.0
     window: float = 60.0
-    limits: Mapping[str, int] = field(
-        default_factory=lambda: {
-            "create_job": 5,
-            "list_tables": 5,
-            "get_job": 500,
-            "get_schema": 500,
-            "object_urls": 200,
-        }
-    )
+    limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
 
 
 @dataclass(frozen=True)
@@ -120,9 +114,7 @@ class CacheSettings:
     """Seconds a complete answer is kept, per cached endpoint class (0: not cached)."""
 
     enabled: bool = True
-    ttls: Mapping[str, float] = field(
-        default_factory=lambda: {"list_tables": 60.0, "get_schema": 300.0}
-    )
+    ttls: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TTLS))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from ..gateway import DEFAULT_UPSTREAM
+from ..metadata_cache import DEFAULT_TTLS
+from ..shaping import DEFAULT_LIMITS
 from . import values
 
 __all__ = ["ENV_PREFIX", "KEYS", "Key", "Raw", "collect", "did_you_mean", "parse_all"]
@@ -78,15 +80,16 @@ KEYS = {
         Key("rate_limits.enabled", values.boolean, True),
         Key("rate_limits.max_wait", values.non_negative_number, 60),
         Key("rate_limits.window", values.positive_number, 60),
-        Key("rate_limits.create_job", values.positive_int, 5),
-        Key("rate_limits.list_tables", values.positive_int, 5),
-        Key("rate_limits.get_job", values.positive_int, 500),
-        Key("rate_limits.get_schema", values.positive_int, 500),
-        Key("rate_limits.object_urls", values.positive_int, 200),
+        *(
+            Key(f"rate_limits.{name}", values.positive_int, limit)
+            for name, limit in DEFAULT_LIMITS.items()
+        ),
         Key("cache.enabled", values.boolean, True),
-        Key("cache.list_tables", values.non_negative_number, 60),
-        Key("cache.get_schema", values.non_negative_number, 300),
-        # Issue 13 (egress proxy, trust, object relay): its keys go below this line.
+        *(
+            Key(f"cache.{name}", values.non_negative_number, ttl)
+            for name, ttl in DEFAULT_TTLS.items()
+        ),
+        # Behind an institution's network (egress.py, trust.py, object_relay.py)
         # Its URL may carry a password: values.proxy_url's errors never repeat the value.
         Key("egress_proxy", values.proxy_url),
         Key("egress_proxy_credentials_file", values.text),

@@ -38,6 +38,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .access import ANYONE, AccessControl, Caller
+from .answer import describe
 from .body_filter import MAX_FILTERED_BODY
 from .config.records import EgressConfig
 from .egress import proxy_for
@@ -189,11 +190,11 @@ class ObjectRelay:
                 request_id=request_id,
             )
         except aiohttp.ClientError as exc:
-            log.warning("relay: object storage at %s: %s", url.host, type(exc).__name__)
+            log.warning("relay: object storage at %s: %s", url.host, describe(exc))
             return error_response(
                 502,
                 "BadGateway",
-                f"object storage at {url.host} could not be reached ({type(exc).__name__})",
+                f"object storage at {url.host} could not be reached: {describe(exc)}",
                 request_id=request_id,
             )
         try:

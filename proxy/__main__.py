@@ -1,5 +1,5 @@
 """``python -m proxy``: the same as the ``instructure-auth-proxy`` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.app import TOKENS
 from proxy.config import Config, load_config
-from proxy.server import RunningProxy, start
+from proxy.server.app import TOKENS
+from proxy.server.serve import RunningProxy, start
 from proxy.simulator import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
@@ -24,7 +24,7 @@ from proxy.simulator import (
     SimulatorState,
     create_simulator_app,
 )
-from proxy.tokens import TokenManager
+from proxy.tokens.manager import TokenManager
 
 from .gateway_routes import Hangups, add_test_routes
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from proxy.errors import TokenError
-from proxy.tokens import Token
+from proxy.tokens.token import Token
 
 
 class FakeClock:

@@ -11,7 +11,7 @@ import pytest
 
 from proxy.config import load_config
 from proxy.errors import ConfigError
-from proxy.server import start
+from proxy.server.serve import start
 
 from .conftest import Gateway, ProxyFactory, proxy_config
 
@@ -187,7 +187,7 @@ async def test_extra_allowed_host(gateway: Gateway, proxy_factory: ProxyFactory)
 
 
 def test_the_non_loopback_warning_says_what_is_and_is_not_protected() -> None:
-    from proxy.server import _exposure
+    from proxy.server.serve import _exposure
 
     creds = {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET": "s"}
     keyed = load_config(None, {**creds, "DAP_PROXY_ACCESS_KEYS": KEY}, {"listen": "0.0.0.0:8080"})

@@ -26,13 +26,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import cli
+from proxy.admission.throttle import LoginThrottle
+from proxy.cli import main as cli
+from proxy.cli.token import print_token
 from proxy.config import load_config
 from proxy.errors import ConfigError, CredentialsRejected
-from proxy.login_throttle import LoginThrottle
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
-from proxy.token_command import print_token
-from proxy.tokens import TokenManager
+from proxy.tokens.manager import TokenManager
 
 from .conftest import Gateway, GatewayFactory, Proxy, ProxyFactory, proxy_config
 from .fakes import FakeClock, FakeTokenSource

@@ -9,15 +9,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import aiohttp_support
-from proxy.aiohttp_support import (
+from proxy.server import aiohttp_support
+from proxy.server.aiohttp_support import (
     INTERNALS,
     SUPPORTED,
     Internal,
     UnsupportedAiohttp,
     check_aiohttp,
 )
-from proxy.protocol import ProxyRunner
+from proxy.server.protocol import ProxyRunner
 
 
 class FakeHandler:
@@ -83,7 +83,7 @@ async def test_serve_refuses_to_start_on_such_an_aiohttp_with_a_clear_message(
     """Not a traceback at the first SIGTERM: exit status 1 at once, naming what is missing."""
     from proxy import exit_status
     from proxy.config import load_config
-    from proxy.server import serve
+    from proxy.server.serve import serve
 
     missing = Internal("FakeHandler", "_close", "the drain", lambda: FakeHandler)
     monkeypatch.setattr(aiohttp_support, "INTERNALS", (*INTERNALS, missing))

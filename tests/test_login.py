@@ -9,10 +9,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from proxy.access import AccessControl
+from proxy.admission.access import AccessControl
+from proxy.admission.login import LocalTokenIssuer, LoginHandler
+from proxy.admission.routing import ProfileRouter
 from proxy.config import AccessConfig, Profile
-from proxy.login import LocalTokenIssuer, LoginHandler
-from proxy.routing import ProfileRouter
 
 from .fakes import FakeClock
 

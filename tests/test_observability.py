@@ -12,7 +12,7 @@ import pytest
 from yarl import URL
 
 from proxy import __version__
-from proxy.logs import JsonFormatter
+from proxy.observe.logs import JsonFormatter
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 
 from .conftest import Gateway, Proxy
@@ -156,7 +156,7 @@ async def test_buffered_access_log_batches_lines_in_the_logging_format() -> None
     import io
     import logging as logging_module
 
-    from proxy.logs import BufferedAccessLog
+    from proxy.observe.logs import BufferedAccessLog
 
     stream = io.StringIO()
     text = BufferedAccessLog(stream, "info", "text")

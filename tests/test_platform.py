@@ -22,12 +22,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import __version__, demo, server, token_command
-from proxy.app import TOKEN_CLIENTS
+from proxy import __version__
+from proxy.cli import demo
+from proxy.cli import token as token_command
 from proxy.config import load_config
 from proxy.errors import ConfigError
-from proxy.reload import Reloader
-from proxy.server import StartupError, start, wait_for_signal
+from proxy.server import serve as server
+from proxy.server.app import TOKEN_CLIENTS
+from proxy.server.reload import Reloader
+from proxy.server.serve import StartupError, start, wait_for_signal
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 
 from .conftest import Gateway, GatewayFactory, proxy_config

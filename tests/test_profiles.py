@@ -13,11 +13,11 @@ import aiohttp
 import jwt
 import pytest
 
-from proxy.app import TOKENS
 from proxy.config import load_config
 from proxy.errors import ConfigError
-from proxy.reload import Reloader
-from proxy.server import RunningProxy, start
+from proxy.server.app import TOKENS
+from proxy.server.reload import Reloader
+from proxy.server.serve import RunningProxy, start
 
 from .conftest import Gateway, GatewayFactory
 from .dap_cli import ok, run_dap

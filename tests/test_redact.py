@@ -7,7 +7,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from proxy.redact import MASK, MAX_LENGTH, redact
+from proxy.observe.redact import MASK, MAX_LENGTH, redact
 
 ID = "us-east-1#6f0c-client"
 SECRET = "p@ss/w+rd ~ with=odd&chars?"  # every character URL encoding treats specially

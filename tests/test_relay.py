@@ -21,11 +21,11 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.access import ANYONE, AccessControl
+from proxy.admission.access import ANYONE, AccessControl
+from proxy.admission.local_tokens import LocalTokenIssuer
 from proxy.config.records import AccessConfig, EgressConfig
-from proxy.local_tokens import LocalTokenIssuer
-from proxy.metrics import Metrics
-from proxy.object_relay import DEFAULT_LIFETIME, ObjectRelay, RelayFilter, url_lifetime
+from proxy.observe.metrics import Metrics
+from proxy.sharing.relay import DEFAULT_LIFETIME, ObjectRelay, RelayFilter, url_lifetime
 from proxy.simulator import expected_object_bytes
 
 from .conftest import Gateway, GatewayFactory, Proxy, ProxyFactory

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from multidict import CIMultiDict
 
-from proxy.metadata_cache import MetadataCache, cacheable, wants_fresh
-from proxy.shaping import Budget, OverBudget, Shaper, endpoint_class
+from proxy.sharing.cache import MetadataCache, cacheable, wants_fresh
+from proxy.upstream.shaping import Budget, OverBudget, Shaper, endpoint_class
 
 
 class Clock:

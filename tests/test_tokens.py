@@ -13,7 +13,9 @@ from yarl import URL
 
 from proxy.config import Credentials
 from proxy.errors import CredentialsRejected, TokenEndpointUnavailable
-from proxy.tokens import Token, TokenClient, TokenManager
+from proxy.tokens.manager import TokenManager
+from proxy.tokens.token import Token
+from proxy.upstream.token_client import TokenClient
 
 from .fakes import FakeClock, FakeTokenSource
 

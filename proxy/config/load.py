@@ -15,13 +15,11 @@ from typing import Any
 from yarl import URL
 
 from ..errors import ConfigError
-from ..gateway import token_url_for
-from ..metadata_cache import DEFAULT_TTLS
-from ..shaping import DEFAULT_LIMITS
-from ..trust import ssl_context
+from ..gateway import RATE_LIMITS, token_url_for
 from . import values
 from .profiles import named_profiles, profile_sources
 from .records import (
+    DEFAULT_TTLS,
     AccessConfig,
     CacheSettings,
     Config,
@@ -180,8 +178,13 @@ def _trust(
             kind = "directory" if is_dir else "file"
             problems.append(f"{name}: {path} is not a readable {kind}")
             return trust
-    try:
-        ssl_context(trust)
+    try:  # the bundles as upstream/trust.py loads them, into a plain context
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for cafile in (trust.cert_file, trust.ca_file):
+            if cafile:
+                context.load_verify_locations(cafile=cafile)
+        if trust.cert_dir:
+            context.load_verify_locations(capath=trust.cert_dir)
     except (ssl.SSLError, OSError, ValueError):
         problems.append(
             "ca_file, SSL_CERT_FILE or SSL_CERT_DIR: not a PEM certificate bundle "
@@ -262,7 +265,7 @@ def load_config(
             enabled=parsed["rate_limits.enabled"],
             max_wait=parsed["rate_limits.max_wait"],
             window=parsed["rate_limits.window"],
-            limits={name: parsed[f"rate_limits.{name}"] for name in DEFAULT_LIMITS},
+            limits={name: parsed[f"rate_limits.{name}"] for name in RATE_LIMITS},
         ),
         cache=CacheSettings(
             enabled=parsed["cache.enabled"],

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from ..metadata_cache import DEFAULT_TTLS
-from ..shaping import DEFAULT_LIMITS
+from ..gateway import RATE_LIMITS
 from .values import ListenAddress, masked_proxy
 
 __all__ = [
+    "DEFAULT_TTLS",
     "AccessConfig",
     "CacheSettings",
     "Config",
@@ -106,7 +106,11 @@ class RateLimits:
     enabled: bool = True
     max_wait: float = 60.0
     window: float = 60.0
-    limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    limits: Mapping[str, int] = field(default_factory=lambda: dict(RATE_LIMITS))
+
+
+# Seconds a complete answer is kept, per cached endpoint class.
+DEFAULT_TTLS = {"list_tables": 60.0, "get_schema": 300.0}
 
 
 @dataclass(frozen=True)

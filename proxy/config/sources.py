@@ -20,10 +20,9 @@ from typing import Any
 
 import yaml
 
-from ..gateway import DEFAULT_UPSTREAM
-from ..metadata_cache import DEFAULT_TTLS
-from ..shaping import DEFAULT_LIMITS
+from ..gateway import DEFAULT_UPSTREAM, RATE_LIMITS
 from . import values
+from .records import DEFAULT_TTLS
 
 __all__ = ["ENV_PREFIX", "KEYS", "Key", "Raw", "collect", "did_you_mean", "parse_all"]
 
@@ -82,7 +81,7 @@ KEYS = {
         Key("rate_limits.window", values.positive_number, 60),
         *(
             Key(f"rate_limits.{name}", values.positive_int, limit)
-            for name, limit in DEFAULT_LIMITS.items()
+            for name, limit in RATE_LIMITS.items()
         ),
         Key("cache.enabled", values.boolean, True),
         *(

@@ -1,0 +1,1 @@
+"""The command line: arguments, the commands (serve, token, demo) and exit statuses."""

@@ -1,0 +1,1 @@
+"""Observation: logs, metrics and the redaction of gateway text. Depends on nothing above it."""

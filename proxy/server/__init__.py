@@ -1,0 +1,1 @@
+"""Serving: the app, the connection protocol, background tasks, reload, the process's life."""

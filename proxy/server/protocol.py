@@ -1,0 +1,217 @@
+"""The HTTP connection handler: what happens before a request reaches routing.
+
+aiohttp answers malformed requests (bad request lines, oversized or invalid headers,
+conflicting ``Content-Length`` and ``Transfer-Encoding``, broken chunked bodies) itself,
+with a plain-text body that quotes the offending bytes, and logs them with a traceback.
+Those bytes can hold a client's credentials (a control character inside an
+``Authorization`` header is enough), so here such requests are answered in the gateway's
+JSON error shape with a fixed message, and logged as one line without the bytes.
+
+It drains properly on shutdown: the request in flight on each connection may finish
+within the drain timeout, still reading its body (aiohttp would stop reading at once, and
+wait twice the timeout). And it bounds what a connection may cost: at most
+``max_connections`` at once (the next is answered 503 and closed), and ``head_timeout``
+seconds to send the first request's head (a client trickling headers, "slowloris", is cut
+off). Later heads on a kept-alive connection are bounded by aiohttp's keep-alive timeout.
+
+aiohttp offers no public hook for any of this, so ``ProxyRunner`` swaps in this handler
+class. Every aiohttp internal used here is listed in ``aiohttp_support.py`` and checked
+when a ``ProxyRunner`` is made; ``tests/test_hostile.py`` and ``tests/test_faults.py`` fail
+if a future aiohttp stops calling this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import http_exceptions, web, web_protocol
+from aiohttp.helpers import set_exception
+from aiohttp.web_request import BaseRequest
+
+from ..responses import error_body, error_response
+from .aiohttp_support import check_aiohttp
+
+__all__ = ["ProxyRunner"]
+
+log = logging.getLogger("proxy.protocol")
+
+_DRAIN_POLL = 0.05  # seconds between looks at a draining connection
+_CUT = 0.01  # what aiohttp's shutdown is left to wait once our drain is over
+
+_TOO_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s"
+)
+
+
+def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
+    """Status, type and a fixed message for a request aiohttp could not parse."""
+    if isinstance(exc, http_exceptions.LineTooLong):
+        # The C parser says which line only in its text: a URL, or a header.
+        if "when reading: bytearray(b'/" in str(exc) or "Status line" in str(exc):
+            return 414, "URITooLong", "the request target is too long"
+        return 431, "HeaderTooLarge", "a request header is too large"
+    text = str(exc) if exc is not None else ""
+    if "Too many headers" in text:
+        return 431, "HeaderTooLarge", "the request has too many headers"
+    if isinstance(exc, http_exceptions.BadHttpMethod):
+        return 400, "BadRequest", "not an HTTP request (invalid method)"
+    if "Content-Length" in text or "Transfer-Encoding" in text:
+        return 400, "BadRequest", "conflicting or invalid Content-Length / Transfer-Encoding"
+    if "chunk" in text.lower():
+        return 400, "BadRequest", "invalid chunked encoding"
+    if "header" in text.lower():
+        return 400, "BadRequest", "an invalid header (name or value)"
+    if status >= 500:
+        return 500, "InternalError", "the proxy failed to handle the request"
+    return 400, "BadRequest", "a malformed HTTP request"
+
+
+class _ProxyRequestHandler(web_protocol.RequestHandler):
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        max_connections: int = 1000,
+        head_timeout: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        routed = self._request_handler
+
+        async def refuse_connect(request: BaseRequest) -> web.StreamResponse:
+            # CONNECT's authority-form target matches no route (it has no path): refused
+            # here, in the gateway's shape, rather than with aiohttp's plain 404.
+            if request.method == "CONNECT":
+                return error_response(405, "MethodNotAllowed", "CONNECT is not supported")
+            assert routed is not None  # noqa: S101 - aiohttp sets it from the server
+            return await routed(request)
+
+        self._request_handler = refuse_connect
+        self._max_connections = max_connections
+        self._head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = self._manager
+        if manager is not None and len(manager.connections) >= self._max_connections:
+            body = error_body(
+                "TooManyConnections", "the proxy is at its connection limit; retry shortly"
+            )
+            assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP and Unix both
+            transport.write(_TOO_BUSY % (len(body), body))
+            transport.close()
+            self._refused = True
+            log.warning("refused a connection: at the limit of %d", self._max_connections)
+            return
+        super().connection_made(transport)
+        self._head_timer = self._loop.call_later(self._head_timeout, self._head_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        if self._close and not self._force_close and self._request_in_progress:
+            # Draining: aiohttp drops every byte once a connection is closing, which would
+            # stall an upload in flight. So its own path reads them, with the flag lowered
+            # for that call only (not the parser itself: 3.14 moved it). A pipelined request
+            # parsed here is never served: once the flag is up again, start() stops after
+            # the request in flight and closes the connection.
+            self._close = False
+            try:
+                self._feed(data)
+            finally:
+                self._close = True
+            return
+        self._feed(data)
+        if self._head_timer is not None and self._request_count:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _feed(self, data: bytes) -> None:
+        """aiohttp's own ``data_received``, and one correction: with its C parser, a broken
+        chunk in the middle of a request body is queued as the error of a *next* request,
+        and the body in flight never ends (client and upstream wait ``timeouts.client``).
+        Such an error is this body's: it is handed to the body, so that its reader
+        (forward.py) answers 400 at once and the upstream upload is cut."""
+        queued = len(self._messages)
+        super().data_received(data)
+        current = self._current_request
+        if len(self._messages) <= queued or current is None:
+            return
+        message, _ = self._messages[-1]
+        body = current.content
+        if isinstance(message, web_protocol._ErrInfo) and not body.is_eof():
+            self._messages.pop()
+            # A fixed text: the parser's own quotes the client's bytes.
+            set_exception(body, http_exceptions.TransferEncodingError("invalid chunked encoding"))
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's
+        """Let the request in flight finish, its body still read, within ``timeout``; then
+        cut what is left at once. (aiohttp's own waits ``timeout`` twice and stops reading
+        request bodies at the start.)"""
+        deadline = self._loop.time() + (timeout or 0.0)
+        # aiohttp offers no event for "this request is done"; a short poll, only at shutdown.
+        while self._request_in_progress and self._loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_POLL)
+        await super().shutdown(_CUT)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if not self._refused:  # a refused connection was never set up
+            super().connection_lost(exc)
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if not self._request_count and self.transport is not None:
+            log.warning(
+                "closed a connection that sent no complete request head in %g s",
+                self._head_timeout,
+            )
+            self.transport.close()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        code, error_type, text = _classify(exc, status)
+        if code >= 500:
+            # Our own failure: keep the traceback (no request bytes in it), answer plainly.
+            self.logger.exception("error handling %s %s", request.method, request.path)
+        else:
+            log.info("refused a malformed request from %s: %d %s", request.remote, code, text)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response had started; the connection is closed")
+        response = error_response(code, error_type, text)
+        response.force_close()
+        return response
+
+
+class _ProxyServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections use the handler above.
+
+    ``ProxyRunner(app, max_connections=1000, head_timeout=30, ...)``; raises
+    ``UnsupportedAiohttp`` at once if the installed aiohttp lacks what this module relies on.
+    """
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        check_aiohttp()
+        super().__init__(app, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _ProxyServer  # same state, one method different
+        return server

@@ -1,0 +1,168 @@
+"""Reloading without a restart: on SIGHUP, and when a watched file changes.
+
+What changes live:
+
+- a profile's credentials: its token client takes the new ones and its token manager
+  fetches a token with them in the background. Requests in flight are untouched, and the
+  held token stays in use until the new one arrives (or for as long as it is valid, if the
+  gateway refuses the new credentials);
+- access keys and local clients, at once.
+
+Anything else that changed (a profile added or removed, an upstream, a timeout, the listen
+address...) needs a restart: the reload names each such setting in a warning, and keeps
+comparing against what actually runs, so the warning stays true until the restart.
+
+Files are watched by polling their metadata every few seconds: a Kubernetes Secret update
+(an atomic symlink swap) and an editor's save both change it, and polling needs neither a
+dependency nor platform-specific notification. The watcher runs under the app's
+``Supervisor``: an unexpected error is logged, shown in ``/-/status``, and watching goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..config import Config, Profile
+from ..errors import ConfigError
+from .app import ACCESS, SUPERVISOR, TOKEN_CLIENTS, TOKENS
+
+__all__ = ["Reloader", "restart_needed"]
+
+log = logging.getLogger("proxy.reload")
+
+WATCH_INTERVAL = 5.0
+_TASK = "reload"
+# Config fields that apply live, or are not settings at all.
+_LIVE_OR_DERIVED = frozenset({"access", "profiles", "upstream", "warnings", "watched_files"})
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+def _differing(old: Any, new: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+
+
+def restart_needed(running: Config, new: Config) -> list[str]:
+    """The settings that differ between ``running`` and ``new`` and cannot change live,
+    named as in the configuration file."""
+    changed: list[str] = []
+    for name in _differing(running, new):
+        if name == "timeouts":
+            changed += [f"timeouts.{key}" for key in _differing(running.timeouts, new.timeouts)]
+        elif name == "policy":
+            changed += _differing(running.policy, new.policy)  # allowed_hosts, ...
+        elif name not in _LIVE_OR_DERIVED:
+            changed.append(name)
+    for name in sorted(set(running.profiles) ^ set(new.profiles)):
+        changed.append(f"profiles.{name} ({'added' if name in new.profiles else 'removed'})")
+    if running.upstream.url != new.upstream.url:
+        changed.append("upstream")
+    for name in sorted(set(running.profiles) & set(new.profiles)):
+        before, after = running.profiles[name], new.profiles[name]
+        prefix = "" if name == "default" else f"profiles.{name}."
+        for key, setting in (("url", "upstream"), ("token_url", "token_url")):
+            if getattr(before, key) != getattr(after, key) and f"{prefix}{setting}" not in changed:
+                changed.append(f"{prefix}{setting}")
+        if before.local_client_ids != after.local_client_ids:
+            changed.append(f"{prefix}local_client_ids")
+    return changed
+
+
+class Reloader:
+    """``Reloader(app, config, load).reload()``; ``await reloader.run()`` watches files and
+    SIGHUP until cancelled."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        config: Config,
+        load: Callable[[], Config],
+        *,
+        interval: float = WATCH_INTERVAL,
+    ) -> None:
+        self._app = app
+        self._running = config  # what is applied: the comparisons are against this
+        self._load = load
+        self._interval = interval
+        self._stamps = {path: _stamp(path) for path in config.watched_files}
+
+    def reload(self) -> bool:
+        """Re-read the configuration and apply what can change live; False if it is invalid."""
+        try:
+            new = self._load()
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc.message)
+            return False
+        running = self._running
+        clients, managers = self._app[TOKEN_CLIENTS], self._app[TOKENS]
+        applied: dict[str, Profile] = dict(running.profiles)
+        for name, profile in running.profiles.items():
+            fresh = new.profiles.get(name)
+            if fresh is None or fresh.credentials is None:
+                continue
+            if fresh.credentials != profile.credentials:
+                clients[name].credentials = fresh.credentials
+                managers[name].credentials_changed()
+                applied[name] = dataclasses.replace(profile, credentials=fresh.credentials)
+                log.info("profile %s: new credentials; fetching a token with them", name)
+        if new.access != running.access:
+            self._app[ACCESS].update(new.access)
+            log.info("access keys and local clients reloaded")
+        if pending := restart_needed(running, new):
+            log.warning("changed settings need a restart to apply: %s", ", ".join(pending))
+        self._running = dataclasses.replace(
+            running,
+            access=new.access,
+            profiles=applied,
+            upstream=applied.get("default", running.upstream),
+            watched_files=new.watched_files,
+        )
+        self._stamps = {path: _stamp(path) for path in new.watched_files}
+        return True
+
+    def _reload_on_signal(self) -> None:
+        # A signal handler's exception would only reach asyncio's default handler.
+        try:
+            self.reload()
+        except Exception as exc:
+            self._app[SUPERVISOR].record(_TASK, exc)
+
+    async def watch(self) -> None:
+        """Poll the watched files; reload when one changes. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self._interval)
+            changed = [p for p, stamp in self._stamps.items() if _stamp(p) != stamp]
+            if changed:
+                log.info("changed: %s; reloading", ", ".join(changed))
+                # Not again for the same change, whatever the outcome: wait for the next.
+                self._stamps = {path: _stamp(path) for path in self._stamps}
+                self.reload()
+
+    async def run(self) -> None:
+        """Watch files, and reload on SIGHUP where the platform has it, until cancelled."""
+        loop = asyncio.get_running_loop()
+        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        if hangup is not None:
+            try:
+                loop.add_signal_handler(hangup, self._reload_on_signal)
+            except (NotImplementedError, RuntimeError):
+                hangup = None  # an event loop without signal handlers
+        try:
+            await self._app[SUPERVISOR].run(_TASK, self.watch)
+        finally:
+            if hangup is not None:
+                loop.remove_signal_handler(hangup)

@@ -1,0 +1,309 @@
+"""Running the proxy: listen, fetch the first token, serve until a signal, drain, exit.
+
+Exit statuses (exit_status.py): 0 after a clean shutdown, 3 when the gateway rejects the
+credentials at startup, 4 when the listen address cannot be bound.
+
+Signals: SIGTERM and SIGINT (Ctrl-C) stop it gracefully everywhere; on Windows, where
+asyncio has no signal handlers, Ctrl-C and Ctrl-Break do, through ``signal.signal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__, exit_status
+from ..config import Config, ListenAddress
+from ..errors import CredentialsRejected, TokenEndpointUnavailable
+from ..observe.logs import AccessLog, AccessLogger, BufferedAccessLog
+from .aiohttp_support import UnsupportedAiohttp
+from .app import ACCESS_LOG, METRICS, SUPERVISOR, TOKENS, create_app
+from .protocol import ProxyRunner
+from .reload import Reloader
+
+__all__ = [
+    "RunningProxy",
+    "StartupError",
+    "listen_failure",
+    "running_on",
+    "serve",
+    "start",
+    "wait_for_signal",
+]
+
+log = logging.getLogger("proxy.server")
+
+LISTEN_BACKLOG = 1024
+
+
+class StartupError(Exception):
+    """The proxy could not start; ``exit_status`` says why."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+@dataclass
+class RunningProxy:
+    """A listening proxy: its base URL; ``await running.stop()`` drains and closes it."""
+
+    url: str
+    runner: web.AppRunner
+
+    async def first_token(self) -> None:
+        """Wait for every profile's first token. Raises ``StartupError`` only when every
+        profile's credentials are rejected: one institution's failure is not everyone's."""
+        managers = self.runner.app[TOKENS]
+        outcomes = await asyncio.gather(
+            *(tokens.first_token() for tokens in managers.values()), return_exceptions=True
+        )
+        rejected = 0
+        for name, outcome in zip(managers, outcomes, strict=True):
+            label = "" if name == "default" else f" (profile {name})"
+            if isinstance(outcome, CredentialsRejected):
+                rejected += 1
+                if len(managers) > 1:
+                    log.error("%s%s; serving the other profiles", outcome.text, label)
+            elif isinstance(outcome, TokenEndpointUnavailable):
+                log.warning(
+                    "no token yet%s: %s; serving anyway, not ready, retrying", label, outcome.text
+                )
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        if rejected == len(managers):
+            first = next(o for o in outcomes if isinstance(o, CredentialsRejected))
+            raise StartupError(first.text, exit_status.CREDENTIALS_REJECTED)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        self.runner.app[ACCESS_LOG].flush()
+
+
+async def start(config: Config, access_log: AccessLog | None = None) -> RunningProxy:
+    """Start fetching the first token and listen at once. Raises ``StartupError``.
+
+    Requests that arrive before the first token wait for that one fetch.
+    """
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    app = create_app(config, access_log=access_log)
+    try:
+        runner = _runner(app, config)
+    except UnsupportedAiohttp as exc:  # names the version, what is missing and the range
+        raise StartupError(str(exc), exit_status.FAILED) from None
+    await runner.setup()
+    listen = config.listen
+    try:
+        url = await _listen(runner, listen)
+    except (OSError, NotImplementedError) as exc:
+        await runner.cleanup()
+        raise StartupError(
+            f"cannot listen on {listen}: {listen_failure(exc)}", exit_status.CANNOT_LISTEN
+        ) from None
+    if not listen.is_loopback:
+        log.warning("LISTENING ON %s, WHICH IS NOT LOOPBACK: %s", listen, _exposure(config))
+    software = running_on()
+    for name, profile in config.profiles.items():
+        prefix = "" if name == "default" else f"/{name}/..."
+        log.info(
+            "%s: listening on %s%s, forwarding to %s (profile %s)",
+            software,
+            url,
+            prefix,
+            profile.url,
+            name,
+        )
+    return RunningProxy(url, runner)
+
+
+def _runner(app: web.Application, config: Config) -> ProxyRunner:
+    return ProxyRunner(
+        app,
+        handler_cancellation=True,  # a client hanging up cancels its upstream request
+        access_log_class=AccessLogger.bound(app[METRICS], app[ACCESS_LOG]),
+        access_log=logging.getLogger("proxy.access"),
+        shutdown_timeout=config.timeouts.shutdown,  # see protocol.py: the drain
+        max_connections=config.max_connections,
+        head_timeout=config.timeouts.client,
+        # Idle kept-alive client connections are closed after this long (aiohttp's default
+        # is 75 s, fixed; an hour in some releases), so idle clients do not hold slots.
+        keepalive_timeout=config.timeouts.idle,
+    )
+
+
+def _exposure(config: Config) -> str:
+    """What protects a proxy others can reach, and what does not, in one sentence."""
+    if config.access.required:
+        hosts = (
+            "any Host is admitted (a web page cannot present a key)"
+            if config.policy.allowed_hosts is None
+            else "Host must be in allowed_hosts"
+        )
+        return (
+            "protected: only callers with an access key or local credentials are served, "
+            f"failed logins are throttled, {hosts}; not protected: the traffic itself, which "
+            "is plain HTTP (keep it on a private network or behind TLS)"
+        )
+    return (
+        "NOT protected: anyone who can reach this port uses the gateway with this proxy's "
+        "credentials; only the Host check (allowed_hosts) and the refusal of cross-site "
+        "browser requests apply. Keep the port private, or require access_keys"
+    )
+
+
+def running_on() -> str:
+    """``instructure-auth-proxy 0.1.0 on uvloop 0.21.0``: what a bug report needs first. The
+    event loop matters: uvloop is markedly faster, and on Windows the loop class decides
+    what works (signals, subprocesses)."""
+    loop = asyncio.get_running_loop()
+    module = type(loop).__module__.partition(".")[0]
+    if module == "uvloop":
+        version = getattr(sys.modules.get("uvloop"), "__version__", "")
+        name = f"uvloop {version}".rstrip()
+    elif sys.platform == "win32":
+        name = f"{module} {type(loop).__name__}"  # ProactorEventLoop or SelectorEventLoop
+    else:
+        name = module
+    return f"instructure-auth-proxy {__version__} on {name}"
+
+
+# The OS's reasons, in the words of its own messages. Windows reports socket errors by their
+# WSA numbers, which errno names only partly (EACCES is 13 there, WSAEACCES 10013).
+_BIND_REASONS = {
+    getattr(errno, name): reason
+    for names, reason in (
+        (("EADDRINUSE", "WSAEADDRINUSE"), "address already in use"),
+        (("EACCES", "WSAEACCES"), "permission denied"),
+        (("EADDRNOTAVAIL", "WSAEADDRNOTAVAIL"), "no such address on this machine"),
+    )
+    for name in names
+    if hasattr(errno, name)
+}
+
+
+def listen_failure(exc: BaseException) -> str:
+    """Why a listen failed, in a few words: ``address already in use``. (asyncio's own text
+    repeats the address and, on Windows, is a sentence long.)"""
+    if isinstance(exc, NotImplementedError):
+        return "this platform has no Unix sockets; listen on 127.0.0.1:PORT instead"
+    if isinstance(exc, socket.gaierror):
+        return "name not resolved"
+    if isinstance(exc, OSError):
+        if exc.errno in _BIND_REASONS:
+            return _BIND_REASONS[exc.errno]
+        if exc.strerror:
+            # "error while attempting to bind on address ('::1', 80): <the OS's reason>"
+            return exc.strerror.rpartition("): ")[2].lower()
+    return type(exc).__name__
+
+
+async def _listen(runner: web.AppRunner, listen: ListenAddress) -> str:
+    """Bind the site; returns the proxy's base URL (``unix:/path`` for a socket)."""
+    if listen.path is not None:
+        # Owner-only from the moment it exists: no window in which others may connect.
+        previous = os.umask(0o177)
+        try:
+            await web.UnixSite(runner, listen.path, backlog=LISTEN_BACKLOG).start()
+        finally:
+            os.umask(previous)
+        os.chmod(listen.path, 0o600)
+        return f"unix:{listen.path}"
+    # A deeper accept queue than aiohttp's 128: a burst of connections (a thousand jobs
+    # polled at once) otherwise has SYNs dropped and retried a second later.
+    await web.TCPSite(runner, listen.host, listen.port, backlog=LISTEN_BACKLOG).start()
+    port = runner.addresses[0][1] if runner.addresses else listen.port
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    return f"http://{host}:{port}"
+
+
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGBREAK") if hasattr(signal, name)
+)
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGTERM or SIGINT (and Ctrl-Break on Windows)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    previous: dict[int, Any] = {}
+    for signum in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            # Windows: no loop signal handlers. signal.signal runs the handler in the main
+            # thread between bytecodes; hand the event to the loop from there.
+            # (Not from another thread: ValueError; the embedding program decides then.)
+            with contextlib.suppress(ValueError):
+                previous[signum] = signal.signal(
+                    signum, lambda *_: loop.call_soon_threadsafe(stop.set)
+                )
+    try:
+        await stop.wait()
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+async def serve(config: Config, load: Callable[[], Config] | None = None) -> int:
+    """Run until SIGTERM or SIGINT; requests in flight get ``timeouts.shutdown`` to finish.
+
+    With ``load`` (how the configuration was read), secrets are reloaded on SIGHUP and when
+    a secret file changes.
+    """
+    # The command line's access lines go straight to stderr in batches (logs.py says why).
+    access_log = BufferedAccessLog(sys.stderr, config.log_level, config.log_format)
+    try:
+        running = await start(config, access_log)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return exc.exit_status
+    watcher = None
+    if load is not None:
+        # At once, before the first token: a SIGHUP must never find the default handler,
+        # which would end the process. (The reloader supervises itself: background.py.)
+        reloader = Reloader(running.runner.app, config, load)
+        watcher = asyncio.create_task(reloader.run())
+        await asyncio.sleep(0)  # let it install its SIGHUP handler
+    try:
+        await running.first_token()
+    except StartupError as exc:
+        log.error("%s", exc)
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await running.stop()
+        return exc.exit_status
+    await wait_for_signal()
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    log.info(
+        "shutting down: no new connections; up to %g s for requests in flight",
+        config.timeouts.shutdown,
+    )
+    try:
+        await running.stop()
+    except Exception as exc:
+        # The drain met something unforeseen: say so once, and exit all the same.
+        running.runner.app[SUPERVISOR].record("shutdown", exc)
+        return exit_status.FAILED
+    log.info("stopped")
+    return exit_status.OK

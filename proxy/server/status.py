@@ -1,0 +1,90 @@
+"""``/-/status``: what the proxy is doing, as JSON for people and dashboards. Never a token.
+
+    {"version", "upstream", "uptime_seconds", "requests_served", "ready",
+     "profiles": {"default": {"upstream", "ready", "expires_in", "scope": {...},
+                              "last_refresh": {"at", "outcome", "error"}, "refreshes": {...},
+                              "relayed_401s", "rate_limits": {"create_job": 5, ...}}},
+     "problems": [{"task", "error", "at"}]}
+
+``rate_limits`` is each endpoint class's remaining budget: requests that could go at once
+(absent when shaping is off). ``problems`` lists background tasks that failed unexpectedly
+(background.py), latest first.
+
+``scope`` is read from the gateway token's informational scope string,
+``"<service> principal:<id> partner:<id> region:<id>"``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .. import __version__
+from ..tokens.manager import TokenManager
+from ..upstream.shaping import Shaper
+from .background import BackgroundProblem
+
+__all__ = ["parse_scope", "status_document"]
+
+
+def parse_scope(scope: str) -> dict[str, str]:
+    """``{"service", "principal", "partner", "region"}``, those present in ``scope``."""
+    parsed: dict[str, str] = {}
+    for word in scope.split():
+        name, sep, value = word.partition(":")
+        if sep and name in ("principal", "partner", "region"):
+            parsed[name] = value
+        elif "service" not in parsed:  # the first other word, colons and all (urn:...)
+            parsed["service"] = word
+    return parsed
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def _profile(tokens: TokenManager, upstream: str | None, shaper: Shaper | None) -> dict[str, Any]:
+    token = tokens.current
+    expires_in = tokens.expires_in()
+    last: dict[str, Any] | None = None
+    if tokens.last_refresh is not None:
+        at, outcome, error = tokens.last_refresh
+        last = {"at": _utc(at), "outcome": outcome, "error": error.text if error else None}
+    return {
+        "upstream": upstream,
+        "ready": tokens.ready,
+        "expires_in": round(expires_in, 1) if expires_in is not None else None,
+        "scope": parse_scope(token.scope) if token is not None else {},
+        "last_refresh": last,
+        "refreshes": dict(tokens.refreshes),
+        "relayed_401s": tokens.relayed_401s,
+        **({"rate_limits": shaper.remaining(tokens.name)} if shaper is not None else {}),
+    }
+
+
+def status_document(
+    *,
+    upstream: str,
+    uptime: float,
+    requests_served: int,
+    profiles: dict[str, TokenManager],
+    upstreams: dict[str, str] | None = None,
+    problems: Iterable[BackgroundProblem] = (),
+    shaper: Shaper | None = None,
+) -> dict[str, Any]:
+    upstreams = upstreams or {}
+    return {
+        "version": __version__,
+        "upstream": upstream,
+        "uptime_seconds": round(uptime, 1),
+        "requests_served": requests_served,
+        "ready": any(tokens.ready for tokens in profiles.values()),
+        "profiles": {
+            name: _profile(tokens, upstreams.get(name), shaper) for name, tokens in profiles.items()
+        },
+        "problems": [
+            {"task": p.task, "error": p.error, "at": _utc(p.at)}
+            for p in sorted(problems, key=lambda p: p.at, reverse=True)
+        ],
+    }

@@ -1,0 +1,1 @@
+"""One proxy shared by a team: rate-limit shaping, the metadata cache, the object relay."""

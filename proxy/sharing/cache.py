@@ -1,0 +1,112 @@
+"""Answering repeated metadata requests without spending the gateway's budget.
+
+The table list (5 requests a minute per client id) and table schemas change rarely, and
+every tool asks for them. Complete ``200`` answers to ``GET`` list-tables and get-schema are
+kept for a short while (60 s and 300 s by default), per profile (institutions see different
+tables), keyed by everything that changes the answer: the path, the query and
+``Accept-Encoding``. A client's ``Cache-Control: no-cache`` goes upstream and refreshes the
+entry. Answers from the cache carry ``Age``. Bodies are relayed byte for byte either way.
+
+Not kept: answers that set cookies or say ``private``/``no-store``, and bodies over
+``MAX_BODY``. Memory is bounded by ``cachetools`` caches of ``MAX_ENTRIES`` each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cachetools import TTLCache
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = ["CacheFill", "CachedAnswer", "MetadataCache", "wants_fresh"]
+
+# The endpoint classes kept, and for how many seconds by default (the cache.* settings).
+MAX_BODY = 1024 * 1024
+MAX_ENTRIES = 512
+_UNCACHEABLE = ("private", "no-store")
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """A complete 200 answer: its headers (as relayed) and body, and when it was kept."""
+
+    headers: CIMultiDictProxy[str]
+    body: bytes = field(repr=False)
+    stored_at: float
+
+
+Key = tuple[str, str, str]  # profile, path and query, Accept-Encoding
+
+
+def wants_fresh(headers: Mapping[str, str]) -> bool:
+    """The client asked to bypass caches (``Cache-Control: no-cache`` or ``Pragma``)."""
+    control = headers.get("Cache-Control", "").lower()
+    return (
+        "no-cache" in control
+        or "max-age=0" in control
+        or "no-cache" in headers.get("Pragma", "").lower()
+    )
+
+
+def cacheable(headers: Mapping[str, str]) -> bool:
+    """An answer the gateway did not mark as one client's own."""
+    if "Set-Cookie" in headers:
+        return False
+    control = headers.get("Cache-Control", "").lower()
+    return not any(word in control for word in _UNCACHEABLE)
+
+
+class MetadataCache:
+    """``answer = cache.get(key, endpoint)``; ``cache.put(key, endpoint, headers, body)``."""
+
+    def __init__(
+        self, ttls: Mapping[str, float], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self._caches: dict[str, TTLCache[Key, CachedAnswer]] = {
+            endpoint: TTLCache(maxsize=MAX_ENTRIES, ttl=ttl, timer=clock)
+            for endpoint, ttl in ttls.items()
+            if ttl > 0
+        }
+        self.hits: dict[tuple[str, str], int] = {}
+        self.misses: dict[tuple[str, str], int] = {}
+
+    def caches(self, endpoint: str | None) -> bool:
+        return endpoint is not None and endpoint in self._caches
+
+    @staticmethod
+    def key(profile: str, target: str, accept_encoding: str | None) -> Key:
+        return profile, target, accept_encoding or ""
+
+    def get(self, key: Key, endpoint: str) -> CachedAnswer | None:
+        answer = self._caches[endpoint].get(key)
+        counts = self.hits if answer is not None else self.misses
+        counts[key[0], endpoint] = counts.get((key[0], endpoint), 0) + 1
+        return answer
+
+    def put(self, key: Key, endpoint: str, headers: CIMultiDict[str], body: bytes) -> None:
+        if len(body) <= MAX_BODY and cacheable(headers):
+            self._caches[endpoint][key] = CachedAnswer(
+                CIMultiDictProxy(CIMultiDict(headers)), body, self._clock()
+            )
+
+    def age(self, answer: CachedAnswer) -> int:
+        """Whole seconds since the answer was kept, for the ``Age`` header."""
+        return int(self._clock() - answer.stored_at)
+
+
+class CacheFill:
+    """The ``BodyFilter`` (body_filter.py) that keeps a complete 200 answer under ``key``;
+    the body goes on to the client unchanged."""
+
+    def __init__(self, cache: MetadataCache, key: Key, endpoint: str) -> None:
+        self._cache, self._key, self._endpoint = cache, key, endpoint
+
+    def wants(self, status: int, headers: CIMultiDict[str]) -> bool:
+        return status == 200 and cacheable(headers)
+
+    def apply(self, status: int, headers: CIMultiDict[str], body: bytes) -> bytes:
+        self._cache.put(self._key, self._endpoint, headers, body)
+        return body

@@ -1,0 +1,58 @@
+"""A gateway access token (``Token``) and where time comes from (``Clock``).
+
+``Token`` holds the access token (never in a repr) and when it stops being usable, on the
+monotonic clock. ``Clock`` is injected: tests pass a fake instead of patching ``time``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
+
+__all__ = ["Clock", "SystemClock", "Token"]
+
+
+class Clock(Protocol):
+    """Where time comes from; tests pass a fake instead of patching ``time``."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    """The real clocks: ``monotonic`` for expiry arithmetic, ``time`` only to read JWT ``exp``."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True)
+class Token:
+    """A gateway access token and when it stops being usable (monotonic seconds)."""
+
+    access_token: str = field(repr=False)
+    obtained_at: float
+    expires_at: float
+    scope: str = ""
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.obtained_at
+
+    @cached_property
+    def usable_until(self) -> float:
+        """Sent until then: a safety gap before expiry covers the trip to the gateway."""
+        return self.expires_at - min(5.0, self.lifetime / 10)
+
+    def usable(self, now: float) -> bool:
+        return now < self.usable_until
+
+    def refresh_due(self, margin: float) -> float:
+        """When to start refreshing: ``margin`` before expiry, never past half the lifetime."""
+        return self.expires_at - min(margin, self.lifetime / 2)

@@ -1,0 +1,158 @@
+"""The gateway's answer, relayed to the client: streamed, or taken whole for a ``BodyFilter``.
+
+Headers are out before the body: if the gateway fails mid-body, the only honest signal left
+is to reset the client's connection (``abort``), so a truncated body is never taken for a
+complete one. That includes a body the gateway ends by closing its connection (neither
+``Content-Length`` nor chunked): a reset there resets the client's too. ``failures.describe`` says
+what failed in words safe to show (never a foreign exception's text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import sys
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..errors import UpstreamUnreachable
+from ..observe.logs import BYTES_OUT, REQUEST_ID
+from ..responses import proxy_error_response
+from .body_filter import MAX_FILTERED_BODY, BodyFilter
+from .failures import describe
+
+__all__ = ["UPSTREAM_READ_ERRORS", "abort", "relay_answer"]
+
+log = logging.getLogger("proxy.forward")
+
+# Errors that mean the gateway (not the client) broke the exchange. Timeouts first:
+# ServerTimeoutError is a ClientError too.
+UPSTREAM_READ_ERRORS = (TimeoutError, aiohttp.ClientError)
+
+
+async def relay_answer(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    relayed: Any,
+    body_filter: BodyFilter | None,
+) -> web.StreamResponse:
+    """Send ``upstream``'s answer with the ``relayed`` headers (already chosen: headers.py)."""
+    prefix = b""  # what a filter read before finding the body too large to take whole
+    if body_filter is not None and body_filter.wants(upstream.status, relayed):
+        filtered = await _filtered(request, upstream, relayed, body_filter)
+        if not isinstance(filtered, bytes):
+            return filtered
+        prefix = filtered
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=relayed)
+    # Taken before anything awaits: once a close-delimited body has ended, the
+    # connection is released and how it ended can no longer be asked.
+    closed = _closing(upstream)
+    await response.prepare(request)
+    reader = upstream.content
+    sent = 0  # body bytes, for the access line of a client that hangs up mid-way
+    try:
+        if prefix:
+            await response.write(prefix)
+            sent = len(prefix)
+        while True:
+            try:
+                chunk = await reader.readany()
+                if not chunk and closed is not None and closed.done():
+                    closed.result()  # raises if the connection ended by error (a reset)
+            except UPSTREAM_READ_ERRORS as exc:
+                # Headers are out; the only honest signal left is to cut the connection,
+                # so the client cannot take a truncated body for a complete one.
+                log.warning(
+                    "upstream failed mid-response: %s %s: %s; aborting the client connection",
+                    request.method,
+                    request.path,
+                    describe(exc),
+                )
+                abort(request)
+                return response
+            if not chunk:
+                break
+            await response.write(chunk)
+            sent += len(chunk)
+    finally:
+        request[BYTES_OUT] = sent
+    await response.write_eof()
+    return response
+
+
+async def _filtered(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    relayed: Any,
+    body_filter: BodyFilter,
+) -> web.StreamResponse | bytes:
+    """The answer read whole and filtered, as a response; or, when it is too large to
+    take whole, the bytes read so far (it streams on, unfiltered)."""
+    length = upstream.content_length
+    if length is not None and length > MAX_FILTERED_BODY:
+        return b""
+    try:
+        body = await upstream.content.read(MAX_FILTERED_BODY + 1)
+        complete = upstream.content.at_eof()
+    except UPSTREAM_READ_ERRORS as exc:
+        log.warning(
+            "upstream failed mid-response: %s %s: %s", request.method, request.path, describe(exc)
+        )
+        return proxy_error_response(
+            UpstreamUnreachable("the gateway dropped the connection mid-answer"),
+            request[REQUEST_ID],
+        )
+    if not complete or len(body) > MAX_FILTERED_BODY:
+        return body
+    body = body_filter.apply(upstream.status, relayed, body)
+    relayed.pop("Content-Length", None)
+    response = web.Response(
+        status=upstream.status, reason=upstream.reason, headers=relayed, body=body
+    )
+    request[BYTES_OUT] = len(body)
+    return response
+
+
+def _closing(upstream: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
+    """For a body delimited by the end of its connection (neither ``Content-Length`` nor
+    chunked), the connection's ``closed`` future: aiohttp's client ends such a body cleanly
+    however the connection ends, and only this future, set before the body's end, tells a
+    reset from a close. None for framed bodies (the gateway's own), whose framing tells."""
+    if upstream.content_length is not None:
+        return None
+    if "chunked" in upstream.headers.get("Transfer-Encoding", "").lower():
+        return None
+    connection = upstream.connection
+    protocol = connection.protocol if connection is not None else None
+    closed = protocol.closed if protocol is not None else None
+    if closed is not None:
+        closed.add_done_callback(_retrieve)
+    return closed
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark the future's exception as seen: nobody may be looking when the connection ends."""
+    if not future.cancelled():
+        future.exception()
+
+
+# struct linger {on, seconds}: two ints on POSIX, two u_shorts on Windows.
+_LINGER_NOW = struct.pack("HH" if sys.platform == "win32" else "ii", 1, 0)
+
+
+def abort(request: web.Request) -> None:
+    """Reset the client connection (RST, not FIN): to a client reading until the connection
+    closes (HTTP/1.0), a clean close would make the truncated body look complete."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NOW)
+    transport.abort()

@@ -1,0 +1,107 @@
+"""Which egress (outbound) HTTP proxy a connection goes through, decided once per target.
+
+Many institutions' servers reach the internet only through an HTTP proxy. The proxy to use
+comes from ``egress_proxy`` (``DAP_PROXY_EGRESS_PROXY``), else ``HTTPS_PROXY`` for https
+targets and ``HTTP_PROXY`` for http ones (either case); ``NO_PROXY`` exempts hosts, with
+curl's rules (``bypassed``). ``https`` targets go through ``CONNECT`` (TLS stays end to end);
+``http`` ones are sent to the proxy in absolute form.
+
+``proxy_for(config, url)`` is the one place this is decided: the token client and the
+forwarder are given its answer for their fixed URL at startup (app.py), the object relay
+asks per object URL. The answer is a URL that may carry the proxy's credentials (aiohttp
+reads them from it), so it is never shown as it is: ``masked`` and ``host_port`` are.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from yarl import URL
+
+from ..config.records import EgressConfig
+from ..config.values import masked_proxy
+
+__all__ = ["bypassed", "host_port", "masked", "proxy_for"]
+
+
+def proxy_for(config: EgressConfig, target: URL) -> URL | None:
+    """The egress proxy for ``target``, or None to connect directly."""
+    proxy: URL | None
+    if config.proxy is not None:
+        proxy = config.proxy
+    elif target.scheme == "https":
+        proxy = config.https_proxy
+    else:
+        proxy = config.http_proxy
+    if proxy is None or bypassed(target.host or "", target.port, config.no_proxy):
+        return None
+    return proxy
+
+
+def bypassed(host: str, port: int | None, no_proxy: tuple[str, ...]) -> bool:
+    """Whether ``NO_PROXY`` exempts ``host``, by curl's rules.
+
+    Each entry is a host name suffix, with or without a leading dot (``example.edu`` and
+    ``.example.edu`` both cover ``example.edu`` and ``api.example.edu``), optionally with
+    ``:port`` (then only that port); ``*`` exempts everything; an IP address matches only
+    itself (``[::1]`` for IPv6 with a port).
+    """
+    host = _normal(host)
+    for entry in no_proxy:
+        entry = entry.strip().lower()
+        if entry == "*":
+            return True
+        name, entry_port = _split_port(entry)
+        if entry_port is not None and entry_port != port:
+            continue
+        name = _normal(name)
+        if not name:
+            continue
+        if _is_ip(name) or _is_ip(host):
+            if _same_ip(name, host):
+                return True
+            continue
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+masked = masked_proxy  # ``http://user:***@proxy.example:3128``: never a password
+
+
+def host_port(url: URL) -> str:
+    """``proxy.example:3128`` (``[::1]:3128`` for IPv6): what a user looks for in a message."""
+    host = url.host or ""
+    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
+
+
+def _normal(name: str) -> str:
+    """Lower case, without IPv6 brackets, a leading dot or the root's trailing dot."""
+    return name.strip("[]").lstrip(".").rstrip(".").lower()
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """``host:port`` -> (host, port); a bare IPv6 address keeps its colons."""
+    if entry.startswith("["):
+        name, _, rest = entry[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif entry.count(":") == 1:
+        name, _, port_text = entry.partition(":")
+    else:
+        return entry, None  # no port, or an IPv6 address without brackets
+    return name, int(port_text) if port_text.isdigit() else None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False

@@ -1,0 +1,356 @@
+"""One request upstream and its response back, streamed both ways.
+
+The target URL is built from the configured upstream's scheme, host and port, and only the
+client's raw path and query are appended, byte for byte: no request line, ``Host`` header or
+path can send a request (or our token) anywhere else.
+
+Bodies are never held whole. A request body small enough to replay (no body, or a
+``Content-Length`` up to ``replay_body_limit``) is read first, so that when the gateway
+refuses a token we still hold we can refresh it once and send the same request again.
+Bodies held that way share one budget, ``replay_memory`` bytes across all requests in
+flight (its counter is ``Metrics.replay_bytes_held``): past it, a body streams and is not
+replayed, so memory stays bounded however many uploads arrive at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import http_exceptions, web
+from yarl import URL
+
+from ..errors import (
+    ClientTooSlow,
+    ProxyError,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from ..observe.logs import (
+    BYTES_IN,
+    BYTES_OUT,
+    CLIENT_CLOSED,
+    HELD_SECONDS,
+    PROFILE,
+    REQUEST_ID,
+    UPSTREAM_SECONDS,
+    AccessLog,
+    record_request,
+)
+from ..observe.metrics import Metrics
+from ..responses import REQUEST_ID_HEADER, error_response, proxy_error_response
+from ..tokens.manager import TokenManager
+from ..tokens.token import Token
+from . import headers
+from .answer import relay_answer
+from .body_filter import BodyFilter
+from .egress import host_port
+from .failures import describe
+from .shaping import OverBudget, Shaper
+
+__all__ = ["Forwarder"]
+
+log = logging.getLogger("proxy.forward")
+
+_TOO_SLOW = "the client stopped sending its request body"
+_MALFORMED = "invalid chunked encoding"  # the words protocol.py uses for the same fault
+
+
+class _MalformedBody(ProxyError):
+    """The client's body broke its own framing mid-way (an invalid chunk)."""
+
+    status = 400
+    type = "BadRequest"
+
+
+class Forwarder:
+    """Forwards requests to one upstream: ``await forwarder.forward(request)``."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        upstream: URL,
+        tokens: TokenManager,
+        *,
+        replay_body_limit: int,
+        replay_memory: int,
+        client_timeout: float,
+        metrics: Metrics,
+        access_log: AccessLog,
+        profile: str = "default",
+        shaper: Shaper | None = None,
+        proxy: URL | None = None,  # the egress proxy for ``upstream`` (egress.proxy_for)
+    ) -> None:
+        self._session = session
+        self._upstream = upstream
+        self._base_path = upstream.raw_path.rstrip("/")
+        self._tokens = tokens
+        self._replay_body_limit = replay_body_limit
+        self._replay_memory = replay_memory
+        self._client_timeout = client_timeout
+        self._metrics = metrics
+        self._access_log = access_log
+        self._profile = profile
+        self._shaper = shaper  # None: rate limits are not shaped
+        self._where = host_port(upstream)
+        self._proxy = proxy
+
+    async def forward(
+        self,
+        request: web.Request,
+        raw_target: str,
+        local_prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        body_filter: BodyFilter | None = None,
+    ) -> web.StreamResponse:
+        """Forward ``request`` to ``raw_target`` (its path and query, less any profile
+        prefix, which is ``local_prefix``: Locations get it back). ``endpoint`` is its
+        rate-limit class (shaping.py), ``body_filter`` a hook on its answer (body_filter.py).
+        """
+        request[PROFILE] = self._profile
+        request_id: str = request[REQUEST_ID]  # given by the guard, which runs first
+        try:
+            target = self._target(raw_target)
+        except ValueError as exc:
+            return error_response(400, "BadRequest", str(exc), request_id=request_id)
+        metrics = self._metrics
+        metrics.in_flight += 1
+        started = time.perf_counter()
+        try:
+            return await self._exchange(
+                request, target, request_id, local_prefix, endpoint, body_filter
+            )
+        except asyncio.CancelledError:
+            # aiohttp writes no access line for a cancelled handler: write ours.
+            seconds = time.perf_counter() - started
+            sent = request.get(BYTES_OUT, 0)
+            record_request(self._access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
+            raise
+        finally:
+            metrics.in_flight -= 1
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        target: URL,
+        request_id: str,
+        local_prefix: str,
+        endpoint: str | None,
+        body_filter: BodyFilter | None,
+    ) -> web.StreamResponse:
+        held = self._hold(request)
+        try:
+            try:
+                body, replayable = await self._request_body(request, whole=held is not None)
+                upstream = await self._send_within_limits(
+                    request, target, body, replayable, endpoint
+                )
+            except ProxyError as exc:
+                response = proxy_error_response(exc, request_id)
+                if isinstance(exc, _MalformedBody):
+                    response.force_close()  # what follows on the connection cannot be framed
+                return response
+            if upstream.status < 200:
+                # aiohttp's client skips 100 and 103 itself; a 101 means the gateway switched
+                # protocols on a request that never asked to (Upgrade is not forwarded), and
+                # relaying it would leave the client waiting for a response that never comes.
+                upstream.close()
+                what = "switch protocols" if upstream.status == 101 else "answer with only a 1xx"
+                log.warning(
+                    "upstream answered %d: %s %s", upstream.status, request.method, request.path
+                )
+                return proxy_error_response(
+                    UpstreamError(f"the gateway tried to {what}"), request_id
+                )
+            try:
+                return await self._relay(request, upstream, request_id, local_prefix, body_filter)
+            finally:
+                upstream.release()
+        finally:
+            if held:
+                self._metrics.replay_bytes_held -= held
+
+    async def _send_within_limits(
+        self,
+        request: web.Request,
+        target: URL,
+        body: Any,
+        replayable: bool,
+        endpoint: str | None,
+    ) -> aiohttp.ClientResponse:
+        """Send once a rate-limit slot is ours (shaping.py), with a valid token (and its
+        401 handling). A gateway 429 pauses the endpoint's budget; the request waits for
+        the pause to pass and goes again if its body allows and its wait has time left,
+        else the 429 goes to the client as it is."""
+        shaper = self._shaper if endpoint is not None else None
+        started = time.monotonic()
+        while True:
+            # The token first: a request answered 503 for want of one must not spend a slot.
+            token = await self._tokens.token()
+            if shaper is not None:
+                assert endpoint is not None  # noqa: S101 - shaper is set only then
+                left = max(0.0, shaper.max_wait - (time.monotonic() - started))
+                try:
+                    waited = await shaper.acquire(self._profile, endpoint, left)
+                except OverBudget as exc:
+                    raise RateLimited(
+                        f"over the gateway's rate limit for {endpoint.replace('_', ' ')} "
+                        f"(shared by everyone using this proxy); a slot frees in "
+                        f"{exc.retry_after:.0f} s",
+                        retry_after=exc.retry_after,
+                    ) from None
+                if waited:
+                    request[HELD_SECONDS] = request.get(HELD_SECONDS, 0.0) + waited
+                    token = await self._tokens.token()  # the one held may have been replaced
+            upstream = await self._send(request, target, token, body)
+            if upstream.status == 401:
+                upstream = await self._after_401(request, target, token, body, replayable, upstream)
+            if upstream.status != 429 or shaper is None:
+                return upstream
+            assert endpoint is not None  # noqa: S101
+            pause = headers.retry_after_seconds(upstream.headers.get("Retry-After"))
+            shaper.gateway_429(self._profile, endpoint, pause)
+            left = shaper.max_wait - (time.monotonic() - started)
+            if not replayable or (pause or shaper.window) > left:
+                return upstream  # the client's own wait would run out: it decides
+            upstream.release()
+
+    def _hold(self, request: web.Request) -> int | None:
+        """Bytes set aside from the replay budget to read this request's body whole, or
+        None: it streams (chunked, too large, or the budget is spent). Counted before the
+        body is read, so concurrent uploads cannot all fit the same remainder."""
+        if not request.body_exists:
+            return 0
+        length = request.content_length
+        if length is None or length > self._replay_body_limit:
+            return None
+        metrics = self._metrics
+        if metrics.replay_bytes_held + length > self._replay_memory:
+            return None
+        metrics.replay_bytes_held += length
+        return length
+
+    async def _after_401(
+        self,
+        request: web.Request,
+        target: URL,
+        token: Token,
+        body: Any,
+        replayable: bool,
+        first: aiohttp.ClientResponse,
+    ) -> aiohttp.ClientResponse:
+        """The gateway refused a token we thought valid (revoked, clock skew). The token
+        manager fetches a new one, unless it is in its holdoff (tokens.py); with it, a
+        replayable request is sent once more. Otherwise the 401 goes to the client as it
+        is, and the next request uses the new token."""
+        try:
+            replacement = await self._tokens.replace(token)
+            if replacement is None or not replayable:
+                return first
+            await first.read()  # small; read whole so its connection can be reused
+        except BaseException:
+            first.release()  # refused, or cancelled while waiting: it must not leak
+            raise
+        first.release()
+        return await self._send(request, target, replacement, body)
+
+    def _target(self, raw_target: str) -> URL:
+        """The upstream URL for a request target, keeping its percent-encoding exactly."""
+        if not raw_target.startswith("/"):
+            raise ValueError("the request target must be a path (origin-form), not a URL")
+        path, _, query = raw_target.partition("?")
+        return URL.build(
+            scheme=self._upstream.scheme,
+            host=self._upstream.raw_host or "",
+            port=self._upstream.explicit_port,
+            path=self._base_path + path,
+            query_string=query,
+            encoded=True,
+        )
+
+    async def _request_body(self, request: web.Request, *, whole: bool) -> tuple[Any, bool]:
+        """The body to send and whether it can be sent twice (``whole``: read it first)."""
+        if not request.body_exists:
+            return None, True
+        if whole:
+            try:
+                async with asyncio.timeout(self._client_timeout):
+                    body = await request.read()
+            except TimeoutError:
+                raise ClientTooSlow(_TOO_SLOW) from None
+            request[BYTES_IN] = len(body)
+            return body, True
+        return self._stream(request), False
+
+    async def _stream(self, request: web.Request) -> AsyncIterator[bytes]:
+        """The client's body as it arrives; a client silent too long is given up on."""
+        body = request.content
+        received = 0
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._client_timeout):
+                        chunk = await body.readany()
+                except TimeoutError:
+                    raise ClientTooSlow(_TOO_SLOW) from None
+                except http_exceptions.HttpProcessingError:
+                    # Raised into aiohttp's client while it sends the body: it drops the
+                    # upstream connection, so the gateway sees the upload cut off, never a
+                    # short body that looks complete.
+                    raise _MalformedBody(_MALFORMED) from None
+                if not chunk:
+                    return
+                received += len(chunk)
+                yield chunk
+        finally:
+            request[BYTES_IN] = received
+
+    async def _send(
+        self, request: web.Request, target: URL, token: Token, body: Any
+    ) -> aiohttp.ClientResponse:
+        outgoing = headers.to_upstream(request.headers, token.access_token)
+        outgoing[REQUEST_ID_HEADER] = request[REQUEST_ID]  # the client may quote it upstream
+        started = time.perf_counter()
+        try:
+            response = await self._session.request(
+                request.method,
+                target,
+                headers=outgoing,
+                data=body,
+                allow_redirects=False,
+                proxy=self._proxy,
+            )
+        except TimeoutError:
+            raise UpstreamTimeout("the gateway did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, ClientTooSlow | _MalformedBody):  # sending the body
+                raise exc.__cause__ from None
+            log.warning(
+                "upstream request failed: %s %s: %s", request.method, request.path, describe(exc)
+            )
+            raise UpstreamUnreachable(
+                f"the gateway at {self._where} could not be reached: {describe(exc)}"
+            ) from None
+        took = time.perf_counter() - started
+        request[UPSTREAM_SECONDS] = took
+        self._metrics.observe_upstream(took, self._profile)
+        return response
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        request_id: str,
+        local_prefix: str,
+        body_filter: BodyFilter | None = None,
+    ) -> web.StreamResponse:
+        relayed = headers.to_client(upstream.headers, self._upstream, request, local_prefix)
+        relayed[REQUEST_ID_HEADER] = request_id
+        return await relay_answer(request, upstream, relayed, body_filter)

@@ -1,0 +1,245 @@
+"""Staying within the gateway's rate limits, for every tool behind one proxy.
+
+The gateway limits each client id per endpoint and per minute (create job 5, list tables 5,
+get job 500, get schema 500, object URLs 200). Every tool behind the proxy spends the same
+client id's budget, and the proxy sees all of their requests, so it keeps the count:
+
+- Each (profile, endpoint class) has a ``Budget``: a sliding window of the requests it let
+  through (so no burst of 10 across a minute boundary) and a first-come queue.
+- A request over its budget waits in the queue, up to ``max_wait``, for a slot. If none can
+  free in time, it is refused at once with 429 in the gateway's shape and a ``Retry-After``
+  that is exact (when a slot frees), without anything sent: the gateway never receives a
+  request the proxy knows to be over the limit. A client that hangs up leaves the queue.
+- A 429 from the gateway anyway (another user of the same client id, a limit lowered)
+  pauses that budget until its ``Retry-After`` (a window without one) has passed.
+
+The proxy's window is a little longer than the gateway's (2 %): a request let in exactly one
+window after another must not reach the gateway a little early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "Budget",
+    "OverBudget",
+    "Shaper",
+    "ShapingStats",
+    "endpoint_class",
+]
+
+# Requests per window (a minute) by endpoint class: the gateway's documented limits, and
+# the rate_limits.* settings' defaults.
+_SAFETY = 1.02  # our window, relative to the gateway's
+
+
+def endpoint_class(method: str, path: str) -> str | None:
+    """The gateway's rate-limit class of a request (``path`` as forwarded), else ``None``.
+
+    ``GET /dap/query/{ns}/table`` list_tables, ``GET .../table/{t}/schema`` get_schema,
+    ``POST .../table/{t}/data`` create_job, ``GET /dap/job/{id}`` get_job,
+    ``POST /dap/object/url`` object_urls.
+    """
+    if not path.startswith("/dap/"):
+        return None
+    parts = path.split("/")  # "", "dap", "query", ns, "table", t, "data"
+    count = len(parts)
+    if parts[2] == "query" and count >= 5 and parts[4] == "table":
+        if count == 5:
+            return "list_tables" if method == "GET" else None
+        if count == 7:
+            if parts[6] == "schema" and method == "GET":
+                return "get_schema"
+            if parts[6] == "data" and method == "POST":
+                return "create_job"
+        return None
+    if parts[2] == "job" and count == 4 and method == "GET":
+        return "get_job"
+    if path == "/dap/object/url" and method == "POST":
+        return "object_urls"
+    return None
+
+
+class OverBudget(Exception):
+    """No slot frees within the wait allowed; ``retry_after`` says when one will."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"over the rate limit; a slot frees in {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+@dataclass(eq=False)
+class _Waiter:
+    future: asyncio.Future[None]
+    deadline: float
+
+
+class Budget:
+    """One profile's budget for one endpoint class: ``waited = await budget.acquire(30)``."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self.window = window * _SAFETY
+        self._clock = clock
+        self._admitted: deque[float] = deque()  # when each request in the window went
+        self._waiters: deque[_Waiter] = deque()
+        self._paused_until = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def remaining(self) -> int:
+        """Requests that could go at once now."""
+        now = self._clock()
+        self._expire(now)
+        if now < self._paused_until:
+            return 0
+        return max(0, self.limit - len(self._admitted) - len(self._waiters))
+
+    def _expire(self, now: float) -> None:
+        admitted = self._admitted
+        while admitted and admitted[0] <= now - self.window:
+            admitted.popleft()
+
+    def _slots(self, count: int, now: float) -> Iterator[float]:
+        """When the next ``count`` requests could go, in queue order."""
+        self._expire(now)
+        start = max(now, self._paused_until)
+        history = list(self._admitted)
+        for _ in range(count):
+            slot = start
+            if len(history) >= self.limit:
+                slot = max(start, history[-self.limit] + self.window)
+            history.append(slot)
+            yield slot
+
+    async def acquire(self, max_wait: float) -> float:
+        """Wait for a slot (at most ``max_wait`` s); the seconds waited. Raises
+        ``OverBudget`` at once when no slot can free in time."""
+        now = self._clock()
+        *_, slot = self._slots(len(self._waiters) + 1, now)
+        if slot <= now and not self._waiters:
+            self._admitted.append(now)
+            return 0.0
+        if slot - now > max_wait:
+            raise OverBudget(slot - now)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), now + max_wait)
+        self._waiters.append(waiter)
+        self._schedule(now)
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            # A client that hung up leaves the queue at once, and those behind move up.
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                self._reschedule()
+            raise
+        return self._clock() - now
+
+    def pause(self, seconds: float) -> None:
+        """The gateway answered 429: nothing more goes before ``seconds`` have passed."""
+        now = self._clock()
+        self._paused_until = max(self._paused_until, now + seconds)
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake()
+
+    def _schedule(self, now: float) -> None:
+        if self._timer is not None or not self._waiters:
+            return
+        slot = next(self._slots(1, now))
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + max(0.0, slot - now), self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        now = self._clock()
+        waiters = self._waiters
+        # Let in, first come first served, as many as the window allows now.
+        while waiters and next(self._slots(1, now)) <= now:
+            waiter = waiters.popleft()
+            if not waiter.future.done():
+                self._admitted.append(now)
+                waiter.future.set_result(None)
+        # Those who can no longer get a slot before their deadline (a pause moved the
+        # slots later) are told now, with when one will free, rather than at the deadline.
+        keep: deque[_Waiter] = deque()
+        for waiter, slot in zip(list(waiters), self._slots(len(waiters), now), strict=True):
+            if slot > waiter.deadline and not waiter.future.done():
+                waiter.future.set_exception(OverBudget(slot - now))
+            elif not waiter.future.done():
+                keep.append(waiter)
+        self._waiters = keep
+        self._schedule(now)
+
+
+@dataclass
+class ShapingStats:
+    """What shaping did, per (profile, class), for the metrics."""
+
+    waited_seconds: float = 0.0
+    held: int = 0  # requests that waited for a slot
+    local_429: int = 0
+    gateway_429: int = 0
+
+
+class Shaper:
+    """The budgets of every profile: ``waited = await shaper.acquire("default", "create_job")``."""
+
+    def __init__(
+        self,
+        limits: Mapping[str, int],
+        *,
+        window: float = 60.0,
+        max_wait: float = 60.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.limits = dict(limits)
+        self.window = window
+        self.max_wait = max_wait
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._budgets: dict[tuple[str, str], Budget] = {}
+        self.stats: dict[tuple[str, str], ShapingStats] = {}
+
+    def budget(self, profile: str, endpoint: str) -> Budget:
+        key = (profile, endpoint)
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = Budget(self.limits[endpoint], self.window, self._clock)
+            self.stats[key] = ShapingStats()
+        return budget
+
+    async def acquire(self, profile: str, endpoint: str, max_wait: float | None = None) -> float:
+        """Seconds waited for a slot; raises ``OverBudget`` (counted as a local 429)."""
+        budget = self.budget(profile, endpoint)
+        stats = self.stats[profile, endpoint]
+        try:
+            waited = await budget.acquire(self.max_wait if max_wait is None else max_wait)
+        except OverBudget:
+            stats.local_429 += 1
+            raise
+        if waited > 0:
+            stats.held += 1
+            stats.waited_seconds += waited
+        return waited
+
+    def gateway_429(self, profile: str, endpoint: str, retry_after: float | None) -> None:
+        self.stats[profile, endpoint].gateway_429 += 1
+        self.budget(profile, endpoint).pause(retry_after or self.window)
+
+    def queued(self) -> dict[tuple[str, str], int]:
+        return {key: budget.queued for key, budget in self._budgets.items()}
+
+    def remaining(self, profile: str) -> dict[str, int]:
+        """Each class's requests that could go at once now, for ``/-/status``."""
+        return {endpoint: self.budget(profile, endpoint).remaining() for endpoint in self.limits}

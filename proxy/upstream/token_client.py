@@ -1,0 +1,209 @@
+"""One gateway token fetched: ``await TokenClient(session, url, creds, timeout=30).fetch()``.
+
+A ``Token`` (tokens/token.py) is what comes back. Failures become
+``CredentialsRejected`` (400/401/403: retrying cannot help) or ``TokenEndpointUnavailable``
+(network, timeout, 5xx, 429, an egress proxy's refusal, an untrusted certificate, a
+malformed answer), each with a message that names host, port and reason, and the token
+endpoint's own words cleaned by ``redact``. Keeping a token fresh is ``tokens.py``'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import aiohttp
+import jwt
+from yarl import URL
+
+from ..config import Credentials
+from ..errors import CredentialsRejected, TokenEndpointUnavailable
+from ..observe.redact import redact
+from ..tokens.token import Clock, SystemClock, Token
+from .egress import host_port
+from .failures import connection_failure
+from .headers import retry_after_seconds
+from .trust import tls_failure
+
+__all__ = ["TokenClient"]
+
+log = logging.getLogger("proxy.tokens")  # one logger name for everything about tokens
+
+DEFAULT_LIFETIME = 3600.0  # when the gateway states neither expires_in nor a JWT exp
+MAX_TOKEN_RESPONSE = 64 * 1024  # a token response is a few hundred bytes; refuse floods
+REJECTED_STATUSES = frozenset({400, 401, 403})
+
+
+def _gateway_message(body: bytes, credentials: Credentials) -> str:
+    """The gateway's own error message, if it gave one, cleaned of every credential form."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    message: object = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+        message = message or data.get("error_description") or data.get("message")
+    if not isinstance(message, str):
+        return ""
+    return redact(message, credentials.client_id, credentials.client_secret)
+
+
+class TokenClient:
+    """Fetches one token: ``await TokenClient(session, url, creds, timeout=30).fetch()``.
+
+    ``proxy``: the egress proxy for ``token_url`` (egress.proxy_for), credentials and all;
+    its failures (unreachable, 407, a refused CONNECT) are told apart from the gateway's.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        token_url: URL,
+        credentials: Credentials,
+        *,
+        timeout: float,
+        clock: Clock | None = None,
+        proxy: URL | None = None,
+    ) -> None:
+        self._session = session
+        self._url = token_url
+        self._credentials = credentials
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._clock = clock or SystemClock()
+        self._proxy = proxy
+
+    def __repr__(self) -> str:
+        return f"TokenClient(url={str(self._url)!r}, client_id={self._credentials.client_id!r})"
+
+    @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
+    @credentials.setter
+    def credentials(self, credentials: Credentials) -> None:
+        """New credentials (a reloaded secret) for the next fetch onwards."""
+        self._credentials = credentials
+
+    async def fetch(self) -> Token:
+        """POST the credentials; raises ``CredentialsRejected``, ``TokenEndpointUnavailable``."""
+        sent_at = self._clock.monotonic()
+        try:
+            async with self._session.post(
+                self._url,
+                data={"grant_type": "client_credentials"},
+                auth=aiohttp.BasicAuth(
+                    self._credentials.client_id, self._credentials.client_secret, "utf-8"
+                ),
+                headers={
+                    "Accept": "application/json",
+                    "Accept-Encoding": "identity",
+                    # The session skips automatic headers (app.py), the form's type included.
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
+                timeout=self._timeout,
+                allow_redirects=False,
+                proxy=self._proxy,
+            ) as response:
+                status = response.status
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                body = await response.content.read(MAX_TOKEN_RESPONSE + 1)
+        except TimeoutError:
+            raise TokenEndpointUnavailable(
+                f"the token endpoint did not answer within {self._timeout.total:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            # Host, port and the OS's reason, which a user can act on; never the exception's
+            # text, which can hold the URL's path and query (or the egress proxy's password).
+            raise TokenEndpointUnavailable(self._unreachable(exc)) from None
+
+        if status == 407 and self._proxy is not None:
+            # The egress proxy's answer to a plain-http target: not the gateway's verdict on
+            # our client credentials, so never CredentialsRejected.
+            raise TokenEndpointUnavailable(self._proxy_refused(407))
+        if status in REJECTED_STATUSES:
+            raise CredentialsRejected(
+                f"the gateway's token endpoint rejected the proxy's client credentials "
+                f"(HTTP {status})",
+                detail=_gateway_message(body, self._credentials),
+            )
+        if status != 200:
+            hint = " (is token_url right?)" if status < 500 and status != 429 else ""
+            raise TokenEndpointUnavailable(
+                f"the token endpoint answered HTTP {status}{hint}", retry_after=retry_after
+            )
+        return self._parse(body, sent_at)
+
+    def _unreachable(self, exc: aiohttp.ClientError) -> str:
+        """Why the token request failed before an answer, naming what to change."""
+        if self._proxy is not None:
+            if isinstance(exc, aiohttp.ClientHttpProxyError):  # CONNECT answered non-200
+                return self._proxy_refused(exc.status)
+            if isinstance(exc, aiohttp.ClientProxyConnectionError):
+                return (
+                    f"the egress proxy {host_port(self._proxy)} could not be reached: "
+                    f"{connection_failure(exc)}: check egress_proxy (or HTTPS_PROXY/NO_PROXY)"
+                )
+        reason = tls_failure(exc) or connection_failure(exc)
+        return f"the token endpoint at {host_port(self._url)} could not be reached: {reason}"
+
+    def _proxy_refused(self, status: int) -> str:
+        assert self._proxy is not None  # noqa: S101 - only asked with a proxy
+        where = host_port(self._proxy)
+        if status == 407:
+            return (
+                f"the egress proxy {where} refused the credentials (407): check "
+                f"egress_proxy's user and password (or egress_proxy_credentials_file)"
+            )
+        return (
+            f"the egress proxy {where} refused to connect to {host_port(self._url)} "
+            f"(HTTP {status}): ask its administrators to allow that host, or exempt it "
+            f"with NO_PROXY"
+        )
+
+    def _parse(self, body: bytes, sent_at: float) -> Token:
+        def invalid(why: str) -> TokenEndpointUnavailable:
+            return TokenEndpointUnavailable(f"the token endpoint sent an invalid answer: {why}")
+
+        if len(body) > MAX_TOKEN_RESPONSE:
+            raise invalid("too large")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise invalid("not JSON") from None
+        if not isinstance(data, dict):
+            raise invalid("not a JSON object")
+        access_token = data.get("access_token")
+        if not isinstance(access_token, str) or not access_token.strip():
+            raise invalid("no access_token")
+        scope = data.get("scope")
+        lifetime = self._lifetime(data.get("expires_in"), access_token)
+        if lifetime <= 0:
+            raise invalid("the token has already expired")
+        return Token(
+            access_token=access_token,
+            obtained_at=sent_at,
+            expires_at=sent_at + lifetime,
+            scope=scope if isinstance(scope, str) else "",
+        )
+
+    def _lifetime(self, expires_in: object, access_token: str) -> float:
+        """Seconds the token lives: ``expires_in``, else the JWT's ``exp``, else one hour."""
+        if (
+            isinstance(expires_in, int | float)
+            and not isinstance(expires_in, bool)
+            and math.isfinite(expires_in)
+            and expires_in > 0
+        ):
+            return float(expires_in)
+        try:
+            claims = jwt.decode(access_token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return DEFAULT_LIFETIME
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            return float(exp) - self._clock.time()
+        return DEFAULT_LIFETIME

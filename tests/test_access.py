@@ -120,8 +120,8 @@ async def test_unix_socket_is_owner_only(gateway: Gateway, tmp_path: Path) -> No
     config = load_config(
         None,
         {
-            "DAP_CLIENT_ID": config.upstream.credentials.client_id,  # type: ignore[union-attr]
-            "DAP_CLIENT_SECRET": config.upstream.credentials.client_secret,
+            "DAP_CLIENT_ID": config.default_profile.credentials.client_id,  # type: ignore[union-attr]
+            "DAP_CLIENT_SECRET": config.default_profile.credentials.client_secret,
         },  # type: ignore[union-attr]
         {"listen": f"unix:{socket_path}", "upstream": gateway.url},
     )

@@ -24,10 +24,10 @@ def test_defaults() -> None:
     config = load_config(None, CREDS)
     assert config.listen == ListenAddress("127.0.0.1", 8080)
     assert config.listen.is_loopback
-    assert config.upstream.url == URL("https://api-gateway.instructure.com/")
-    assert config.upstream.token_url == URL("https://api-gateway.instructure.com/ids/auth/login")
-    assert config.upstream.credentials is not None
-    assert config.upstream.credentials.client_id == "us-east-1#abc"
+    assert config.default_profile.url == URL("https://api-gateway.instructure.com/")
+    assert config.default_profile.token_url == URL("https://api-gateway.instructure.com/ids/auth/login")
+    assert config.default_profile.credentials is not None
+    assert config.default_profile.credentials.client_id == "us-east-1#abc"
     assert config.refresh_margin == 300
     assert config.replay_body_limit == 1024 * 1024
 
@@ -41,30 +41,30 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
     env = {**CREDS, "DAP_PROXY_LISTEN": "127.0.0.1:9002", "DAP_PROXY_TIMEOUTS_CONNECT": "4"}
     config = load_config(path, env, {"listen": "[::1]:9003"})
     assert config.listen == ListenAddress("::1", 9003)  # flag beats env beats file
-    assert config.upstream.url == URL("https://file.test/")  # file beats default
-    assert config.upstream.token_url == URL("https://file.test/ids/auth/login")
+    assert config.default_profile.url == URL("https://file.test/")  # file beats default
+    assert config.default_profile.token_url == URL("https://file.test/ids/auth/login")
     assert config.refresh_margin == 60
     assert config.timeouts.connect == 4  # env beats file
 
 
 def test_upstream_path_prefix_is_kept_for_the_token_url() -> None:
     config = load_config(None, {**CREDS, "DAP_PROXY_UPSTREAM": "http://127.0.0.1:9/gw/"})
-    assert config.upstream.url.path == "/gw"
-    assert str(config.upstream.token_url) == "http://127.0.0.1:9/gw/ids/auth/login"
+    assert config.default_profile.url.path == "/gw"
+    assert str(config.default_profile.token_url) == "http://127.0.0.1:9/gw/ids/auth/login"
 
 
 def test_dap_api_url_is_not_read() -> None:
     # Beside a tool, DAP_API_URL points at the proxy itself: reading it would loop.
     config = load_config(None, {**CREDS, "DAP_API_URL": "http://127.0.0.1:8080"})
-    assert config.upstream.url.host == "api-gateway.instructure.com"
+    assert config.default_profile.url.host == "api-gateway.instructure.com"
 
 
 def test_secret_from_file(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET + "\n")
     config = load_config(None, {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET_FILE": str(secret_file)})
-    assert config.upstream.credentials is not None
-    assert config.upstream.credentials.client_secret == SECRET
+    assert config.default_profile.credentials is not None
+    assert config.default_profile.credentials.client_secret == SECRET
 
 
 def test_secret_file_in_env_beats_secret_in_file(tmp_path: Path) -> None:
@@ -72,8 +72,8 @@ def test_secret_file_in_env_beats_secret_in_file(tmp_path: Path) -> None:
     secret_file.write_text("from-file")
     path = write(tmp_path, f"client_id: id\nclient_secret: {SECRET}\n")
     config = load_config(path, {"DAP_CLIENT_SECRET_FILE": str(secret_file)})
-    assert config.upstream.credentials is not None
-    assert config.upstream.credentials.client_secret == "from-file"
+    assert config.default_profile.credentials is not None
+    assert config.default_profile.credentials.client_secret == "from-file"
 
 
 def test_every_problem_reported_at_once_with_its_source(tmp_path: Path) -> None:
@@ -113,7 +113,7 @@ def test_missing_credentials_name_the_variables() -> None:
 
 
 def test_credentials_optional_when_not_required() -> None:
-    assert load_config(None, {}, require_credentials=False).upstream.credentials is None
+    assert load_config(None, {}, require_credentials=False).default_profile.credentials is None
 
 
 def test_config_repr_hides_the_secret() -> None:
@@ -135,3 +135,23 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     text = example.read_text()
     for key in KEYS:
         assert f"{key.rpartition('.')[2]}:" in text, f"{key} is not documented"
+
+
+def test_every_default_is_the_records_own() -> None:
+    """Defaults are written once, in config/records.py: a configuration loaded from nothing
+    equals the records' own defaults, field by field (a key with a default of its own
+    would differ here)."""
+    import dataclasses
+
+    from proxy.config.records import CacheSettings, Config, RateLimits, Timeouts
+
+    loaded = load_config(None, {}, require_credentials=False)
+    checked = 0
+    for f in dataclasses.fields(Config):
+        if f.default is not dataclasses.MISSING and f.name not in {"warnings", "watched_files"}:
+            assert getattr(loaded, f.name) == f.default, f.name
+            checked += 1
+    assert checked >= 8
+    assert loaded.timeouts == Timeouts()
+    assert loaded.rate_limits == RateLimits()
+    assert loaded.cache == CacheSettings()

@@ -121,8 +121,8 @@ async def demo(listen: str, simulator_listen: str) -> int:
         None, {}, {"listen": listen, "upstream": simulator_url}, require_credentials=False
     )
     credentials = Credentials(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)
-    default = dataclasses.replace(config.upstream, credentials=credentials)
-    config = dataclasses.replace(config, upstream=default, profiles={"default": default})
+    default = dataclasses.replace(config.default_profile, credentials=credentials)
+    config = dataclasses.replace(config, default_profile=default, profiles={"default": default})
     try:
         proxy = await start(config)
     except StartupError as exc:

@@ -242,7 +242,7 @@ def load_config(
     default = Profile(upstream_url, token_url, top_credentials)
     return Config(
         listen=listen,
-        upstream=default,
+        default_profile=default,
         profiles=({"default": default} if top_credentials else {}) | named,
         refresh_margin=parsed["refresh_margin"],
         replay_body_limit=int(parsed["replay_body_limit"]),

@@ -160,7 +160,7 @@ class Config:
     """Everything the proxy needs to run; build it with ``load_config``."""
 
     listen: ListenAddress
-    upstream: Profile  # the top-level settings: the default profile, credentials or not
+    default_profile: Profile  # the top-level settings, credentials or not
     refresh_margin: float = 300.0
     replay_body_limit: int = 1024 * 1024
     replay_memory: int = 32 * 1024 * 1024  # bytes held for replay, all requests together
@@ -185,5 +185,5 @@ class Config:
     watched_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.profiles and self.upstream.credentials is not None:
-            object.__setattr__(self, "profiles", {"default": self.upstream})
+        if not self.profiles and self.default_profile.credentials is not None:
+            object.__setattr__(self, "profiles", {"default": self.default_profile})

@@ -12,6 +12,7 @@ every message can then name the key and its source.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,11 +23,15 @@ import yaml
 
 from ..gateway import DEFAULT_UPSTREAM, RATE_LIMITS
 from . import values
-from .records import DEFAULT_TTLS
+from .records import DEFAULT_TTLS, CacheSettings, Config, RateLimits, Timeouts
 
 __all__ = ["ENV_PREFIX", "KEYS", "Key", "Raw", "collect", "did_you_mean", "parse_all"]
 
 ENV_PREFIX = "DAP_PROXY_"
+
+# Every default is the records' own (records.py), read from them, never written twice.
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(Config)}
+_RATES = RateLimits()
 
 
 @dataclass(frozen=True)
@@ -47,26 +52,24 @@ class Key:
 KEYS = {
     key.name: key
     for key in (
-        Key("listen", values.listen, "127.0.0.1:8080"),
+        Key("listen", values.listen, f"{values.LOOPBACK}:8080"),
         Key("upstream", values.url, DEFAULT_UPSTREAM),
         Key("token_url", values.url),
         Key("client_id", values.client_id, aliases=("DAP_CLIENT_ID",)),
         Key("client_secret", values.text, aliases=("DAP_CLIENT_SECRET",), secret=True),
         Key("client_secret_file", values.text, aliases=("DAP_CLIENT_SECRET_FILE",)),
-        Key("refresh_margin", values.non_negative_number, 300),
-        Key("replay_body_limit", values.non_negative_number, 1024 * 1024),
-        Key("replay_memory", values.non_negative_number, 32 * 1024 * 1024),
-        Key("pool_size", values.positive_int, 1000),
-        Key("timeouts.connect", values.positive_number, 10),
-        Key("timeouts.read", values.positive_number, 300),
-        Key("timeouts.token", values.positive_number, 30),
-        Key("timeouts.shutdown", values.positive_number, 15),
-        Key("timeouts.client", values.positive_number, 30),
-        Key("timeouts.idle", values.positive_number, 75),
-        Key("log_level", values.log_level, "info"),
-        Key("log_format", values.log_format, "text"),
+        Key("refresh_margin", values.non_negative_number, _DEFAULT["refresh_margin"]),
+        Key("replay_body_limit", values.non_negative_number, _DEFAULT["replay_body_limit"]),
+        Key("replay_memory", values.non_negative_number, _DEFAULT["replay_memory"]),
+        Key("pool_size", values.positive_int, _DEFAULT["pool_size"]),
+        *(
+            Key(f"timeouts.{name}", values.positive_number, seconds)
+            for name, seconds in dataclasses.asdict(Timeouts()).items()
+        ),
+        Key("log_level", values.log_level, _DEFAULT["log_level"]),
+        Key("log_format", values.log_format, _DEFAULT["log_format"]),
         Key("allow_non_loopback", values.boolean, False),
-        Key("max_connections", values.positive_int, 1000),
+        Key("max_connections", values.positive_int, _DEFAULT["max_connections"]),
         Key("access_keys", values.access_keys, secret=True),
         Key("access_keys_file", values.text),
         Key("local_clients", values.client_pairs, secret=True),
@@ -76,14 +79,14 @@ KEYS = {
         Key("allowed_methods", values.methods),
         Key("allowed_paths", values.paths),
         # Sharing one client id's budget (shaping.py) and the metadata cache (metadata_cache.py)
-        Key("rate_limits.enabled", values.boolean, True),
-        Key("rate_limits.max_wait", values.non_negative_number, 60),
-        Key("rate_limits.window", values.positive_number, 60),
+        Key("rate_limits.enabled", values.boolean, _RATES.enabled),
+        Key("rate_limits.max_wait", values.non_negative_number, _RATES.max_wait),
+        Key("rate_limits.window", values.positive_number, _RATES.window),
         *(
             Key(f"rate_limits.{name}", values.positive_int, limit)
             for name, limit in RATE_LIMITS.items()
         ),
-        Key("cache.enabled", values.boolean, True),
+        Key("cache.enabled", values.boolean, CacheSettings().enabled),
         *(
             Key(f"cache.{name}", values.non_negative_number, ttl)
             for name, ttl in DEFAULT_TTLS.items()
@@ -93,7 +96,7 @@ KEYS = {
         Key("egress_proxy", values.proxy_url),
         Key("egress_proxy_credentials_file", values.text),
         Key("ca_file", values.text),
-        Key("object_relay", values.boolean, False),
+        Key("object_relay", values.boolean, _DEFAULT["object_relay"]),
     )
 }
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TextIO
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ..paths import OWN, RELAY
 from .metrics import Metrics
 
 __all__ = [
@@ -74,8 +75,6 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
-
-_RELAY = "/-/relay/"  # object_relay.RELAY_PATH (not imported: logs.py stays a leaf)
 
 # The status logged for a request its client abandoned (nginx's "client closed request").
 CLIENT_CLOSED = 499
@@ -175,15 +174,15 @@ def record_request(
     if metrics is not None:
         metrics.observe_request(request.method, status, seconds, bytes_in, bytes_out, profile)
     path = request.raw_path.partition("?")[0]
-    if path.startswith(_RELAY):
+    if path.startswith(RELAY):
         # An object download through the relay is real work: logged as a request, but its
         # id, a short-lived credential for the object, is not.
-        rest = path[len(_RELAY) :]
-        path = f"{_RELAY}[id]/{rest.partition('/')[2]}" if "/" in rest else f"{_RELAY}[id]"
+        rest = path[len(RELAY) :]
+        path = f"{RELAY}[id]/{rest.partition('/')[2]}" if "/" in rest else f"{RELAY}[id]"
         level = logging.INFO
     else:
         # Probes and scrapes (/-/...) every few seconds would drown the requests that matter.
-        level = logging.DEBUG if path.startswith("/-/") else logging.INFO
+        level = logging.DEBUG if path.startswith(OWN) else logging.INFO
     if not access_log.enabled(level):
         return
     upstream = request.get(UPSTREAM_SECONDS)

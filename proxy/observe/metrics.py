@@ -109,7 +109,7 @@ class Metrics:
         self._managers = managers
         self.requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.durations: defaultdict[str, _Histogram] = defaultdict(_Histogram)
-        self.upstream: defaultdict[str, _Histogram] = defaultdict(_Histogram)
+        self.upstream_seconds: defaultdict[str, _Histogram] = defaultdict(_Histogram)
         self.token_latency: defaultdict[str, _Histogram] = defaultdict(_Histogram)
         self.received: defaultdict[str, int] = defaultdict(int)
         self.sent: defaultdict[str, int] = defaultdict(int)
@@ -146,7 +146,7 @@ class Metrics:
         self.requests_served += 1
 
     def observe_upstream(self, seconds: float, profile: str = "default") -> None:
-        self.upstream[profile].observe(seconds)
+        self.upstream_seconds[profile].observe(seconds)
 
     def token_observer(self, profile: str) -> Callable[[str, float], None]:
         """The ``on_refresh`` hook for one profile's token manager."""
@@ -188,7 +188,7 @@ class _Families(Collector):
         yield _histogram(
             "proxy_upstream_duration_seconds",
             "Time from sending a request upstream to the gateway's response headers.",
-            m.upstream,
+            m.upstream_seconds,
         )
         yield _counter("proxy_received_bytes", "Request body bytes from clients.", m.received)
         yield _counter("proxy_sent_bytes", "Response body bytes to clients.", m.sent)

@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from .. import paths
 from ..admission.access import ANYONE, AccessControl
 from ..admission.guard import CALLER, Guard, cors_headers
 from ..admission.local_tokens import LocalTokenIssuer
@@ -131,7 +132,7 @@ def create_app(
         # Private: with inbound authentication, only the caller the object's URL was given to.
         # The object's file name may follow the id; it is decoration for clients that save
         # under the URL's last segment.
-        relay_route = "/-/relay/{relay_id:[A-Za-z0-9_-]+}{name:(/[^/]*)?}"
+        relay_route = paths.RELAY + "{relay_id:[A-Za-z0-9_-]+}{name:(/[^/]*)?}"
         app.router.add_get(relay_route, _endpoint(relay.serve, private=True))
     app.router.add_route("*", "/-/{tail:.*}", _endpoint(_reserved))
     app.router.add_route("*", "/{tail:.*}", _dispatch)
@@ -290,7 +291,7 @@ async def _status(request: web.Request) -> web.Response:
     app = request.app
     egress = app[CONFIG].egress
     document = status_document(
-        upstream=str(app[CONFIG].upstream.url),
+        upstream=str(app[CONFIG].default_profile.url),
         uptime=time.monotonic() - app[STARTED],
         requests_served=app[METRICS].requests_served,
         profiles=app[TOKENS],

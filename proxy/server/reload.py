@@ -69,7 +69,7 @@ def restart_needed(running: Config, new: Config) -> list[str]:
             changed.append(name)
     for name in sorted(set(running.profiles) ^ set(new.profiles)):
         changed.append(f"profiles.{name} ({'added' if name in new.profiles else 'removed'})")
-    if running.upstream.url != new.upstream.url:
+    if running.default_profile.url != new.default_profile.url:
         changed.append("upstream")
     for name in sorted(set(running.profiles) & set(new.profiles)):
         before, after = running.profiles[name], new.profiles[name]
@@ -128,7 +128,7 @@ class Reloader:
             running,
             access=new.access,
             profiles=applied,
-            upstream=applied.get("default", running.upstream),
+            default_profile=applied.get("default", running.default_profile),
             watched_files=new.watched_files,
         )
         self._stamps = {path: _stamp(path) for path in new.watched_files}

@@ -42,17 +42,17 @@ from ..admission.guard import CALLER
 from ..config.records import EgressConfig
 from ..observe.logs import BYTES_OUT, PROFILE, REQUEST_ID
 from ..observe.metrics import Metrics
+from ..paths import RELAY
 from ..responses import error_response
 from ..upstream.body_filter import MAX_FILTERED_BODY
 from ..upstream.egress import proxy_for
 from ..upstream.failures import describe
 from ..upstream.headers import HOP_BY_HOP
 
-__all__ = ["DEFAULT_LIFETIME", "RELAY_PATH", "ObjectRelay", "RelayFilter", "url_lifetime"]
+__all__ = ["DEFAULT_LIFETIME", "ObjectRelay", "RelayFilter", "url_lifetime"]
 
 log = logging.getLogger("proxy.relay")
 
-RELAY_PATH = "/-/relay/"
 DEFAULT_LIFETIME = 15 * 60.0  # S3's usual pre-signed lifetime, when a URL does not say
 MAX_LIFETIME = 7 * 24 * 3600.0  # S3's longest; a URL claiming more is held no longer
 MAX_GRANTS = 100_000  # ids held at once (a few hundred bytes each); the oldest go first
@@ -145,7 +145,7 @@ class ObjectRelay:
         The relay URL has no profile prefix: the proxy's own endpoints live at ``/-/``
         only (guard.py refuses them under a prefix), and the id is bound to the profile.
         """
-        base = f"{request.scheme}://{request.host}{RELAY_PATH}"
+        base = f"{request.scheme}://{request.host}{RELAY}"
         return RelayFilter(self, base, profile, self._caller(request))
 
     def _caller(self, request: web.Request) -> Caller:

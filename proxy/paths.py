@@ -1,0 +1,14 @@
+"""The proxy's own paths, stated once: everything under ``/-/`` is the proxy's and is never
+forwarded (app.py routes them; the guard refuses ``/-/`` under a profile prefix).
+
+OWN     the prefix of every path of the proxy's own
+RELAY   an object relayed from storage: ``/-/relay/<id>[/<name>]`` (sharing/relay.py);
+        the access log masks the id, a credential for the object (observe/logs.py)
+"""
+
+from __future__ import annotations
+
+__all__ = ["OWN", "RELAY"]
+
+OWN = "/-/"
+RELAY = OWN + "relay/"

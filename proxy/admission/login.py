@@ -7,7 +7,7 @@ Whatever they later send as ``Authorization`` is replaced upstream.
 
 The client id chooses the profile (routing.py) unless the path does; with inbound
 authentication configured, the credentials must be known to access.py, and failed attempts
-are throttled (login_throttle.py).
+are throttled (throttle.py).
 """
 
 from __future__ import annotations

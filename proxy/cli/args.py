@@ -22,7 +22,7 @@ __all__ = ["COMMANDS", "PRINT_CAUTION", "listen_of", "parse"]
 
 
 COMMANDS = ("serve", "token", "simulate", "demo")
-# The token command's warning, also in token_command.py's docstring.
+# The token command's warning, also in cli/token.py's docstring.
 PRINT_CAUTION = (
     "Prints a live gateway access token on stdout. Whatever captures that output (terminal "
     "scrollback, CI logs, a file, a process listing of a pipeline) holds a credential for the "

@@ -5,7 +5,7 @@
     instructure-auth-proxy simulate  run the gateway simulator on its own
     instructure-auth-proxy demo      the simulator and the proxy together, no credentials needed
 
-The words (flags, help, usage errors) are in cli_args.py. Exit statuses (exit_status.py):
+The words (flags, help, usage errors) are in args.py. Exit statuses (exit_status.py):
 0 clean shutdown, 2 invalid configuration or usage, 3 credentials rejected at startup,
 4 cannot listen (``token``: 1 when the token endpoint stays unavailable).
 

@@ -175,7 +175,7 @@ class Config:
     cache: CacheSettings = field(default_factory=CacheSettings)
     egress: EgressConfig = field(default_factory=EgressConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
-    object_relay: bool = False  # rewrite object URLs to the proxy's /-/relay/ (object_relay.py)
+    object_relay: bool = False  # rewrite object URLs to the proxy's /-/relay/ (sharing/relay.py)
     # Problems worth a warning at startup but not a refusal (a secret file others can read).
     warnings: tuple[str, ...] = ()
     # Every credential set in use, by name: ``default`` (when the top level has credentials)

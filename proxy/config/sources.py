@@ -78,7 +78,7 @@ KEYS = {
         Key("allowed_origins", values.text_list),
         Key("allowed_methods", values.methods),
         Key("allowed_paths", values.paths),
-        # Sharing one client id's budget (shaping.py) and the metadata cache (metadata_cache.py)
+        # Sharing one client id's budget (shaping.py) and the metadata cache (sharing/cache.py)
         Key("rate_limits.enabled", values.boolean, _RATES.enabled),
         Key("rate_limits.max_wait", values.non_negative_number, _RATES.max_wait),
         Key("rate_limits.window", values.positive_number, _RATES.window),
@@ -91,7 +91,7 @@ KEYS = {
             Key(f"cache.{name}", values.non_negative_number, ttl)
             for name, ttl in DEFAULT_TTLS.items()
         ),
-        # Behind an institution's network (egress.py, trust.py, object_relay.py)
+        # Behind an institution's network (egress.py, trust.py, sharing/relay.py)
         # Its URL may carry a password: values.proxy_url's errors never repeat the value.
         Key("egress_proxy", values.proxy_url),
         Key("egress_proxy_credentials_file", values.text),

@@ -3,7 +3,7 @@
 Off unless ``object_relay: true``. Then:
 
 1. ``POST /dap/object/url`` answers (``{"urls": {"<id>": {"url": "<pre-signed>"}}}``) are
-   rewritten on the way back (``RelayFilter``, a body_filter.py hook that sharing.py
+   rewritten on the way back (``RelayFilter``, a body_filter.py hook that sharing/dispatch.py
    attaches): each pre-signed URL becomes ``<scheme>://<host the client used>/-/relay/<rid>``;
    everything else in the document stays as it was.
 2. ``GET`` or ``HEAD /-/relay/<rid>`` (``ObjectRelay.serve``) fetches the object from

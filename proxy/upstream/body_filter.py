@@ -1,7 +1,7 @@
 """A hook on the way back: a response body taken whole, looked at, and perhaps changed.
 
 Most answers stream through untouched. A few are small JSON documents the proxy has a use
-for: the metadata cache keeps complete table lists and schemas (metadata_cache.py). Such a
+for: the metadata cache keeps complete table lists and schemas (sharing/cache.py). Such a
 caller gives ``Forwarder.forward`` a ``BodyFilter``; the forwarder asks it, once the
 gateway's status and headers are in, whether it ``wants`` this body; if so it reads the body
 whole (up to ``MAX_FILTERED_BODY``, else it streams after all, unfiltered), hands it to

@@ -1,6 +1,6 @@
 """Which certificates the proxy trusts: the operating system's store, and the bundles given.
 
-Built once (``ssl_context``) and given to the upstream connector (upstream.py), so token,
+Built once (``ssl_context``) and given to the upstream connector (upstream/session.py), so token,
 API and relay traffic all verify the same way:
 
 - the OS trust store, through ``truststore``: the macOS Keychain, the Windows certificate

@@ -12,9 +12,9 @@ import asyncio
 import base64
 import json
 
-import aiohttp
 import pytest
 
+from proxy.aiohttp_compat import basic_credentials
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 
 from .conftest import Gateway, Proxy, ProxyFactory
@@ -293,7 +293,7 @@ async def test_a_non_ascii_client_id_logs_in_with_the_key(
     async with proxy.http.post(
         proxy.url + "/ids/auth/login",
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth("été-ü", KEY, encoding="utf-8"),
+        headers={"Authorization": basic_credentials("été-ü", KEY, encoding="utf-8")},
     ) as resp:
         assert resp.status == 200
 
@@ -330,7 +330,7 @@ async def test_varying_client_ids_does_not_evade_the_throttle(
         async with proxy.http.post(
             proxy.url + "/ids/auth/login",
             data={"grant_type": "client_credentials"},
-            auth=aiohttp.BasicAuth(f"id-{n}", f"guess-{n}-0123456789abcdef"),
+            headers={"Authorization": basic_credentials(f"id-{n}", f"guess-{n}-0123456789abcdef")},
         ) as resp:
             statuses.append(resp.status)
     assert statuses.count(401) <= 7, statuses

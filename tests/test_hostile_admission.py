@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 
+import aiohttp
 import pytest
 
 from proxy.aiohttp_compat import basic_credentials
@@ -20,6 +21,7 @@ from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from .conftest import Gateway, Proxy, ProxyFactory
 
 KEY = "hostile-key-0123456789ab"
+AIOHTTP_VERSION = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
 ECHO = "/test/echo/x"  # a gateway test route, outside the rate budgets
 
 
@@ -209,9 +211,18 @@ async def test_malformed_hosts_are_refused(proxy: Proxy, host: str, admitted: bo
 
 
 async def test_missing_and_duplicate_hosts(proxy: Proxy) -> None:
-    status, _, payload = await exchange(proxy, "GET /-/healthy HTTP/1.1")
+    # No Host in HTTP/1.0 (where it is optional): the guard refuses it.
+    status, _, payload = await exchange(proxy, "GET /-/healthy HTTP/1.0")
     assert status == 403
     assert b"(none)" in payload
+    # In HTTP/1.1 it is required (RFC 9112, section 3.2): aiohttp 3.14's parser answers 400
+    # (in the gateway's shape, protocol.py); 3.13's lets it through to the guard.
+    status, _, payload = await exchange(proxy, "GET /-/healthy HTTP/1.1")
+    if AIOHTTP_VERSION >= (3, 14):
+        assert (status, error_type(payload)) == (400, "BadRequest")
+    else:
+        assert status == 403
+        assert b"(none)" in payload
     for first, second in (("127.0.0.1", "evil.example"), ("evil.example", "127.0.0.1")):
         status, _, _ = await exchange(proxy, f"GET {ECHO} HTTP/1.1\nHost: {first}\nHost: {second}")
         assert status == 400

@@ -79,7 +79,7 @@ async def test_stale_token_is_served_while_one_background_refresh_runs() -> None
     source.gate = asyncio.Event()  # hold the refresh open
     served = await asyncio.gather(*(tokens.token() for _ in range(50)))
     assert all(t is first for t in served), "callers must not wait while the token is valid"
-    await settle()
+    await until(lambda: source.calls > 1, "the background refresh started")
     assert source.calls == 2, "exactly one refresh for fifty stale hits"
     source.gate.set()
     await settle()
@@ -98,7 +98,7 @@ async def test_refresh_margin_never_exceeds_half_the_lifetime() -> None:
     assert source.calls == 1, "a 300 s margin on a 60 s token must not refresh at once"
     clock.advance(2)  # past half the lifetime
     assert await tokens.token() is first
-    await settle()
+    await until(lambda: source.calls > 1, "the refresh started")
     assert source.calls == 2
     await tokens.close()
 

@@ -51,6 +51,7 @@ class BrokenUpstream:
         self.mode = mode
         self._relay = URL(relay_to) if relay_to else None
         self._server: asyncio.Server | None = None
+        self._stopped: list[asyncio.Server] = []  # closed by refuse(), awaited by close()
         self._port = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0  # connections accepted, in any mode
@@ -68,10 +69,15 @@ class BrokenUpstream:
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def refuse(self) -> None:
-        """Stop listening: connections to ``url`` are refused until ``listen()``."""
+        """Stop listening: connections to ``url`` are refused until ``listen()``.
+
+        Connections already open stay open. ``close()`` (the listening socket is closed
+        at once) rather than ``wait_closed()``, which from Python 3.12 on also waits for
+        every open connection: the proxy's pooled keep-alive ones would hold it for 15 s.
+        """
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            self._stopped.append(self._server)
             self._server = None
 
     async def close(self) -> None:
@@ -85,6 +91,10 @@ class BrokenUpstream:
             if not self._writers:
                 break
             await asyncio.sleep(0.01)
+        # Only now, with no connection left: from 3.12 on it waits for them.
+        for server in self._stopped:
+            await server.wait_closed()
+        self._stopped.clear()
 
     async def __aenter__(self) -> BrokenUpstream:
         await self.listen()

@@ -1,11 +1,19 @@
-"""Fakes shared by the unit tests: a clock that moves only when told to, a token source."""
+"""Fakes shared by the unit tests: a clock that moves only when told to, a token source, and
+a token endpoint on a loopback port (for ``TokenClient``: what it sends is seen as sent)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from yarl import URL
 
 from proxy.errors import TokenError
+from proxy.gateway import LOGIN_PATH
 from proxy.tokens.token import Token
 
 
@@ -50,3 +58,40 @@ class FakeTokenSource:
             raise self.outcomes.pop(0)
         now = self.clock.monotonic()
         return Token(f"token-{self.calls}", obtained_at=now, expires_at=now + self.lifetime)
+
+
+class FakeTokenEndpoint:
+    """The gateway's token endpoint as a test sets it: ``answer(...)`` for every login;
+    ``seen`` holds each login's headers and form; ``hold`` keeps answers back."""
+
+    def __init__(self) -> None:
+        self.url = URL()  # set once the server listens
+        self.seen: list[tuple[CIMultiDictProxy[str], dict[str, str]]] = []
+        self.hold = False
+        self.release = asyncio.Event()  # ends held answers
+        self._answer: tuple[int, bytes, dict[str, str]] = (200, b"{}", {})
+
+    def answer(
+        self,
+        status: int = 200,
+        *,
+        payload: object = None,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if payload is not None:
+            body = json.dumps(payload).encode()
+        self._answer = (status, body, {"Content-Type": "application/json", **(headers or {})})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(LOGIN_PATH, self._login)
+        return app
+
+    async def _login(self, request: web.Request) -> web.Response:
+        form: dict[str, Any] = dict(await request.post())
+        self.seen.append((request.headers, form))
+        if self.hold:
+            await self.release.wait()
+        status, body, headers = self._answer
+        return web.Response(status=status, body=body, headers=headers)

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from proxy.aiohttp_compat import basic_credentials
 from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.server.serve import start
@@ -61,7 +62,7 @@ async def test_local_clients_log_in_and_use_their_local_token(
             proxy.url + "/ids/auth/login",
             "POST",
             data={"grant_type": "client_credentials"},
-            auth=aiohttp.BasicAuth(client_id, secret),
+            headers={"Authorization": basic_credentials(client_id, secret)},
         )
 
     assert (await login(TOOL_ID, "wrong"))[0] == 401

@@ -27,6 +27,7 @@ import pytest
 from aiohttp import web
 
 from proxy.admission.throttle import LoginThrottle
+from proxy.aiohttp_compat import basic_credentials
 from proxy.cli import main as cli
 from proxy.cli.token import print_token
 from proxy.config import load_config
@@ -36,6 +37,7 @@ from proxy.tokens.manager import TokenManager
 
 from .conftest import Gateway, GatewayFactory, Proxy, ProxyFactory, proxy_config
 from .fakes import FakeClock, FakeTokenSource
+from .waiting import until
 
 KEY = "admission-key-0123456789"
 TABLES = "/dap/query/canvas/table"
@@ -166,7 +168,7 @@ async def test_other_methods_on_the_login_path_obey_the_allow_lists(
         "POST",
         LOGIN,
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth("tool", KEY),
+        headers={"Authorization": basic_credentials("tool", KEY)},
     )
     assert status == 200, body
     assert seen_since(gateway, before) == []
@@ -183,7 +185,7 @@ async def test_post_to_the_login_path_is_the_local_login(
             "POST",
             path,
             data={"grant_type": "client_credentials"},
-            auth=aiohttp.BasicAuth("tool", KEY),
+            headers={"Authorization": basic_credentials("tool", KEY)},
         )
         assert status == 200, (path, body)
         assert sorted(body) == ["access_token", "expires_in", "scope", "token_type"]
@@ -192,7 +194,7 @@ async def test_post_to_the_login_path_is_the_local_login(
         "POST",
         LOGIN,
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth("x", "y"),
+        headers={"Authorization": basic_credentials("x", "y")},
     )
     assert status == 401
     # Deeper paths ending in the login path are not the login: they need a key.
@@ -241,7 +243,7 @@ async def test_status_and_metrics_need_a_key_probes_do_not(
         "POST",
         LOGIN,
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth("tool", KEY),
+        headers={"Authorization": basic_credentials("tool", KEY)},
     )
     assert status == 200
     local = {"Authorization": f"Bearer {body['access_token']}"}
@@ -433,8 +435,10 @@ async def test_malformed_login_bodies_get_400_and_one_line(
         "POST",
         LOGIN,
         data=data,
-        headers={"Content-Type": content_type},
-        auth=aiohttp.BasicAuth("tool", "any"),
+        headers={
+            "Content-Type": content_type,
+            "Authorization": basic_credentials("tool", "any"),
+        },
     )
     assert status == 400, body
     error_of(body, "BadRequest")
@@ -451,7 +455,7 @@ async def test_malformed_login_bodies_get_400_and_one_line(
         "POST",
         LOGIN,
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth("t", "a"),
+        headers={"Authorization": basic_credentials("t", "a")},
     )
     assert status == 200
 
@@ -466,8 +470,10 @@ async def test_an_oversized_login_body_is_refused(
         "POST",
         LOGIN,
         data=data,
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        auth=aiohttp.BasicAuth("tool", "any"),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": basic_credentials("tool", "any"),
+        },
     )
     assert status in (400, 413), body
     assert body["error"]["type"] in ("BadRequest", "RequestTooLarge")
@@ -562,9 +568,8 @@ async def test_the_held_token_stays_in_use_while_its_replacement_is_fetched() ->
         first = await tokens.token()
         source.gate = asyncio.Event()
         replacing = asyncio.create_task(tokens.replace(first))
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert source.calls == 2, "the replacement is being fetched"
+        await until(lambda: source.calls > 1, "the replacement is being fetched")
+        assert source.calls == 2
         assert await asyncio.wait_for(tokens.token(), 5) is first  # a hang guard only
         assert tokens.ready
         source.gate.set()
@@ -607,7 +612,9 @@ async def test_guessing_at_the_login_is_throttled(
             async with http.post(
                 proxy.url + LOGIN,
                 data={"grant_type": "client_credentials"},
-                auth=aiohttp.BasicAuth("tool", f"guess-{guess:04d}-0123456789"),
+                headers={
+                    "Authorization": basic_credentials("tool", f"guess-{guess:04d}-0123456789")
+                },
             ) as resp:
                 statuses.append(resp.status)
                 if resp.status == 429:
@@ -622,7 +629,7 @@ async def test_guessing_at_the_login_is_throttled(
     async with proxy.http.post(
         proxy.url + LOGIN,
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth("tool", KEY),
+        headers={"Authorization": basic_credentials("tool", KEY)},
     ) as resp:
         assert resp.status == 429
 

@@ -25,7 +25,9 @@ def test_defaults() -> None:
     assert config.listen == ListenAddress("127.0.0.1", 8080)
     assert config.listen.is_loopback
     assert config.default_profile.url == URL("https://api-gateway.instructure.com/")
-    assert config.default_profile.token_url == URL("https://api-gateway.instructure.com/ids/auth/login")
+    assert config.default_profile.token_url == URL(
+        "https://api-gateway.instructure.com/ids/auth/login"
+    )
     assert config.default_profile.credentials is not None
     assert config.default_profile.credentials.client_id == "us-east-1#abc"
     assert config.refresh_margin == 300

@@ -9,10 +9,10 @@ import json
 import logging
 from pathlib import Path
 
-import aiohttp
 import jwt
 import pytest
 
+from proxy.aiohttp_compat import basic_credentials
 from proxy.server.app import LOCAL_TOKENS
 from proxy.simulator import DEMO_CLIENT_SECRET, expected_object_bytes
 from proxy.simulator.tables import NAMESPACES
@@ -131,7 +131,7 @@ async def test_the_client_never_receives_the_secret_or_the_real_token(
     async with proxy.http.post(
         proxy.url + "/ids/auth/login",
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth(TOOL_ID, TOOL_SECRET),
+        headers={"Authorization": basic_credentials(TOOL_ID, TOOL_SECRET)},
     ) as resp:
         login = await resp.read()
     assert upstream_token.access_token.encode() not in login

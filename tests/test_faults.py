@@ -36,6 +36,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from proxy.aiohttp_compat import basic_credentials
 from proxy.server.app import CONFIG
 from proxy.simulator import (
     DEMO_CLIENT_ID,
@@ -641,7 +642,7 @@ async def test_credentials_revoked_while_running(
     async with proxy.http.post(
         proxy.url + LOGIN,
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth("local", "local"),
+        headers={"Authorization": basic_credentials("local", "local")},
     ) as resp:
         assert resp.status == 200
         SWEEP.saw(await resp.read())

@@ -15,11 +15,13 @@ import json
 import aiohttp
 import pytest
 
+from proxy.aiohttp_compat import basic_credentials
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 
 from .conftest import Gateway, Proxy, ProxyFactory
 
 KEY = "hostile-key-0123456789ab"
+AIOHTTP_VERSION = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
 ECHO = "/test/echo/x"  # a gateway test route, outside the rate budgets
 
 
@@ -209,9 +211,18 @@ async def test_malformed_hosts_are_refused(proxy: Proxy, host: str, admitted: bo
 
 
 async def test_missing_and_duplicate_hosts(proxy: Proxy) -> None:
-    status, _, payload = await exchange(proxy, "GET /-/healthy HTTP/1.1")
+    # No Host in HTTP/1.0 (where it is optional): the guard refuses it.
+    status, _, payload = await exchange(proxy, "GET /-/healthy HTTP/1.0")
     assert status == 403
     assert b"(none)" in payload
+    # In HTTP/1.1 it is required (RFC 9112, section 3.2): aiohttp 3.14's parser answers 400
+    # (in the gateway's shape, protocol.py); 3.13's lets it through to the guard.
+    status, _, payload = await exchange(proxy, "GET /-/healthy HTTP/1.1")
+    if AIOHTTP_VERSION >= (3, 14):
+        assert (status, error_type(payload)) == (400, "BadRequest")
+    else:
+        assert status == 403
+        assert b"(none)" in payload
     for first, second in (("127.0.0.1", "evil.example"), ("evil.example", "127.0.0.1")):
         status, _, _ = await exchange(proxy, f"GET {ECHO} HTTP/1.1\nHost: {first}\nHost: {second}")
         assert status == 400
@@ -293,7 +304,7 @@ async def test_a_non_ascii_client_id_logs_in_with_the_key(
     async with proxy.http.post(
         proxy.url + "/ids/auth/login",
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth("été-ü", KEY, encoding="utf-8"),
+        headers={"Authorization": basic_credentials("été-ü", KEY, encoding="utf-8")},
     ) as resp:
         assert resp.status == 200
 
@@ -330,7 +341,7 @@ async def test_varying_client_ids_does_not_evade_the_throttle(
         async with proxy.http.post(
             proxy.url + "/ids/auth/login",
             data={"grant_type": "client_credentials"},
-            auth=aiohttp.BasicAuth(f"id-{n}", f"guess-{n}-0123456789abcdef"),
+            headers={"Authorization": basic_credentials(f"id-{n}", f"guess-{n}-0123456789abcdef")},
         ) as resp:
             statuses.append(resp.status)
     assert statuses.count(401) <= 7, statuses

@@ -16,7 +16,14 @@ import proxy
 
 # The layers, lowest first: a module may import its own layer and those below, never above.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("proxy.__init__", "proxy.errors", "proxy.exit_status", "proxy.gateway", "proxy.paths"),
+    (
+        "proxy.__init__",
+        "proxy.aiohttp_compat",
+        "proxy.errors",
+        "proxy.exit_status",
+        "proxy.gateway",
+        "proxy.paths",
+    ),
     ("proxy.responses", "proxy.config", "proxy.simulator"),
     ("proxy.observe",),
     ("proxy.admission", "proxy.tokens"),

@@ -17,6 +17,7 @@ from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 
 from .conftest import Gateway, Proxy
 from .test_cli import finish, run_proxy
+from .waiting import until
 
 TABLES = "/dap/query/canvas/table"
 
@@ -164,7 +165,7 @@ async def test_buffered_access_log_batches_lines_in_the_logging_format() -> None
     text.write(logging_module.INFO, "GET /dap/x 200", {"status": 200})
     text.write(logging_module.INFO, "GET /dap/y 404", {"status": 404})
     assert stream.getvalue() == "", "lines are held back, not written one by one"
-    await asyncio.sleep(BufferedAccessLog.FLUSH_SECONDS + 0.1)
+    await until(lambda: stream.getvalue() != "", "the batch flushed")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
     assert re.fullmatch(

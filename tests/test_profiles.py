@@ -13,6 +13,7 @@ import aiohttp
 import jwt
 import pytest
 
+from proxy.aiohttp_compat import basic_credentials
 from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.server.app import TOKENS
@@ -126,7 +127,7 @@ async def test_login_client_id_chooses_the_profile(two: TwoInstitutions) -> None
         async with two.http.post(
             two.url + path,
             data={"grant_type": "client_credentials"},
-            auth=aiohttp.BasicAuth(client_id, "anything"),
+            headers={"Authorization": basic_credentials(client_id, "anything")},
         ) as resp:
             assert resp.status == 200, await resp.text()
             return str((await resp.json())["access_token"])
@@ -146,7 +147,7 @@ async def test_login_client_id_chooses_the_profile(two: TwoInstitutions) -> None
     async with two.http.post(
         two.url + "/ids/auth/login",
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth("nobody", "x"),
+        headers={"Authorization": basic_credentials("nobody", "x")},
     ) as resp:
         assert resp.status == 404  # no default profile to fall back on
 
@@ -194,7 +195,7 @@ async def test_inbound_keys_limited_to_profiles(
             async with http.post(
                 running.url + "/beta/ids/auth/login",
                 data={"grant_type": "client_credentials"},
-                auth=aiohttp.BasicAuth("tool", "alpha-key-0123456789"),
+                headers={"Authorization": basic_credentials("tool", "alpha-key-0123456789")},
             ) as resp:
                 assert resp.status == 403
     finally:

@@ -11,6 +11,8 @@ from multidict import CIMultiDict
 from proxy.sharing.cache import MetadataCache, cacheable, wants_fresh
 from proxy.upstream.shaping import Budget, OverBudget, Shaper, endpoint_class
 
+from .waiting import until
+
 
 class Clock:
     def __init__(self) -> None:
@@ -82,7 +84,7 @@ async def test_a_client_that_hangs_up_leaves_the_queue_at_once() -> None:
     budget = Budget(limit=1, window=30.0, clock=asyncio.get_running_loop().time)
     await budget.acquire(0)
     waiting = asyncio.create_task(budget.acquire(max_wait=60))
-    await asyncio.sleep(0.01)
+    await until(lambda: budget.queued > 0, "the acquire queued")
     assert budget.queued == 1
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -45,6 +45,7 @@ from dap.replicator.sql_op_sync import SqlOpSync
 from pysqlsync.data.exchange import TextReader
 from strong_typing.serialization import json_to_object
 
+from proxy.aiohttp_compat import basic_credentials
 from proxy.simulator import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
@@ -91,7 +92,7 @@ class Sim:
         resp = await self.client.post(
             "/ids/auth/login",
             data={"grant_type": "client_credentials"},
-            auth=aiohttp.BasicAuth(client_id, secret),
+            headers={"Authorization": basic_credentials(client_id, secret)},
         )
         assert resp.status == 200, await resp.text()
         token: str = (await resp.json())["access_token"]
@@ -166,7 +167,7 @@ async def test_login_answers_exactly_the_four_keys_with_a_jwt(sim: Sim) -> None:
     resp = await sim.client.post(
         "/ids/auth/login",
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET),
+        headers={"Authorization": basic_credentials(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)},
     )
     assert resp.status == 200
     assert resp.content_type == "application/json"
@@ -202,7 +203,7 @@ async def test_login_with_bad_credentials_is_401(sim: Sim, client_id: str, secre
     resp = await sim.client.post(
         "/ids/auth/login",
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth(client_id, secret),
+        headers={"Authorization": basic_credentials(client_id, secret)},
     )
     await gateway_error(resp, 401)
     assert (sim.state.token_requests, sim.state.logins) == (1, 0)
@@ -240,7 +241,9 @@ async def test_login_without_client_credentials_grant_is_400(
     sim: Sim, kwargs: dict[str, Any]
 ) -> None:
     resp = await sim.client.post(
-        "/ids/auth/login", auth=aiohttp.BasicAuth(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET), **kwargs
+        "/ids/auth/login",
+        headers={"Authorization": basic_credentials(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)},
+        **kwargs,
     )
     await gateway_error(resp, 400)
 
@@ -263,7 +266,7 @@ async def test_client_ids_with_hash_and_secrets_with_colons(make_sim: SimFactory
     resp = await sim.client.post(
         "/ids/auth/login",
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET),
+        headers={"Authorization": basic_credentials(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)},
     )
     await gateway_error(resp, 401)
 
@@ -750,11 +753,11 @@ def test_faults_start_harmless() -> None:
 
 async def test_token_statuses_are_answered_one_per_login(sim: Sim) -> None:
     sim.state.faults.token_statuses.extend([500, 429, 503])
-    auth = aiohttp.BasicAuth(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)
+    auth = {"Authorization": basic_credentials(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)}
     form = {"grant_type": "client_credentials"}
     seen = []
     for _ in range(4):
-        resp = await sim.client.post("/ids/auth/login", data=form, auth=auth)
+        resp = await sim.client.post("/ids/auth/login", data=form, headers=auth)
         seen.append((resp.status, resp.headers.get("Retry-After")))
     assert seen == [(500, None), (429, "1"), (503, "1"), (200, None)]
     assert (sim.state.token_requests, sim.state.logins) == (4, 1)
@@ -782,7 +785,7 @@ async def test_credentials_revoked(sim: Sim) -> None:
     resp = await sim.client.post(
         "/ids/auth/login",
         data={"grant_type": "client_credentials"},
-        auth=aiohttp.BasicAuth(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET),
+        headers={"Authorization": basic_credentials(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET)},
     )
     await gateway_error(resp, 401)
     sim.state.faults.credentials_revoked = False

@@ -1,23 +1,28 @@
-"""TokenManager (fake source, fake clock) and TokenClient (aioresponses)."""
+"""TokenManager (fake source, fake clock) and TokenClient (a token endpoint on a loopback port)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import random
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import jwt
 import pytest
-from aioresponses import aioresponses
 from yarl import URL
 
 from proxy.config import Credentials
 from proxy.errors import CredentialsRejected, TokenEndpointUnavailable
+from proxy.gateway import LOGIN_PATH
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.token import Token
 from proxy.upstream.token_client import TokenClient
 
-from .fakes import FakeClock, FakeTokenSource
+from .fakes import FakeClock, FakeTokenEndpoint, FakeTokenSource
+from .waiting import until
 
 SECRET = "s3cr3t-value-never-shown"
 
@@ -74,7 +79,7 @@ async def test_stale_token_is_served_while_one_background_refresh_runs() -> None
     source.gate = asyncio.Event()  # hold the refresh open
     served = await asyncio.gather(*(tokens.token() for _ in range(50)))
     assert all(t is first for t in served), "callers must not wait while the token is valid"
-    await settle()
+    await until(lambda: source.calls > 1, "the background refresh started")
     assert source.calls == 2, "exactly one refresh for fifty stale hits"
     source.gate.set()
     await settle()
@@ -93,7 +98,7 @@ async def test_refresh_margin_never_exceeds_half_the_lifetime() -> None:
     assert source.calls == 1, "a 300 s margin on a 60 s token must not refresh at once"
     clock.advance(2)  # past half the lifetime
     assert await tokens.token() is first
-    await settle()
+    await until(lambda: source.calls > 1, "the refresh started")
     assert source.calls == 2
     await tokens.close()
 
@@ -106,7 +111,7 @@ async def test_failed_refresh_keeps_serving_the_valid_token_and_retries() -> Non
     clock.advance(3400)  # stale
     source.outcomes = [TokenEndpointUnavailable("down"), TokenEndpointUnavailable("down")]
     assert await tokens.token() is first
-    await asyncio.sleep(0.3)  # two backoffs of at most 0.05 s each, then success
+    await until(lambda: tokens.refreshes["success"] == 2, "two backoffs, then success")
     assert source.calls == 4
     assert (await tokens.token()).access_token == "token-4"
     assert tokens.refreshes == {"success": 2, "rejected": 0, "unavailable": 2}
@@ -201,58 +206,61 @@ CLIENT_ID = "us-east-1#6f0c-client"
 
 
 @pytest.fixture
-def mocked():  # type: ignore[no-untyped-def]
-    with aioresponses() as m:
-        yield m
+async def endpoint(aiohttp_server: Any) -> AsyncIterator[FakeTokenEndpoint]:
+    fake = FakeTokenEndpoint()
+    fake.url = (await aiohttp_server(fake.app())).make_url(LOGIN_PATH)
+    yield fake
+    fake.release.set()  # a held answer ends, so that the server closes at once
 
 
-async def fetch(clock: FakeClock | None = None) -> Token:
-    import aiohttp
-
+async def fetch(url: URL, clock: FakeClock | None = None, within: float = 5) -> Token:
     async with aiohttp.ClientSession() as session:
         client = TokenClient(
             session,
-            URL(TOKEN_URL),
+            url,
             Credentials(CLIENT_ID, SECRET),
-            timeout=5,
+            timeout=within,
             clock=clock or FakeClock(),
         )
         return await client.fetch()
 
 
-async def test_client_sends_basic_auth_with_hash_and_grant_type(mocked: aioresponses) -> None:
-    mocked.post(TOKEN_URL, payload={"access_token": "abc", "expires_in": 3599, "scope": "x"})
+async def test_client_sends_basic_auth_with_hash_and_grant_type(
+    endpoint: FakeTokenEndpoint,
+) -> None:
+    endpoint.answer(payload={"access_token": "abc", "expires_in": 3599, "scope": "x"})
     clock = FakeClock()
-    token = await fetch(clock)
+    token = await fetch(endpoint.url, clock)
     assert token.access_token == "abc"
     assert token.expires_at == clock.now + 3599
     assert token.scope == "x"
-    ((_, call),) = [(k, v[0]) for k, v in mocked.requests.items()]
-    auth = call.kwargs["auth"].encode()
-    assert base64.b64decode(auth.split()[1]).decode() == f"{CLIENT_ID}:{SECRET}"
-    assert call.kwargs["data"] == {"grant_type": "client_credentials"}
+    ((headers, form),) = endpoint.seen
+    scheme, credentials = headers["Authorization"].split()
+    assert scheme == "Basic"
+    assert base64.b64decode(credentials).decode() == f"{CLIENT_ID}:{SECRET}"
+    assert form == {"grant_type": "client_credentials"}
 
 
 async def test_client_reads_expiry_from_jwt_when_expires_in_is_missing(
-    mocked: aioresponses,
+    endpoint: FakeTokenEndpoint,
 ) -> None:
     clock = FakeClock()
     access = jwt.encode({"exp": int(clock.time()) + 1200}, "k" * 32, algorithm="HS256")
-    mocked.post(TOKEN_URL, payload={"access_token": access})
-    token = await fetch(clock)
+    endpoint.answer(payload={"access_token": access})
+    token = await fetch(endpoint.url, clock)
     assert token.lifetime == pytest.approx(1200, abs=1)
 
 
-async def test_client_defaults_to_one_hour(mocked: aioresponses) -> None:
-    mocked.post(TOKEN_URL, payload={"access_token": "not-a-jwt"})
-    assert (await fetch()).lifetime == 3600
+async def test_client_defaults_to_one_hour(endpoint: FakeTokenEndpoint) -> None:
+    endpoint.answer(payload={"access_token": "not-a-jwt"})
+    assert (await fetch(endpoint.url)).lifetime == 3600
 
 
 @pytest.mark.parametrize("status", [400, 401, 403])
-async def test_client_rejected_credentials(mocked: aioresponses, status: int) -> None:
-    mocked.post(TOKEN_URL, status=status, payload={"error": {"message": f"bad {SECRET}"}})
+async def test_client_rejected_credentials(endpoint: FakeTokenEndpoint, status: int) -> None:
+    endpoint.answer(status, payload={"error": {"message": f"bad {SECRET}"}})
     with pytest.raises(CredentialsRejected) as raised:
-        await fetch()
+        await fetch(endpoint.url)
     assert f"HTTP {status}" in raised.value.message
     assert SECRET not in str(raised.value)
 
@@ -262,11 +270,11 @@ async def test_client_rejected_credentials(mocked: aioresponses, status: int) ->
     [(500, {}, None), (503, {}, None), (429, {"Retry-After": "7"}, 7.0), (404, {}, None)],
 )
 async def test_client_transient_failures(
-    mocked: aioresponses, status: int, headers: dict[str, str], retry_after: float | None
+    endpoint: FakeTokenEndpoint, status: int, headers: dict[str, str], retry_after: float | None
 ) -> None:
-    mocked.post(TOKEN_URL, status=status, headers=headers, body="oops")
+    endpoint.answer(status, body=b"oops", headers=headers)
     with pytest.raises(TokenEndpointUnavailable) as raised:
-        await fetch()
+        await fetch(endpoint.url)
     assert f"HTTP {status}" in raised.value.message
     assert raised.value.retry_after == retry_after
 
@@ -280,24 +288,26 @@ async def test_client_transient_failures(
         (b'{"access_token": "a", "expires_in": -5}', None),
     ],
 )
-async def test_client_invalid_answers(mocked: aioresponses, body: bytes, why: str | None) -> None:
-    mocked.post(TOKEN_URL, body=body, content_type="application/json")
+async def test_client_invalid_answers(
+    endpoint: FakeTokenEndpoint, body: bytes, why: str | None
+) -> None:
+    endpoint.answer(body=body)
     if why is None:  # a negative expires_in falls back to the JWT, then to one hour
-        assert (await fetch()).lifetime == 3600
+        assert (await fetch(endpoint.url)).lifetime == 3600
         return
     with pytest.raises(TokenEndpointUnavailable, match=why):
-        await fetch()
+        await fetch(endpoint.url)
 
 
-async def test_client_network_errors(mocked: aioresponses) -> None:
-    import aiohttp
-
-    mocked.post(TOKEN_URL, exception=aiohttp.ClientConnectionError("to gateway.test"))
+async def test_client_network_errors(endpoint: FakeTokenEndpoint) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = endpoint.url.with_port(probe.getsockname()[1])
     with pytest.raises(TokenEndpointUnavailable, match="could not be reached"):
-        await fetch()
-    mocked.post(TOKEN_URL, exception=TimeoutError())
-    with pytest.raises(TokenEndpointUnavailable, match="did not answer within 5 s"):
-        await fetch()
+        await fetch(closed)
+    endpoint.hold = True
+    with pytest.raises(TokenEndpointUnavailable, match=r"did not answer within 0\.2 s"):
+        await fetch(endpoint.url, within=0.2)
 
 
 def test_client_repr_hides_the_secret() -> None:

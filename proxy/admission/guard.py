@@ -37,6 +37,7 @@ import secrets
 
 from aiohttp import hdrs, web
 
+from ..aiohttp_compat import RequestKey
 from ..config import Policy
 from ..observe.logs import REQUEST_ID
 from ..responses import REQUEST_ID_HEADER, error_response
@@ -46,8 +47,8 @@ from .throttle import LoginThrottle
 
 __all__ = ["CALLER", "Guard", "cors_headers"]
 
-CALLER = "caller"  # the request key holding the admitted Caller
-_SHUT_OUT = "shut_out"  # the request key holding how long a guessing address must wait
+CALLER: RequestKey[Caller | None] = RequestKey("caller")  # the admitted Caller
+_SHUT_OUT = RequestKey("shut_out", float)  # how long a guessing address must wait
 _REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 _ENCODED_SEPARATORS = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
 # With allowed_paths, also what could be decoded into a separator by a second decoding

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, TextIO
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ..aiohttp_compat import RequestKey
 from ..paths import OWN, RELAY
 from .metrics import Metrics
 
@@ -36,13 +37,13 @@ __all__ = [
 ]
 
 # Keys a handler may set on a request for its access log line.
-REQUEST_ID = "request_id"
-BYTES_IN = "bytes_in"
-UPSTREAM_SECONDS = "upstream_seconds"
-PROFILE = "profile"
-BYTES_OUT = "bytes_out"  # body bytes sent so far, for the line of a client that hangs up
-HELD_SECONDS = "held_seconds"  # waited for a rate-limit slot (shaping.py)
-CACHE = "cache"  # "hit" or "miss", for answers the metadata cache looked at
+REQUEST_ID = RequestKey("request_id", str)
+BYTES_IN = RequestKey("bytes_in", int)
+UPSTREAM_SECONDS = RequestKey("upstream_seconds", float)
+PROFILE = RequestKey("profile", str)
+BYTES_OUT = RequestKey("bytes_out", int)  # body bytes sent so far, for a client that hangs up
+HELD_SECONDS = RequestKey("held_seconds", float)  # waited for a rate-limit slot (shaping.py)
+CACHE = RequestKey("cache", str)  # "hit", "miss" or "refresh", for the metadata cache's answers
 
 
 class JsonFormatter(logging.Formatter):

@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
+from ..aiohttp_compat import RequestKey
 from .identity import bearer_token
 from .ratelimit import RATE_LIMITS
 from .responses import gateway_error, injected_error
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 # downloads, which carry their own signature instead.
 PUBLIC_ROUTES = frozenset({"login", "object"})
 
-_CLIENT_ID = "proxy.simulator.client_id"
+_CLIENT_ID = RequestKey("client_id", str)
 
 _ERROR_TYPES = {404: "ObjectNotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
 

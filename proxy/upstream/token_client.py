@@ -17,6 +17,7 @@ import aiohttp
 import jwt
 from yarl import URL
 
+from ..aiohttp_compat import basic_credentials
 from ..config import Credentials
 from ..errors import CredentialsRejected, TokenEndpointUnavailable
 from ..observe.redact import redact
@@ -95,10 +96,10 @@ class TokenClient:
             async with self._session.post(
                 self._url,
                 data={"grant_type": "client_credentials"},
-                auth=aiohttp.BasicAuth(
-                    self._credentials.client_id, self._credentials.client_secret, "utf-8"
-                ),
                 headers={
+                    "Authorization": basic_credentials(
+                        self._credentials.client_id, self._credentials.client_secret, "utf-8"
+                    ),
                     "Accept": "application/json",
                     "Accept-Encoding": "identity",
                     # The session skips automatic headers (app.py), the form's type included.

@@ -37,6 +37,7 @@ from ..admission.local_tokens import LocalTokenIssuer
 from ..admission.login import LoginHandler
 from ..admission.routing import ProfileRouter
 from ..config import Config
+from ..observe.background import Supervisor
 from ..observe.logs import REQUEST_ID, AccessLog
 from ..observe.metrics import CONTENT_TYPE, Metrics
 from ..responses import error_response, json_response
@@ -48,7 +49,6 @@ from ..upstream.egress import masked, proxy_for
 from ..upstream.forward import Forwarder
 from ..upstream.session import upstream_session
 from ..upstream.token_client import TokenClient
-from .background import Supervisor
 from .status import status_document
 
 __all__ = [
@@ -176,6 +176,7 @@ def _upstream(
                 timeout=timeouts.token,
                 clock=clock,
                 proxy=token_proxy,
+                refresh_margin=config.refresh_margin,
             )
             tokens = TokenManager(
                 clients[name].fetch,
@@ -183,6 +184,7 @@ def _upstream(
                 clock=clock,
                 name=name,
                 on_refresh=app[METRICS].token_observer(name),
+                supervisor=app[SUPERVISOR],  # a crash shows in /-/ready and /-/status
             )
             app[TOKENS][name] = tokens
             forwarders[name] = Forwarder(
@@ -205,9 +207,11 @@ def _upstream(
         try:
             yield
         finally:
-            for tokens in app[TOKENS].values():
-                await tokens.close()
-            await session.close()
+            try:
+                for tokens in app[TOKENS].values():
+                    await tokens.close()  # never raises, a crashed refresher included
+            finally:
+                await session.close()
 
     return lifecycle
 

@@ -1,14 +1,15 @@
 """``/-/status``: what the proxy is doing, as JSON for people and dashboards. Never a token.
 
     {"version", "upstream", "uptime_seconds", "requests_served", "ready",
-     "profiles": {"default": {"upstream", "ready", "expires_in", "scope": {...},
+     "profiles": {"default": {"upstream", "ready", "state", "expires_in", "scope": {...},
                               "last_refresh": {"at", "outcome", "error"}, "refreshes": {...},
                               "relayed_401s", "rate_limits": {"create_job": 5, ...}}},
      "problems": [{"task", "error", "at"}]}
 
 ``rate_limits`` is each endpoint class's remaining budget: requests that could go at once
-(absent when shaping is off). ``problems`` lists background tasks that failed unexpectedly
-(background.py), latest first.
+(absent when shaping is off). ``problems`` lists background tasks failing unexpectedly now,
+token refreshes included (observe/background.py), latest first; one clears when its task
+next succeeds.
 
 ``scope`` is read from the gateway token's informational scope string,
 ``"<service> principal:<id> partner:<id> region:<id>"``.
@@ -21,9 +22,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from .. import __version__
+from ..observe.background import BackgroundProblem
 from ..tokens.manager import TokenManager
 from ..upstream.shaping import Shaper
-from .background import BackgroundProblem
 
 __all__ = ["parse_scope", "status_document"]
 
@@ -54,6 +55,7 @@ def _profile(tokens: TokenManager, upstream: str | None, shaper: Shaper | None) 
     return {
         "upstream": upstream,
         "ready": tokens.ready,
+        "state": tokens.state.phase.value,  # the token lifecycle's phase (tokens/refresher.py)
         "expires_in": round(expires_in, 1) if expires_in is not None else None,
         "scope": parse_scope(token.scope) if token is not None else {},
         "last_refresh": last,

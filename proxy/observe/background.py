@@ -59,6 +59,7 @@ class Supervisor:
         while True:
             try:
                 await work()
+                self.clear(task)  # it ended well: any problem it had is over
                 return
             except asyncio.CancelledError:
                 raise

@@ -6,6 +6,7 @@ rule (tokens/flow.py). Unit tests on a fake clock; the proxy-level ones on the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from aiohttp import web
 from aioresponses import aioresponses
 from yarl import URL
 
@@ -566,3 +568,88 @@ async def test_shutdown_with_a_crashed_refresher_exits_0(
     messages = [r.getMessage() for r in caplog.records]
     assert "stopped" in messages
     assert any("failed unexpectedly (ValueError)" in m for m in messages), "it did crash"
+
+
+# ---------------------------------------------------------------------- a hostile token endpoint
+# What a short campaign against the token surface found (a real server on a loopback port).
+
+
+async def _in_pieces(request: web.Request) -> web.StreamResponse:
+    """A good answer, in two pieces with a pause between (as TCP may deliver it)."""
+    body = json.dumps({"access_token": "opaque-token", "expires_in": 3599}).encode()
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[:10])
+    await asyncio.sleep(0.05)
+    await response.write(body[10:])
+    return response
+
+
+async def _endless(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        while True:
+            await response.write(b"a" * 65536)
+    return response
+
+
+def _answer(body: bytes) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("handler", "outcome"),
+    [
+        (_in_pieces, "ok"),
+        (_answer(b"[" * 60_000), "not JSON"),  # RecursionError inside json
+        (_answer(b'{"access_token": "abc\\r\\nX-Evil: 1"}'), "a header cannot carry"),
+        (_answer('{"access_token": "tökén"}'.encode()), "a header cannot carry"),
+        (_answer(b'{"access_token": "a", "expires_in": NaN}'), "ok"),
+        (_endless, "too large"),
+    ],
+    ids=["in-pieces", "deep-json", "crlf-token", "non-ascii-token", "nan-expiry", "endless"],
+)
+async def test_a_hostile_token_endpoint_gets_a_named_failure(
+    aiohttp_server: Any, handler: Any, outcome: str
+) -> None:
+    app = web.Application()
+    app.router.add_post("/ids/auth/login", handler)
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        client = TokenClient(
+            session,
+            URL(str(server.make_url("/ids/auth/login"))),
+            Credentials("us-east-1#id", "s3cr3t-value"),
+            timeout=5,
+            refresh_margin=300,
+        )
+        if outcome == "ok":
+            assert (await client.fetch()).lifetime >= 3599
+            return
+        with pytest.raises(TokenEndpointUnavailable, match=outcome):
+            await client.fetch()
+
+
+async def test_a_source_cancelled_from_within_backs_off_and_fails_the_waiters() -> None:
+    """A cancellation that is not close()'s (a library's timeout gone wrong) must not leave
+    callers waiting on an attempt no one will finish."""
+    clock = FakeClock()
+
+    async def source() -> Token:
+        raise asyncio.CancelledError
+
+    supervisor = Supervisor()
+    tokens = manager(source, clock, supervisor=supervisor)
+    try:
+        with pytest.raises(TokenEndpointUnavailable, match="CancelledError"):
+            await asyncio.wait_for(tokens.token(), 5)  # a hang guard only
+        assert tokens.state.phase is Phase.BACKOFF
+        assert supervisor.problems["token refresh"].error == "CancelledError"
+    finally:
+        await tokens.close()

@@ -256,12 +256,13 @@ class Refresher:
         return delay
 
     def _worker_ended(self, task: asyncio.Task[None]) -> None:
-        """The last line of defence: a worker that died of a bug backs off like any failure
-        and never leaves anyone waiting on its attempt."""
-        if task.cancelled() or task.exception() is None or self._state.phase is Phase.CLOSED:
+        """The last line of defence: a worker that died of a bug (or of a cancellation that
+        was not close()'s) backs off like any failure and leaves no one waiting."""
+        if self._state.phase is Phase.CLOSED:
             return
-        exc = task.exception()
-        assert isinstance(exc, Exception)  # noqa: S101 - BaseExceptions end the loop anyway
+        exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if exc is None:
+            return
         self._supervisor.record(self.task, exc)
         delay = self._backoff_cap
         error = _crash(exc).again(delay)

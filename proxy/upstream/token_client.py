@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 
 import aiohttp
@@ -35,6 +36,7 @@ DEFAULT_LIFETIME = 3600.0  # when the gateway states neither expires_in nor a JW
 MAX_LIFETIME = 86400.0
 MAX_TOKEN_RESPONSE = 64 * 1024  # a token response is a few hundred bytes; refuse floods
 REJECTED_STATUSES = frozenset({400, 401, 403})
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no space, CR, LF or NUL
 EXP_SLACK = 2.0  # seconds: a JWT exp is whole seconds, and the answer took time to come
 
 
@@ -115,7 +117,7 @@ class TokenClient:
             ) as response:
                 status = response.status
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                body = await response.content.read(MAX_TOKEN_RESPONSE + 1)
+                body = await _read_limited(response.content, MAX_TOKEN_RESPONSE + 1)
         except TimeoutError:
             raise TokenEndpointUnavailable(
                 f"the token endpoint did not answer within {self._timeout.total:g} s"
@@ -177,13 +179,15 @@ class TokenClient:
             raise invalid("too large")
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: RecursionError
             raise invalid("not JSON") from None
         if not isinstance(data, dict):
             raise invalid("not a JSON object")
         access_token = data.get("access_token")
         if not isinstance(access_token, str) or not access_token.strip():
             raise invalid("no access_token")
+        if not _HEADER_SAFE.fullmatch(access_token):  # it goes in an Authorization header
+            raise invalid("an access_token with characters a header cannot carry")
         scope = data.get("scope")
         # However long it claims to live, it is refreshed at least daily.
         lifetime = min(MAX_LIFETIME, self._lifetime(data.get("expires_in"), access_token, invalid))
@@ -235,6 +239,15 @@ class TokenClient:
             return None
         exp = _seconds(claims.get("exp"))
         return None if exp is None or math.isnan(exp) else exp - self._clock.time()
+
+
+async def _read_limited(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to ``limit`` bytes, however many pieces it arrives in (``read(n)``
+    alone returns the first piece only)."""
+    body = bytearray()
+    while len(body) < limit and (piece := await content.read(limit - len(body))):
+        body += piece
+    return bytes(body)
 
 
 def _seconds(value: object) -> float | None:

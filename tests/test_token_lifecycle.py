@@ -22,11 +22,13 @@ from aiohttp import web
 from aioresponses import aioresponses
 from yarl import URL
 
-from proxy.config import Credentials
+from proxy.config import Config, Credentials
 from proxy.errors import CredentialsRejected, TokenEndpointUnavailable
 from proxy.observe.background import Supervisor
 from proxy.observe.metrics import Metrics
 from proxy.server import serve as server
+from proxy.server.app import CONFIG, SUPERVISOR
+from proxy.server.reload import Reloader
 from proxy.tokens.flow import send_with_token
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.refresher import Phase
@@ -653,3 +655,24 @@ async def test_a_source_cancelled_from_within_backs_off_and_fails_the_waiters() 
         assert supervisor.problems["token refresh"].error == "CancelledError"
     finally:
         await tokens.close()
+
+
+async def test_the_reloader_clears_its_problem_when_it_next_succeeds(
+    gateway: Gateway, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(gateway.url)
+    app = proxy.running.runner.app
+    config = app[CONFIG]
+    broken = [True]
+
+    def load() -> Config:
+        if broken[0]:
+            raise RuntimeError("unforeseen")
+        return config
+
+    reloader = Reloader(app, config, load)
+    reloader._reload_on_signal()  # what SIGHUP runs
+    assert app[SUPERVISOR].problems["reload"].error == "RuntimeError"
+    broken[0] = False
+    reloader._reload_on_signal()
+    assert app[SUPERVISOR].problems == {}

@@ -92,7 +92,7 @@ class TokenManager(Refresher):
             assert state.error is not None  # noqa: S101
             raise state.error
         if refused is state.token:
-            if now < self._protected_until:
+            if now < state.holdoff:  # fetched for a 401 moments ago: relay this one
                 self.relayed_401s += 1
                 return None
             attempt = self._start(for_401=True)

@@ -57,6 +57,7 @@ class State:
     error: TokenError | None = None
     until: float = 0.0  # VALID: refresh due; BACKOFF: next attempt; REJECTED: next try
     failures: int = 0  # consecutive failures, the backoff's exponent
+    holdoff: float = 0.0  # a token fetched for a gateway 401 is not replaced before then
 
 
 class Refresher:
@@ -102,7 +103,6 @@ class Refresher:
         self._timer: asyncio.TimerHandle | None = None  # wakes the worker when VALID ends
         self._again = False  # fetch once more after the one in flight (new credentials)
         self._for_401 = False  # the fetch in flight was asked for by a gateway 401
-        self._protected_until = 0.0  # a token fetched for a 401 is not replaced before then
         self._refused: Token | None = None  # the latest token the gateway answered 401 to
         self.refreshes: dict[str, int] = {"success": 0, "rejected": 0, "unavailable": 0}
         self.relayed_401s = 0  # 401s relayed as they are, during a holdoff
@@ -182,8 +182,8 @@ class Refresher:
         took = now - started
         self._tell("success", took)  # before counting: a hook that raises fails the attempt
         self._count("success", None)
-        self._state = State(Phase.VALID, token, None, due)
-        self._protected_until = token.obtained_at + self._holdoff if self._for_401 else 0.0
+        holdoff = token.obtained_at + self._holdoff if self._for_401 else 0.0
+        self._state = State(Phase.VALID, token, None, due, holdoff=holdoff)
         self._for_401 = False
         if self._timer is not None:
             self._timer.cancel()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import time
+from collections.abc import Callable
 
 import jwt
 import pytest
@@ -31,6 +33,14 @@ def manager(source: FakeTokenSource, clock: FakeClock, **kwargs: object) -> Toke
     }
     options.update(kwargs)
     return TokenManager(source, clock=clock, **options)  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait for an event; the deadline is a hang guard only."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
 
 
 async def settle() -> None:
@@ -106,7 +116,8 @@ async def test_failed_refresh_keeps_serving_the_valid_token_and_retries() -> Non
     clock.advance(3400)  # stale
     source.outcomes = [TokenEndpointUnavailable("down"), TokenEndpointUnavailable("down")]
     assert await tokens.token() is first
-    await asyncio.sleep(0.3)  # two backoffs of at most 0.05 s each, then success
+    # Two backoffs of at most 0.05 s each, then success: wait for it, then count.
+    await until(lambda: tokens.refreshes["success"] == 2)
     assert source.calls == 4
     assert (await tokens.token()).access_token == "token-4"
     assert tokens.refreshes == {"success": 2, "rejected": 0, "unavailable": 2}
@@ -138,7 +149,7 @@ async def test_rejected_credentials_are_not_retried_in_a_loop() -> None:
     tokens = manager(source, clock, rejected_retry_interval=60)
     with pytest.raises(CredentialsRejected):
         await tokens.token()
-    await asyncio.sleep(0.2)
+    await settle()  # nothing is due: the fake clock has not moved
     for _ in range(20):
         with pytest.raises(CredentialsRejected):
             await tokens.token()
@@ -184,8 +195,8 @@ async def test_background_timer_refreshes_without_traffic() -> None:
         clock.advance(0.1)
 
     source.on_call = tick
-    await asyncio.sleep(0.35)
-    assert source.calls >= 2, "the timer must refresh before expiry with no request arriving"
+    # The timer must refresh before expiry with no request arriving.
+    await until(lambda: source.calls >= 2)
     await tokens.close()
 
 

@@ -37,7 +37,11 @@ async def print_token(config: Config, profile_name: str = "default") -> int:
         return exit_status.CONFIG
     async with upstream_session(config) as session:
         client = TokenClient(
-            session, profile.token_url, profile.credentials, timeout=config.timeouts.token
+            session,
+            profile.token_url,
+            profile.credentials,
+            timeout=config.timeouts.token,
+            refresh_margin=config.refresh_margin,
         )
         # One-shot: the manager neither retries in the background nor speaks of "requests
         # answered 503" and next refreshes; this loop does the retrying and the talking.

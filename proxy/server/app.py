@@ -38,6 +38,7 @@ from ..admission.local_tokens import LocalTokenIssuer
 from ..admission.login import LoginHandler
 from ..admission.routing import ProfileRouter
 from ..config import Config
+from ..observe.background import Supervisor
 from ..observe.logs import REQUEST_ID, AccessLog
 from ..observe.metrics import CONTENT_TYPE, Metrics
 from ..responses import error_response, json_response
@@ -49,8 +50,24 @@ from ..upstream.egress import masked, proxy_for
 from ..upstream.forward import Forwarder
 from ..upstream.session import upstream_session
 from ..upstream.token_client import TokenClient
-from .background import Supervisor
-from .status import status_document
+from .keys import (
+    ACCESS,
+    ACCESS_LOG,
+    CONFIG,
+    FORWARDERS,
+    GUARD,
+    LOCAL_TOKENS,
+    LOGIN,
+    METRICS,
+    RELAY,
+    ROUTER,
+    SHARING,
+    STARTED,
+    SUPERVISOR,
+    TOKEN_CLIENTS,
+    TOKENS,
+)
+from .status import ready, status
 
 __all__ = [
     "ACCESS",
@@ -68,22 +85,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("proxy.app")
-
-CONFIG = web.AppKey("config", Config)
-ACCESS = web.AppKey("access", AccessControl)
-TOKENS = web.AppKey("tokens", dict[str, TokenManager])
-TOKEN_CLIENTS = web.AppKey("token_clients", dict[str, TokenClient])
-FORWARDERS = web.AppKey("forwarders", dict[str, Forwarder])
-LOCAL_TOKENS = web.AppKey("local_tokens", LocalTokenIssuer)
-ROUTER = web.AppKey("router", ProfileRouter)
-GUARD = web.AppKey("guard", Guard)
-LOGIN = web.AppKey("login", LoginHandler)
-METRICS = web.AppKey("metrics", Metrics)
-STARTED = web.AppKey("started", float)
-ACCESS_LOG = web.AppKey("access_log", AccessLog)
-SUPERVISOR = web.AppKey("supervisor", Supervisor)
-SHARING = web.AppKey("sharing", Sharing)
-RELAY = web.AppKey("relay", ObjectRelay)
 
 
 def create_app(
@@ -124,9 +125,9 @@ def create_app(
         app.on_response_prepare.append(_allow_origin)
 
     app.router.add_get("/-/healthy", _endpoint(_healthy), allow_head=True)
-    app.router.add_get("/-/ready", _endpoint(_ready), allow_head=True)
-    app.router.add_get("/-/ready/{profile}", _endpoint(_ready), allow_head=True)
-    app.router.add_get("/-/status", _endpoint(_status, private=True))
+    app.router.add_get("/-/ready", _endpoint(ready), allow_head=True)
+    app.router.add_get("/-/ready/{profile}", _endpoint(ready), allow_head=True)
+    app.router.add_get("/-/status", _endpoint(status, private=True))
     app.router.add_get("/-/metrics", _endpoint(_metrics, private=True))
     if relay is not None:
         # Private: with inbound authentication, only the caller the object's URL was given to.
@@ -177,6 +178,7 @@ def _upstream(
                 timeout=timeouts.token,
                 clock=clock,
                 proxy=token_proxy,
+                refresh_margin=config.refresh_margin,
             )
             tokens = TokenManager(
                 clients[name].fetch,
@@ -184,6 +186,7 @@ def _upstream(
                 clock=clock,
                 name=name,
                 on_refresh=app[METRICS].token_observer(name),
+                supervisor=app[SUPERVISOR],  # a crash shows in /-/ready and /-/status
             )
             app[TOKENS][name] = tokens
             forwarders[name] = Forwarder(
@@ -206,9 +209,11 @@ def _upstream(
         try:
             yield
         finally:
-            for tokens in app[TOKENS].values():
-                await tokens.close()
-            await session.close()
+            try:
+                for tokens in app[TOKENS].values():
+                    await tokens.close()  # never raises, a crashed refresher included
+            finally:
+                await session.close()
 
     return lifecycle
 
@@ -256,60 +261,6 @@ async def _allow_origin(request: web.Request, response: web.StreamResponse) -> N
 
 async def _healthy(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
-
-
-async def _ready(request: web.Request) -> web.Response:
-    """Ready while any profile can serve: one institution's failure is not everyone's.
-
-    Why not is told in the proxy's own words to everyone; the token endpoint's own words
-    (redacted) only to callers the proxy knows, when inbound authentication is on.
-    """
-    app = request.app
-    managers = app[TOKENS]
-    name = request.match_info.get("profile")
-    if name is not None:
-        if name not in managers:
-            return _refuse(request, 404, "UnknownProfile", "no such profile")
-        managers = {name: managers[name]}
-    problems = [f"{problem.task}: {problem.error}" for problem in app[SUPERVISOR].problems.values()]
-    ready = {profile: tokens.ready for profile, tokens in managers.items()}
-    if any(ready.values()):
-        body: dict[str, object] = {"status": "ready", "profiles": ready}
-        if problems:
-            body["problems"] = problems
-        return json_response(body)
-    trusted = not app[ACCESS].required or app[GUARD].identify(request) is not None
-    reasons = []
-    for profile, tokens in managers.items():
-        error = tokens.last_error
-        why = "no token yet" if error is None else error.text if trusted else error.message
-        reasons.append(f"{profile}: {why}")
-    return error_response(503, "NotReady", "; ".join([*reasons, *problems]))
-
-
-async def _status(request: web.Request) -> web.Response:
-    app = request.app
-    egress = app[CONFIG].egress
-    document = status_document(
-        upstream=str(app[CONFIG].default_profile.url),
-        uptime=time.monotonic() - app[STARTED],
-        requests_served=app[METRICS].requests_served,
-        profiles=app[TOKENS],
-        upstreams={name: str(p.url) for name, p in app[CONFIG].profiles.items()},
-        problems=app[SUPERVISOR].problems.values(),
-        shaper=app[SHARING].shaper,
-    )
-    # How connections leave the proxy (egress.py), for whoever debugs a network: masked.
-    document["egress"] = {
-        name: masked(url) if url is not None else None
-        for name, url in (
-            ("egress_proxy", egress.proxy),
-            ("https_proxy", egress.https_proxy),
-            ("http_proxy", egress.http_proxy),
-        )
-    } | {"no_proxy": list(egress.no_proxy)}
-    document["object_relay"] = RELAY in app
-    return json_response(document)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -15,7 +15,8 @@ comparing against what actually runs, so the warning stays true until the restar
 Files are watched by polling their metadata every few seconds: a Kubernetes Secret update
 (an atomic symlink swap) and an editor's save both change it, and polling needs neither a
 dependency nor platform-specific notification. The watcher runs under the app's
-``Supervisor``: an unexpected error is logged, shown in ``/-/status``, and watching goes on.
+``Supervisor``: an unexpected error is logged, shown in ``/-/status`` until a poll or reload
+next goes through, and watching goes on.
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ class Reloader:
             self.reload()
         except Exception as exc:
             self._app[SUPERVISOR].record(_TASK, exc)
+        else:
+            self._app[SUPERVISOR].clear(_TASK)
 
     async def watch(self) -> None:
         """Poll the watched files; reload when one changes. Runs until cancelled."""
@@ -151,6 +154,7 @@ class Reloader:
                 # Not again for the same change, whatever the outcome: wait for the next.
                 self._stamps = {path: _stamp(path) for path in self._stamps}
                 self.reload()
+            self._app[SUPERVISOR].clear(_TASK)  # a poll that went through: no problem now
 
     async def run(self) -> None:
         """Watch files, and reload on SIGHUP where the platform has it, until cancelled."""

@@ -1,14 +1,16 @@
 """``/-/status``: what the proxy is doing, as JSON for people and dashboards. Never a token.
+(``/-/ready``, the orchestrator's signal, is answered here too.)
 
     {"version", "upstream", "uptime_seconds", "requests_served", "ready",
-     "profiles": {"default": {"upstream", "ready", "expires_in", "scope": {...},
+     "profiles": {"default": {"upstream", "ready", "state", "expires_in", "scope": {...},
                               "last_refresh": {"at", "outcome", "error"}, "refreshes": {...},
                               "relayed_401s", "rate_limits": {"create_job": 5, ...}}},
      "problems": [{"task", "error", "at"}]}
 
 ``rate_limits`` is each endpoint class's remaining budget: requests that could go at once
-(absent when shaping is off). ``problems`` lists background tasks that failed unexpectedly
-(background.py), latest first.
+(absent when shaping is off). ``problems`` lists background tasks failing unexpectedly now,
+token refreshes included (observe/background.py), latest first; one clears when its task
+next succeeds.
 
 ``scope`` is read from the gateway token's informational scope string,
 ``"<service> principal:<id> partner:<id> region:<id>"``.
@@ -20,12 +22,18 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .. import __version__
-from ..tokens.manager import TokenManager
-from ..upstream.shaping import Shaper
-from .background import BackgroundProblem
+from aiohttp import web
 
-__all__ = ["parse_scope", "status_document"]
+from .. import __version__
+from ..observe.background import BackgroundProblem
+from ..observe.logs import REQUEST_ID
+from ..responses import error_response, json_response
+from ..tokens.manager import TokenManager
+from ..upstream.egress import masked
+from ..upstream.shaping import Shaper
+from .keys import ACCESS, CONFIG, GUARD, METRICS, RELAY, SHARING, STARTED, SUPERVISOR, TOKENS
+
+__all__ = ["parse_scope", "ready", "status", "status_document"]
 
 
 def parse_scope(scope: str) -> dict[str, str]:
@@ -54,6 +62,7 @@ def _profile(tokens: TokenManager, upstream: str | None, shaper: Shaper | None) 
     return {
         "upstream": upstream,
         "ready": tokens.ready,
+        "state": tokens.state.phase.value,  # the token lifecycle's phase (tokens/refresher.py)
         "expires_in": round(expires_in, 1) if expires_in is not None else None,
         "scope": parse_scope(token.scope) if token is not None else {},
         "last_refresh": last,
@@ -88,3 +97,59 @@ def status_document(
             for p in sorted(problems, key=lambda p: p.at, reverse=True)
         ],
     }
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Ready while any profile can serve: one institution's failure is not everyone's.
+
+    Why not is told in the proxy's own words to everyone; the token endpoint's own words
+    (redacted) only to callers the proxy knows, when inbound authentication is on.
+    """
+    app = request.app
+    managers = app[TOKENS]
+    name = request.match_info.get("profile")
+    if name is not None:
+        if name not in managers:
+            request_id = request.get(REQUEST_ID)
+            return error_response(404, "UnknownProfile", "no such profile", request_id=request_id)
+        managers = {name: managers[name]}
+    problems = [f"{problem.task}: {problem.error}" for problem in app[SUPERVISOR].problems.values()]
+    states = {profile: tokens.ready for profile, tokens in managers.items()}
+    if any(states.values()):
+        body: dict[str, object] = {"status": "ready", "profiles": states}
+        if problems:
+            body["problems"] = problems
+        return json_response(body)
+    trusted = not app[ACCESS].required or app[GUARD].identify(request) is not None
+    reasons = []
+    for profile, tokens in managers.items():
+        error = tokens.last_error
+        why = "no token yet" if error is None else error.text if trusted else error.message
+        reasons.append(f"{profile}: {why}")
+    return error_response(503, "NotReady", "; ".join([*reasons, *problems]))
+
+
+async def status(request: web.Request) -> web.Response:
+    """``/-/status``: the document above, plus how connections leave the proxy."""
+    app = request.app
+    egress = app[CONFIG].egress
+    document = status_document(
+        upstream=str(app[CONFIG].default_profile.url),
+        uptime=time.monotonic() - app[STARTED],
+        requests_served=app[METRICS].requests_served,
+        profiles=app[TOKENS],
+        upstreams={name: str(p.url) for name, p in app[CONFIG].profiles.items()},
+        problems=app[SUPERVISOR].problems.values(),
+        shaper=app[SHARING].shaper,
+    )
+    # How connections leave the proxy (egress.py), for whoever debugs a network: masked.
+    document["egress"] = {
+        name: masked(url) if url is not None else None
+        for name, url in (
+            ("egress_proxy", egress.proxy),
+            ("https_proxy", egress.https_proxy),
+            ("http_proxy", egress.http_proxy),
+        )
+    } | {"no_proxy": list(egress.no_proxy)}
+    document["object_relay"] = RELAY in app
+    return json_response(document)

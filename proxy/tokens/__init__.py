@@ -1,1 +1,3 @@
-"""The gateway's access tokens: one fetched (client.py), kept fresh (manager.py)."""
+"""The gateway's access tokens: the token and the clock (token.py), the lifecycle's states and
+its worker (refresher.py), what callers get (manager.py), and the one 401 rule (flow.py).
+One fetch is upstream/token_client.py."""

@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
-from aiohttp import http_exceptions, web
+from aiohttp import web
 from yarl import URL
 
 from ..errors import (
@@ -33,7 +33,6 @@ from ..errors import (
     UpstreamUnreachable,
 )
 from ..observe.logs import (
-    BYTES_IN,
     BYTES_OUT,
     CLIENT_CLOSED,
     HELD_SECONDS,
@@ -45,11 +44,13 @@ from ..observe.logs import (
 )
 from ..observe.metrics import Metrics
 from ..responses import REQUEST_ID_HEADER, error_response, proxy_error_response
+from ..tokens.flow import send_with_token
 from ..tokens.manager import TokenManager
 from ..tokens.token import Token
 from . import headers
 from .answer import relay_answer
 from .body_filter import BodyFilter
+from .client_body import MalformedBody, request_body
 from .egress import host_port
 from .failures import describe
 from .shaping import OverBudget, Shaper
@@ -57,16 +58,6 @@ from .shaping import OverBudget, Shaper
 __all__ = ["Forwarder"]
 
 log = logging.getLogger("proxy.forward")
-
-_TOO_SLOW = "the client stopped sending its request body"
-_MALFORMED = "invalid chunked encoding"  # the words protocol.py uses for the same fault
-
-
-class _MalformedBody(ProxyError):
-    """The client's body broke its own framing mid-way (an invalid chunk)."""
-
-    status = 400
-    type = "BadRequest"
 
 
 class Forwarder:
@@ -148,13 +139,15 @@ class Forwarder:
         held = self._hold(request)
         try:
             try:
-                body, replayable = await self._request_body(request, whole=held is not None)
+                body, replayable = await request_body(
+                    request, self._client_timeout, whole=held is not None
+                )
                 upstream = await self._send_within_limits(
                     request, target, body, replayable, endpoint
                 )
             except ProxyError as exc:
                 response = proxy_error_response(exc, request_id)
-                if isinstance(exc, _MalformedBody):
+                if isinstance(exc, MalformedBody):
                     response.force_close()  # what follows on the connection cannot be framed
                 return response
             if upstream.status < 200:
@@ -185,17 +178,21 @@ class Forwarder:
         replayable: bool,
         endpoint: str | None,
     ) -> aiohttp.ClientResponse:
-        """Send once a rate-limit slot is ours (shaping.py), with a valid token (and its
-        401 handling). A gateway 429 pauses the endpoint's budget; the request waits for
+        """Send once a rate-limit slot is ours (shaping.py), with a valid token (its 401
+        rule is tokens/flow.py's). A gateway 429 pauses the endpoint's budget; the request waits for
         the pause to pass and goes again if its body allows and its wait has time left,
         else the 429 goes to the client as it is."""
         shaper = self._shaper if endpoint is not None else None
         started = time.monotonic()
+
+        def send(token: Token) -> Awaitable[aiohttp.ClientResponse]:
+            return self._send(request, target, token, body)
+
         while True:
-            # The token first: a request answered 503 for want of one must not spend a slot.
-            token = await self._tokens.token()
             if shaper is not None:
                 assert endpoint is not None  # noqa: S101 - shaper is set only then
+                # The token first: a request answered 503 for want of one must not spend a slot.
+                await self._tokens.token()
                 left = max(0.0, shaper.max_wait - (time.monotonic() - started))
                 try:
                     waited = await shaper.acquire(self._profile, endpoint, left)
@@ -208,10 +205,7 @@ class Forwarder:
                     ) from None
                 if waited:
                     request[HELD_SECONDS] = request.get(HELD_SECONDS, 0.0) + waited
-                    token = await self._tokens.token()  # the one held may have been replaced
-            upstream = await self._send(request, target, token, body)
-            if upstream.status == 401:
-                upstream = await self._after_401(request, target, token, body, replayable, upstream)
+            upstream = await send_with_token(self._tokens, send, replayable=replayable)
             if upstream.status != 429 or shaper is None:
                 return upstream
             assert endpoint is not None  # noqa: S101
@@ -237,30 +231,6 @@ class Forwarder:
         metrics.replay_bytes_held += length
         return length
 
-    async def _after_401(
-        self,
-        request: web.Request,
-        target: URL,
-        token: Token,
-        body: Any,
-        replayable: bool,
-        first: aiohttp.ClientResponse,
-    ) -> aiohttp.ClientResponse:
-        """The gateway refused a token we thought valid (revoked, clock skew). The token
-        manager fetches a new one, unless it is in its holdoff (tokens.py); with it, a
-        replayable request is sent once more. Otherwise the 401 goes to the client as it
-        is, and the next request uses the new token."""
-        try:
-            replacement = await self._tokens.replace(token)
-            if replacement is None or not replayable:
-                return first
-            await first.read()  # small; read whole so its connection can be reused
-        except BaseException:
-            first.release()  # refused, or cancelled while waiting: it must not leak
-            raise
-        first.release()
-        return await self._send(request, target, replacement, body)
-
     def _target(self, raw_target: str) -> URL:
         """The upstream URL for a request target, keeping its percent-encoding exactly."""
         if not raw_target.startswith("/"):
@@ -274,43 +244,6 @@ class Forwarder:
             query_string=query,
             encoded=True,
         )
-
-    async def _request_body(self, request: web.Request, *, whole: bool) -> tuple[Any, bool]:
-        """The body to send and whether it can be sent twice (``whole``: read it first)."""
-        if not request.body_exists:
-            return None, True
-        if whole:
-            try:
-                async with asyncio.timeout(self._client_timeout):
-                    body = await request.read()
-            except TimeoutError:
-                raise ClientTooSlow(_TOO_SLOW) from None
-            request[BYTES_IN] = len(body)
-            return body, True
-        return self._stream(request), False
-
-    async def _stream(self, request: web.Request) -> AsyncIterator[bytes]:
-        """The client's body as it arrives; a client silent too long is given up on."""
-        body = request.content
-        received = 0
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self._client_timeout):
-                        chunk = await body.readany()
-                except TimeoutError:
-                    raise ClientTooSlow(_TOO_SLOW) from None
-                except http_exceptions.HttpProcessingError:
-                    # Raised into aiohttp's client while it sends the body: it drops the
-                    # upstream connection, so the gateway sees the upload cut off, never a
-                    # short body that looks complete.
-                    raise _MalformedBody(_MALFORMED) from None
-                if not chunk:
-                    return
-                received += len(chunk)
-                yield chunk
-        finally:
-            request[BYTES_IN] = received
 
     async def _send(
         self, request: web.Request, target: URL, token: Token, body: Any
@@ -330,7 +263,7 @@ class Forwarder:
         except TimeoutError:
             raise UpstreamTimeout("the gateway did not answer in time") from None
         except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, ClientTooSlow | _MalformedBody):  # sending the body
+            if isinstance(exc.__cause__, ClientTooSlow | MalformedBody):  # sending the body
                 raise exc.__cause__ from None
             log.warning(
                 "upstream request failed: %s %s: %s", request.method, request.path, describe(exc)

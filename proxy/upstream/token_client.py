@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+from collections.abc import Callable
 
 import aiohttp
 import jwt
@@ -32,8 +34,11 @@ __all__ = ["TokenClient"]
 log = logging.getLogger("proxy.tokens")  # one logger name for everything about tokens
 
 DEFAULT_LIFETIME = 3600.0  # when the gateway states neither expires_in nor a JWT exp
+MAX_LIFETIME = 86400.0
 MAX_TOKEN_RESPONSE = 64 * 1024  # a token response is a few hundred bytes; refuse floods
 REJECTED_STATUSES = frozenset({400, 401, 403})
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no space, CR, LF or NUL
+EXP_SLACK = 2.0  # seconds: a JWT exp is whole seconds, and the answer took time to come
 
 
 def _gateway_message(body: bytes, credentials: Credentials) -> str:
@@ -69,6 +74,7 @@ class TokenClient:
         timeout: float,
         clock: Clock | None = None,
         proxy: URL | None = None,
+        refresh_margin: float = 0.0,
     ) -> None:
         self._session = session
         self._url = token_url
@@ -76,6 +82,7 @@ class TokenClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._clock = clock or SystemClock()
         self._proxy = proxy
+        self._margin = refresh_margin  # a token whose own exp falls inside it is refused
 
     def __repr__(self) -> str:
         return f"TokenClient(url={str(self._url)!r}, client_id={self._credentials.client_id!r})"
@@ -111,7 +118,7 @@ class TokenClient:
             ) as response:
                 status = response.status
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                body = await response.content.read(MAX_TOKEN_RESPONSE + 1)
+                body = await _read_limited(response.content, MAX_TOKEN_RESPONSE + 1)
         except TimeoutError:
             raise TokenEndpointUnavailable(
                 f"the token endpoint did not answer within {self._timeout.total:g} s"
@@ -173,17 +180,18 @@ class TokenClient:
             raise invalid("too large")
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: RecursionError
             raise invalid("not JSON") from None
         if not isinstance(data, dict):
             raise invalid("not a JSON object")
         access_token = data.get("access_token")
         if not isinstance(access_token, str) or not access_token.strip():
             raise invalid("no access_token")
+        if not _HEADER_SAFE.fullmatch(access_token):  # it goes in an Authorization header
+            raise invalid("an access_token with characters a header cannot carry")
         scope = data.get("scope")
-        lifetime = self._lifetime(data.get("expires_in"), access_token)
-        if lifetime <= 0:
-            raise invalid("the token has already expired")
+        # However long it claims to live, it is refreshed at least daily.
+        lifetime = min(MAX_LIFETIME, self._lifetime(data.get("expires_in"), access_token, invalid))
         return Token(
             access_token=access_token,
             obtained_at=sent_at,
@@ -191,20 +199,63 @@ class TokenClient:
             scope=scope if isinstance(scope, str) else "",
         )
 
-    def _lifetime(self, expires_in: object, access_token: str) -> float:
-        """Seconds the token lives: ``expires_in``, else the JWT's ``exp``, else one hour."""
-        if (
-            isinstance(expires_in, int | float)
-            and not isinstance(expires_in, bool)
-            and math.isfinite(expires_in)
-            and expires_in > 0
-        ):
-            return float(expires_in)
+    def _lifetime(
+        self,
+        expires_in: object,
+        access_token: str,
+        invalid: Callable[[str], TokenEndpointUnavailable],
+    ) -> float:
+        """Seconds the token lives: ``expires_in``, else the JWT's ``exp``, else one hour.
+
+        The JWT's own ``exp`` is what the gateway enforces, so it is checked here, where the
+        answer is read, even beside an ``expires_in``: a token already expired, or one whose
+        ``exp`` comes within the refresh margin (it would need refreshing at once), is an
+        invalid answer, retried with backoff like any other. ``exp`` counts whole seconds,
+        so it must undercut ``expires_in`` by more than ``EXP_SLACK`` to be taken instead."""
+        stated = _seconds(expires_in)
+        if stated is not None and not (math.isfinite(stated) and stated > 0):
+            stated = None
+        left = self._exp_left(access_token)
+        if left is not None and left <= 0:
+            raise invalid(
+                f"the token has already expired (its exp was {-left:.0f} s ago; "
+                f"is this machine's clock right?)"
+            )
+        if left is None:
+            return stated if stated is not None else DEFAULT_LIFETIME
+        if stated is None or left >= stated - EXP_SLACK:
+            return stated if stated is not None else left
+        if left <= min(self._margin, stated / 2):  # the refresh would be due at once
+            raise invalid(
+                f"the token expires in {left:.0f} s by its exp (not the {stated:.0f} s "
+                f"stated), within the {self._margin:g} s refresh margin"
+            )
+        return left
+
+    def _exp_left(self, access_token: str) -> float | None:
+        """Seconds until the JWT's ``exp``; ``None`` if it is no JWT or has none."""
         try:
             claims = jwt.decode(access_token, options={"verify_signature": False})
         except jwt.PyJWTError:
-            return DEFAULT_LIFETIME
-        exp = claims.get("exp")
-        if isinstance(exp, int | float) and not isinstance(exp, bool):
-            return float(exp) - self._clock.time()
-        return DEFAULT_LIFETIME
+            return None
+        exp = _seconds(claims.get("exp"))
+        return None if exp is None or math.isnan(exp) else exp - self._clock.time()
+
+
+async def _read_limited(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to ``limit`` bytes, however many pieces it arrives in (``read(n)``
+    alone returns the first piece only)."""
+    body = bytearray()
+    while len(body) < limit and (piece := await content.read(limit - len(body))):
+        body += piece
+    return bytes(body)
+
+
+def _seconds(value: object) -> float | None:
+    """A JSON number as a float (an integer past float's range as an infinity), else None."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf

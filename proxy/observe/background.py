@@ -1,10 +1,12 @@
 """Background work that never dies silently.
 
-A task the proxy runs on its own (the secret-file watcher, a reload) may meet an error no
-one foresaw. ``Supervisor.run`` catches it, logs it once by class (its text may hold
-anything, so only at debug level with the traceback), records it where ``/-/ready`` and
-``/-/status`` show it, and starts the task again after a pause. Token refreshes do the same
-inside ``TokenManager``, which also fails the requests waiting on them.
+A task the proxy runs on its own (the secret-file watcher, a reload, a token refresh) may
+meet an error no one foresaw. ``Supervisor.record`` keeps it where ``/-/ready`` and
+``/-/status`` show it and logs it by class (its text may hold anything, so only at debug
+level with the traceback): an ERROR once per episode, later repeats of the same failure at
+debug. ``clear`` ends the episode when the task next succeeds, logging the recovery.
+``Supervisor.run`` restarts a task after a pause; token refreshes back off and retry inside
+``TokenManager``, which reports its crashes here too.
 """
 
 from __future__ import annotations
@@ -31,26 +33,33 @@ class BackgroundProblem:
 
 class Supervisor:
     """``await supervisor.run("watcher", watch)``: runs ``watch`` until cancelled, restarting
-    it after an unexpected error; ``supervisor.problems`` holds the latest of each task."""
+    it after an unexpected error; ``supervisor.problems`` holds each task's current problem."""
 
     def __init__(self, restart_after: float = 5.0) -> None:
         self.restart_after = restart_after
         self.problems: dict[str, BackgroundProblem] = {}
 
     def record(self, task: str, exc: BaseException) -> None:
-        """Log ``exc`` once by class and keep it for the status endpoints."""
+        """Keep ``exc`` for the status endpoints; an ERROR line only when it is news."""
         name = type(exc).__name__
+        known = self.problems.get(task)
         self.problems[task] = BackgroundProblem(task, name, time.time())
-        log.error("%s failed unexpectedly (%s); it carries on", task, name)
+        if known is None or known.error != name:
+            log.error("%s failed unexpectedly (%s); it carries on", task, name)
+        else:
+            log.debug("%s failed again (%s)", task, name)
         log.debug("%s failure", task, exc_info=exc)
 
     def clear(self, task: str) -> None:
-        self.problems.pop(task, None)
+        """``task`` succeeded: its problem, if it had one, is over."""
+        if self.problems.pop(task, None) is not None:
+            log.info("%s recovered", task)
 
     async def run(self, task: str, work: Callable[[], Awaitable[None]]) -> None:
         while True:
             try:
                 await work()
+                self.clear(task)  # it ended well: any problem it had is over
                 return
             except asyncio.CancelledError:
                 raise

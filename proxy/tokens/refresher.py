@@ -1,0 +1,298 @@
+"""The token lifecycle's states and its one worker: ``Refresher`` (``TokenManager``'s base).
+
+The lifecycle is one ``State`` at a time, a frozen record replaced on every transition:
+
+    NEW ─▶ FETCHING ─ok─▶ VALID ─due (margin, jitter)─▶ REFRESHING ─ok─▶ VALID
+              │                                            │
+              ├── outage, bad answer or crash ─▶ BACKOFF ◀─┤  sleep, then fetch again
+              └── credentials refused (400/401/403) ─▶ REJECTED: no fetch before ``until``
+    any ── close() ──▶ CLOSED
+
+FETCHING and REFRESHING differ in whether a usable token is held meanwhile (manager.py says
+what callers get in each). One worker task runs the fetches, so however many requests
+arrive, one token request is in flight at a time. A crash (the source raising something
+unforeseen, or a bug in taking the token in) backs off like an outage and is reported
+once through the ``Supervisor``, which clears it on the next success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from ..errors import CredentialsRejected, TokenEndpointUnavailable, TokenError
+from ..observe.background import Supervisor
+from .token import Clock, SystemClock, Token
+
+__all__ = ["REJECTION_HOLDOFF", "Phase", "Refresher", "State", "TokenSource"]
+
+log = logging.getLogger("proxy.tokens")
+
+# Seconds during which a token fetched because of a gateway 401 is not replaced again.
+REJECTION_HOLDOFF = 30.0
+
+TokenSource = Callable[[], Awaitable[Token]]
+
+
+class Phase(enum.Enum):
+    NEW = "new"  # nothing asked for yet
+    FETCHING = "fetching"  # a token request in flight, no usable token: callers wait for it
+    VALID = "valid"  # a usable token; its refresh starts at ``until``
+    REFRESHING = "refreshing"  # a token request in flight while the held token is used
+    BACKOFF = "backoff"  # the latest request failed or crashed; the next starts at ``until``
+    REJECTED = "rejected"  # credentials refused: not asked again before ``until``
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class State:
+    """Where the lifecycle is: the phase, the held token, the latest failure (until a success)."""
+
+    phase: Phase
+    token: Token | None = None
+    error: TokenError | None = None
+    until: float = 0.0  # VALID: refresh due; BACKOFF: next attempt; REJECTED: next try
+    failures: int = 0  # consecutive failures, the backoff's exponent
+    holdoff: float = 0.0  # a token fetched for a gateway 401 is not replaced before then
+
+
+class Refresher:
+    """The lifecycle's state and the worker that moves it on (``TokenManager`` adds callers)."""
+
+    def __init__(
+        self,
+        source: TokenSource,
+        *,
+        refresh_margin: float = 300.0,
+        clock: Clock | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 30.0,
+        rejected_retry_interval: float = 60.0,
+        rejection_holdoff: float = REJECTION_HOLDOFF,
+        rng: random.Random | None = None,
+        name: str = "default",
+        on_refresh: Callable[[str, float], None] | None = None,
+        one_shot: bool = False,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        self._source = source
+        self._margin = refresh_margin
+        self._clock = clock or SystemClock()
+        self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
+        self._rejected_retry_interval = rejected_retry_interval
+        self._holdoff = rejection_holdoff
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self.name = name
+        self._label = "" if name == "default" else f" ({name})"  # in log lines
+        self.task = f"token refresh{self._label}"  # its name among the supervisor's problems
+        # Told of every token request's outcome ("success", "rejected", "unavailable") and
+        # duration: the metrics hook, kept out of this module.
+        self._on_refresh = on_refresh
+        # For a command that wants one token and exits (``token``): each ``first_token`` is
+        # one request, failures are neither retried nor logged here (the caller does both).
+        self._one_shot = one_shot
+        self._supervisor = supervisor or Supervisor()
+
+        self._state = State(Phase.NEW)
+        self._attempt: asyncio.Future[Token] | None = None  # the fetch in flight's outcome
+        self._worker: asyncio.Task[None] | None = None  # fetch, back off, fetch again...
+        self._timer: asyncio.TimerHandle | None = None  # wakes the worker when VALID ends
+        self._again = False  # fetch once more after the one in flight (new credentials)
+        self._for_401 = False  # the fetch in flight was asked for by a gateway 401
+        self._refused: Token | None = None  # the latest token the gateway answered 401 to
+        self.refreshes: dict[str, int] = {"success": 0, "rejected": 0, "unavailable": 0}
+        self.relayed_401s = 0  # 401s relayed as they are, during a holdoff
+        # The latest token request: wall-clock time, outcome, and the error if it failed.
+        self.last_refresh: tuple[float, str, TokenError | None] | None = None
+
+    async def close(self) -> None:
+        """Stop for good. Never raises: shutdown goes on to close everything else."""
+        self._state = replace(self._state, phase=Phase.CLOSED)
+        if self._timer is not None:
+            self._timer.cancel()
+        worker = self._worker
+        if worker is not None and not worker.done():
+            worker.cancel()
+            await asyncio.wait({worker})  # its own outcome is not ours to raise
+        if self._attempt is not None and not self._attempt.done():
+            _fail(self._attempt, TokenEndpointUnavailable("the proxy is shutting down"))
+
+    # ------------------------------------------------------------------ the worker
+
+    def _now(self) -> float:
+        return self._clock.monotonic()
+
+    def _start(self, *, for_401: bool = False) -> asyncio.Future[Token]:
+        """Start the worker unless it runs; the outcome of its current attempt."""
+        self._for_401 = self._for_401 or for_401
+        worker = self._worker
+        if self._attempt is not None and worker is not None and not worker.done():
+            return self._attempt
+        self._attempt = attempt = asyncio.get_running_loop().create_future()
+        if self._state.phase is Phase.CLOSED:
+            _fail(attempt, TokenEndpointUnavailable("the proxy is shutting down"))
+            return attempt
+        self._enter_fetch()
+        self._worker = asyncio.create_task(self._work())
+        self._worker.add_done_callback(self._worker_ended)
+        return attempt
+
+    def _enter_fetch(self) -> None:
+        token = self._state.token
+        held = token is not None and token.usable(self._now())
+        self._state = replace(self._state, phase=Phase.REFRESHING if held else Phase.FETCHING)
+
+    async def _work(self) -> None:
+        while True:
+            self._again = False
+            self._enter_fetch()
+            attempt = self._attempt
+            assert attempt is not None  # noqa: S101 - _start made it
+            started = self._now()
+            delay: float | None = None
+            try:
+                self._accept(await self._source(), started, attempt)
+            except CredentialsRejected as exc:
+                self._rejected(exc, started, attempt)
+            except TokenError as exc:
+                delay = self._failed(exc, started, attempt)
+            except Exception as exc:  # a bug, here or in the source: backs off like an outage
+                delay = self._failed(_crash(exc), started, attempt, crash=exc)
+            if delay is None and not self._again:
+                return
+            if delay is not None:
+                await asyncio.sleep(delay)
+            self._attempt = asyncio.get_running_loop().create_future()
+
+    def _accept(self, token: Token, started: float, attempt: asyncio.Future[Token]) -> None:
+        now = self._now()
+        due = token.refresh_due(self._margin)
+        if not token.usable(now) or due <= now:
+            raise TokenEndpointUnavailable(
+                f"the token endpoint sent a token that expires in "
+                f"{token.expires_at - now:.0f} s: too soon to use"
+            )
+        # Up to a tenth of the margin early, at random: proxies (and profiles) started
+        # together do not all ask the token endpoint at the same instant.
+        spread = self._rng.uniform(0, (token.expires_at - due) / 10)
+        took = now - started
+        self._tell("success", took)  # before counting: a hook that raises fails the attempt
+        self._count("success", None)
+        holdoff = token.obtained_at + self._holdoff if self._for_401 else 0.0
+        self._state = State(Phase.VALID, token, None, due, holdoff=holdoff)
+        self._for_401 = False
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, due - spread - now)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._start)
+        if self._one_shot:
+            log.info("token fetched%s: expires in %.0f s", self._label, token.lifetime)
+        else:
+            log.info(
+                "token refreshed%s: expires in %.0f s, next refresh in %.0f s (took %.3f s)",
+                self._label,
+                token.lifetime,
+                due - token.obtained_at,
+                took,
+            )
+        self._supervisor.clear(self.task)
+        if not attempt.done():
+            attempt.set_result(token)
+
+    def _rejected(
+        self, exc: CredentialsRejected, started: float, attempt: asyncio.Future[Token]
+    ) -> None:
+        now = self._now()
+        self._tell("rejected", now - started, guarded=True)
+        self._count("rejected", exc)
+        self._state = replace(
+            self._state, phase=Phase.REJECTED, error=exc, until=now + self._rejected_retry_interval
+        )
+        if not self._one_shot:
+            log.error("token refresh failed%s: %s; not retrying", self._label, exc.text)
+        _fail(attempt, exc)
+
+    def _failed(
+        self,
+        exc: TokenError,
+        started: float,
+        attempt: asyncio.Future[Token],
+        crash: Exception | None = None,
+    ) -> float | None:
+        """Back off: the seconds to wait before the next attempt (``None`` in one-shot)."""
+        now = self._now()
+        self._tell("unavailable", now - started, guarded=True)
+        self._count("unavailable", exc)
+        if crash is not None:
+            self._supervisor.record(self.task, crash)
+        if self._timer is not None:
+            self._timer.cancel()
+        failures = self._state.failures + 1
+        if self._one_shot:
+            self._state = replace(self._state, phase=Phase.BACKOFF, error=exc, until=now)
+            _fail(attempt, exc)
+            return None
+        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** (failures - 1))
+        jittered = ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter"
+        delay = max(jittered, exc.retry_after or 0.0)
+        held = self._state.token
+        error = exc.again(max(1.0, delay))  # callers learn when the next attempt starts
+        self._state = replace(
+            self._state, phase=Phase.BACKOFF, error=error, until=now + delay, failures=failures
+        )
+        log.warning(
+            "token refresh failed%s: %s; attempt %d, next try in %.1f s%s",
+            self._label,
+            error.text,
+            failures,
+            delay,
+            "" if held and held.usable(now) else " (no valid token: requests answered 503)",
+        )
+        _fail(attempt, error)
+        return delay
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        """The last line of defence: a worker that died of a bug (or of a cancellation that
+        was not close()'s) backs off like any failure and leaves no one waiting."""
+        if self._state.phase is Phase.CLOSED:
+            return
+        exc = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if exc is None:
+            return
+        self._supervisor.record(self.task, exc)
+        delay = self._backoff_cap
+        error = _crash(exc).again(delay)
+        self._state = replace(
+            self._state, phase=Phase.BACKOFF, error=error, until=self._now() + delay
+        )
+        if self._attempt is not None and not self._attempt.done():
+            _fail(self._attempt, error)
+
+    def _tell(self, outcome: str, took: float, *, guarded: bool = False) -> None:
+        if self._on_refresh is None:
+            return
+        try:
+            self._on_refresh(outcome, took)
+        except Exception as exc:
+            if not guarded:
+                raise
+            log.debug("token refresh hook failure", exc_info=exc)  # the crash is reported
+
+    def _count(self, outcome: str, error: TokenError | None) -> None:
+        self.refreshes[outcome] += 1
+        self.last_refresh = (self._clock.time(), outcome, error)
+
+
+def _crash(exc: BaseException) -> TokenEndpointUnavailable:
+    """An unforeseen error, named by class only (its text may hold anything)."""
+    return TokenEndpointUnavailable(f"the proxy failed to refresh its token ({type(exc).__name__})")
+
+
+def _fail(attempt: asyncio.Future[Token], exc: TokenError) -> None:
+    attempt.set_exception(exc)
+    # Mark it retrieved: when no request is waiting, asyncio would otherwise log it as lost.
+    attempt.exception()

@@ -1,0 +1,68 @@
+"""The client's request body, as the gateway is sent it: read whole (so a refused request can
+be replayed) or streamed as it arrives, a client silent too long given up on either way.
+Which of the two is ``Forwarder._hold``'s call (the replay budget, forward.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import http_exceptions, web
+
+from ..errors import ClientTooSlow, ProxyError
+from ..observe.logs import BYTES_IN
+
+__all__ = ["MalformedBody", "request_body"]
+
+_TOO_SLOW = "the client stopped sending its request body"
+_MALFORMED = "invalid chunked encoding"  # the words protocol.py uses for the same fault
+
+
+class MalformedBody(ProxyError):
+    """The client's body broke its own framing mid-way (an invalid chunk)."""
+
+    status = 400
+    type = "BadRequest"
+
+
+async def request_body(
+    request: web.Request, client_timeout: float, *, whole: bool
+) -> tuple[Any, bool]:
+    """The body to send and whether it can be sent twice (``whole``: read it first)."""
+    if not request.body_exists:
+        return None, True
+    if whole:
+        try:
+            async with asyncio.timeout(client_timeout):
+                body = await request.read()
+        except TimeoutError:
+            raise ClientTooSlow(_TOO_SLOW) from None
+        request[BYTES_IN] = len(body)
+        return body, True
+    return _stream(request, client_timeout), False
+
+
+async def _stream(request: web.Request, client_timeout: float) -> AsyncIterator[bytes]:
+    """The client's body as it arrives; a client silent too long is given up on."""
+    body = request.content
+    received = 0
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(client_timeout):
+                    chunk = await body.readany()
+            except TimeoutError:
+                raise ClientTooSlow(_TOO_SLOW) from None
+            except http_exceptions.HttpProcessingError:
+                # Raised into aiohttp's client while it sends the body: it drops the
+                # upstream connection, so the gateway sees the upload cut off, never a
+                # short body that looks complete.
+                raise MalformedBody(_MALFORMED) from None
+            if not chunk:
+                return
+            received += len(chunk)
+            yield chunk
+    finally:
+        request[BYTES_IN] = received

@@ -19,11 +19,11 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from aioresponses import aioresponses
 from yarl import URL
 
 from proxy.config import Config, Credentials
 from proxy.errors import CredentialsRejected, TokenEndpointUnavailable
+from proxy.gateway import LOGIN_PATH
 from proxy.observe.background import Supervisor
 from proxy.observe.metrics import Metrics
 from proxy.server import serve as server
@@ -36,7 +36,7 @@ from proxy.tokens.token import Token
 from proxy.upstream.token_client import MAX_LIFETIME, TokenClient
 
 from .conftest import Gateway, ProxyFactory, proxy_config
-from .fakes import FakeClock, FakeTokenSource
+from .fakes import FakeClock, FakeTokenEndpoint, FakeTokenSource
 
 TABLES = "/dap/query/canvas/table"
 
@@ -283,22 +283,29 @@ async def test_the_supervisor_logs_an_error_once_per_episode(
 
 # ---------------------------------------------------------------------- the token's own exp
 
-TOKEN_URL = "https://gateway.test/ids/auth/login"
-
 
 async def fetch_answer(answer: dict[str, Any], clock: FakeClock, margin: float = 300) -> Token:
-    with aioresponses() as mocked:
-        mocked.post(TOKEN_URL, body=json.dumps(answer), content_type="application/json")
+    """``answer`` from a fake token endpoint on a loopback port, fetched by a TokenClient."""
+    endpoint = FakeTokenEndpoint()
+    endpoint.answer(payload=answer)
+    runner = web.AppRunner(endpoint.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
         async with aiohttp.ClientSession() as session:
             client = TokenClient(
                 session,
-                URL(TOKEN_URL),
+                URL(f"http://127.0.0.1:{port}{LOGIN_PATH}"),
                 Credentials("us-east-1#id", "s3cr3t-value"),
                 timeout=5,
                 clock=clock,
                 refresh_margin=margin,
             )
             return await client.fetch()
+    finally:
+        await runner.cleanup()
 
 
 def jwt_expiring(clock: FakeClock, seconds: float) -> str:

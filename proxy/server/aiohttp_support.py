@@ -1,11 +1,15 @@
 """Which aiohttp the proxy runs on, and the aiohttp internals it relies on, in one list.
 
-``protocol.py`` reaches below aiohttp's public API (aiohttp has no hook for the connection
-level): private attributes of ``RequestHandler``, methods it overrides, the server class it
-swaps in, exception classes it tells apart. A release that renames one of them would break
-the proxy only later, on a malformed request or at the first SIGTERM, so
-``check_aiohttp()`` looks for every one of them once, when the runner is made, and raises
-``UnsupportedAiohttp`` naming the version, what is missing and the supported range.
+The proxy reaches below aiohttp's public API where aiohttp has no hook: private attributes
+and methods of the server's connection handler (``protocol.py``), the words of its parser's
+error messages (the C parser says which rule a request broke only in its text), an attribute
+of its client's connection (``upstream/answer.py``) and how its client wraps an error raised
+by a request body (``upstream/forward.py``). A release that changes one of them would break
+the proxy only later, on a malformed request or at the first SIGTERM. So ``INTERNALS`` lists
+every one, ``check_aiohttp()`` looks for each name once, when the runner is made, and raises
+``UnsupportedAiohttp`` naming the version, what is missing and the supported range; what a
+name check cannot see (a message's words, a behaviour) names the test that exercises it
+against a real server (``tested_by``), which fails on the release that changes it.
 
 ``SUPPORTED`` is the range the whole test suite was run green on; ``pyproject.toml``
 declares the same one (``tests/test_aiohttp_support.py`` holds them together).
@@ -20,9 +24,28 @@ from dataclasses import dataclass
 from typing import cast
 
 import aiohttp
-from aiohttp import helpers, http_exceptions, web, web_protocol, web_runner
+from aiohttp import (
+    client_proto,
+    connector,
+    helpers,
+    http_exceptions,
+    http_writer,
+    web,
+    web_protocol,
+    web_runner,
+)
 
-__all__ = ["INTERNALS", "SUPPORTED", "Internal", "UnsupportedAiohttp", "check_aiohttp"]
+__all__ = [
+    "INTERNALS",
+    "SUPPORTED",
+    "TEXT_CHUNKED",
+    "TEXT_FRAMING",
+    "TEXT_HEADER",
+    "TEXT_TOO_MANY_HEADERS",
+    "Internal",
+    "UnsupportedAiohttp",
+    "check_aiohttp",
+]
 
 # 3.13.3 and older fail the hostile-request tests (3.12: tracebacks logged for malformed
 # requests; 3.13.3: a request with 200 headers is forwarded). 3.14 passes the drain but not
@@ -45,6 +68,17 @@ class Internal:
     lookup: Callable[[], object]
     # For a method aiohttp calls positionally: the parameter names it must keep.
     parameters: tuple[str, ...] | None = None
+    # What a name cannot show (a message's words, a behaviour): the test that exercises it
+    # against a real server, in tests/test_aiohttp_surface.py.
+    tested_by: str | None = None
+
+
+# The words of aiohttp's parser messages that protocol.py tells malformed requests apart by
+# (case-insensitive). Its C parser (llhttp) raises one class, BadHttpMessage, for most.
+TEXT_TOO_MANY_HEADERS = "too many headers"  # "Too many headers received"
+TEXT_FRAMING = ("content-length", "transfer-encoding")  # "Duplicate Content-Length", ...
+TEXT_CHUNKED = "chunk"  # "Invalid character in chunk size", "Chunk size mismatch", ...
+TEXT_HEADER = "header"  # "Invalid header value char", "Invalid HTTP header", ...
 
 
 def _handler() -> object:
@@ -66,6 +100,16 @@ def _on(owner: str, lookup: Callable[[], object], *items: tuple[str, str]) -> li
     return [Internal(owner, name, why, lookup) for name, why in items]
 
 
+def _text(exception: str, words: str, why: str) -> Internal:
+    return Internal(
+        f"http_exceptions ({words!r} in its text)",
+        exception,
+        why,
+        lambda: http_exceptions,
+        tested_by="test_each_parser_message_is_told_apart",
+    )
+
+
 INTERNALS: tuple[Internal, ...] = (
     *_on(
         "web_protocol.RequestHandler",
@@ -74,11 +118,13 @@ INTERNALS: tuple[Internal, ...] = (
         ("data_received", "overridden: a request body keeps being read while draining"),
         ("shutdown", "overridden: the drain"),
         ("connection_lost", "overridden: a refused connection was never set up"),
+        ("start", "overridden: a request loop that dies closes its connection"),
+        ("log_exception", "overridden: aiohttp's tracebacks quote the client's bytes"),
+        ("force_close", "closes a connection whose request loop died"),
         ("_close", "set when shutdown starts (Server.pre_shutdown calls close())"),
         ("_force_close", "set when a connection is cut"),
         ("_request_in_progress", "the drain waits while it is true"),
         ("_request_count", "whether a complete head has arrived (the head timer)"),
-        ("_request_handler", "wrapped to answer CONNECT"),
         ("_manager", "the server, for its connection count"),
         ("_messages", "parsed requests waiting: a broken chunk's error is taken from here"),
         ("_current_request", "the request whose body a broken chunk belongs to"),
@@ -91,6 +137,7 @@ INTERNALS: tuple[Internal, ...] = (
         _handler,
         # aiohttp calls handle_error(request, status, exc, message) positionally.
         parameters=("self", "request", "status", "exc", "message"),
+        tested_by="test_each_malformed_request_gets_the_gateway_shape",
     ),
     *_on(
         "web.Server instance",
@@ -98,6 +145,7 @@ INTERNALS: tuple[Internal, ...] = (
         ("_kwargs", "the handler's settings, passed on to our handler class"),
         ("_loop", "passed on to our handler class"),
         ("__call__", "overridden: makes our handler class (the server's class is swapped)"),
+        ("connections", "the open connections: the connection limit counts them"),
     ),
     *_on(
         "web_runner.AppRunner",
@@ -105,13 +153,29 @@ INTERNALS: tuple[Internal, ...] = (
         ("_make_server", "overridden: where the server class is swapped"),
     ),
     *_on(
+        "http_writer.StreamWriter",
+        lambda: http_writer.StreamWriter,
+        ("output_size", "whether a response had started when a request turned out malformed"),
+    ),
+    *_on(
         "http_exceptions",
         lambda: http_exceptions,
         ("HttpProcessingError", "what aiohttp raises for a malformed request"),
-        ("LineTooLong", "tells 414 and 431 apart"),
+        ("LineTooLong", "a line over max_line_size or max_field_size (414 or 431)"),
         ("BadHttpMethod", "a request that is not HTTP"),
-        ("TransferEncodingError", "set on a body whose chunked framing broke"),
+        ("TransferEncodingError", "a body whose chunked framing broke"),
     ),
+    Internal(
+        "http_exceptions.LineTooLong",
+        "args",
+        "args[0] quotes the line: the request target starts with '/' (414), else 431",
+        lambda: http_exceptions.LineTooLong(b"/", 1),
+        tested_by="test_each_parser_message_is_told_apart",
+    ),
+    _text("BadHttpMessage", TEXT_TOO_MANY_HEADERS, "more than max_headers: 431"),
+    _text("BadHttpMessage", "/".join(TEXT_FRAMING), "conflicting or invalid framing"),
+    _text("BadHttpMessage", TEXT_CHUNKED, "a broken chunked body (the C parser's class)"),
+    _text("BadHttpMessage", TEXT_HEADER, "an invalid header name or value"),
     *_on(
         "web_protocol",
         lambda: web_protocol,
@@ -121,6 +185,26 @@ INTERNALS: tuple[Internal, ...] = (
         "helpers",
         lambda: helpers,
         ("set_exception", "ends a request body with an error"),
+    ),
+    # The client (upstream/): the proxy's own requests to the gateway.
+    *_on(
+        "connector.Connection",
+        lambda: connector.Connection,
+        ("protocol", "answer.py: the connection a close-delimited answer arrives on"),
+    ),
+    Internal(
+        "client_proto.ResponseHandler",
+        "closed",
+        "answer.py: a future that tells a reset from a clean close of such an answer",
+        lambda: client_proto.ResponseHandler,
+        tested_by="test_a_reset_mid_close_delimited_answer_is_seen",
+    ),
+    Internal(
+        "aiohttp.ClientError",
+        "__cause__",
+        "forward.py: an error raised by a request body is the client error's __cause__",
+        lambda: aiohttp.ClientError(),
+        tested_by="test_a_body_error_is_the_client_errors_cause",
     ),
 )
 

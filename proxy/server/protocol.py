@@ -38,7 +38,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import http_exceptions, web, web_protocol
+from aiohttp import HttpVersion10, HttpVersion11, http_exceptions, web, web_protocol
 from aiohttp.helpers import set_exception
 from aiohttp.web_request import BaseRequest
 
@@ -47,6 +47,7 @@ from .aiohttp_support import (
     TEXT_CHUNKED,
     TEXT_FRAMING,
     TEXT_HEADER,
+    TEXT_NO_HOST,
     TEXT_TOO_MANY_HEADERS,
     check_aiohttp,
 )
@@ -101,6 +102,8 @@ def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
         return 400, "BadRequest", "conflicting or invalid Content-Length / Transfer-Encoding"
     if isinstance(exc, http_exceptions.TransferEncodingError) or TEXT_CHUNKED in text:
         return 400, "BadRequest", "invalid chunked encoding"
+    if TEXT_NO_HOST in text:  # 3.14's parser; 3.13's lets the guard refuse it (403)
+        return 400, "BadRequest", "the request has no Host header"
     if TEXT_HEADER in text:
         return 400, "BadRequest", "an invalid header (name or value)"
     if status >= 500:
@@ -108,15 +111,22 @@ def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     return 400, "BadRequest", "a malformed HTTP request"
 
 
+_HTTP_1 = frozenset({HttpVersion10, HttpVersion11})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
 async def refuse_unroutable(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """CONNECT (405), and a target no route can place (400), in the gateway's shape.
+    """CONNECT (405), a target no route can place (400) and a request line of another HTTP
+    than 1.0 or 1.1 (505), in the gateway's shape.
 
     Every path has a route (app.py's catch-all), so what matches none is not a path:
-    ``CONNECT host:port`` (aiohttp gives it an empty path), ``OPTIONS *``."""
+    ``CONNECT host:port`` (aiohttp gives it an empty path), ``OPTIONS *``. aiohttp's parser
+    takes ``GET /x`` with no version for HTTP/0.9 and ``HTTP/2.0`` as a version like any."""
+    if request.version not in _HTTP_1:
+        return error_response(
+            505, "HTTPVersionNotSupported", "only HTTP/1.1 and HTTP/1.0 are supported"
+        )
     if request.method == "CONNECT":
         return error_response(405, "MethodNotAllowed", "CONNECT is not supported")
     if request.match_info.http_exception is not None:

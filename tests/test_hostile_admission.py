@@ -210,8 +210,11 @@ async def test_malformed_hosts_are_refused(proxy: Proxy, host: str, admitted: bo
 
 async def test_missing_and_duplicate_hosts(proxy: Proxy) -> None:
     status, _, payload = await exchange(proxy, "GET /-/healthy HTTP/1.1")
-    assert status == 403
-    assert b"(none)" in payload
+    if tuple(int(n) for n in aiohttp.__version__.split(".")[:2]) >= (3, 14):
+        # 3.14's parser refuses HTTP/1.1 without Host itself (RFC 9112: 400).
+        assert (status, b"no Host header" in payload) == (400, True), payload
+    else:
+        assert (status, b"(none)" in payload) == (403, True), payload
     for first, second in (("127.0.0.1", "evil.example"), ("evil.example", "127.0.0.1")):
         status, _, _ = await exchange(proxy, f"GET {ECHO} HTTP/1.1\nHost: {first}\nHost: {second}")
         assert status == 400

@@ -13,6 +13,9 @@ wait twice the timeout). And it bounds what a connection may cost: at most
 ``max_connections`` at once (the next is answered 503 and closed), and ``head_timeout``
 seconds to send the first request's head (a client trickling headers, "slowloris", is cut
 off). Later heads on a kept-alive connection are bounded by aiohttp's keep-alive timeout.
+Two safety nets: a connection whose request loop dies (aiohttp 3.13, on ``CONNECT`` to a
+URL) is closed rather than left open holding a slot, and aiohttp's own tracebacks for
+malformed input, which quote the client's bytes, are logged as one line by class.
 
 Requests are bounded by aiohttp's public settings (``MAX_REQUEST_LINE``, ``MAX_HEADER_FIELD``,
 ``MAX_HEADERS``), set here rather than left to aiohttp's defaults. CONNECT is refused by a
@@ -71,6 +74,7 @@ log = logging.getLogger("proxy.protocol")
 _DRAIN_POLL = 0.05  # seconds between looks at a draining connection
 _CUT = 0.01  # what aiohttp's shutdown is left to wait once our drain is over
 
+_BROKEN_CHUNK = "invalid chunked encoding"
 _TOO_BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Content-Type: application/json\r\n"
@@ -81,7 +85,8 @@ _TOO_BUSY = (
 
 
 # The line LineTooLong quotes is the request line's: the C parser quotes the target, the
-# Python parser the whole line. (Anything else it quotes is a header's.)
+# Python parser the whole line. Anything else it quotes is a header's (with the C parser, a
+# value beginning with "/" reads as a target: 414 for 431, a refusal all the same).
 _REQUEST_LINE = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+ )?/")
 
 
@@ -101,7 +106,7 @@ def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     if any(words in text for words in TEXT_FRAMING):
         return 400, "BadRequest", "conflicting or invalid Content-Length / Transfer-Encoding"
     if isinstance(exc, http_exceptions.TransferEncodingError) or TEXT_CHUNKED in text:
-        return 400, "BadRequest", "invalid chunked encoding"
+        return 400, "BadRequest", _BROKEN_CHUNK
     if TEXT_NO_HOST in text:  # 3.14's parser; 3.13's lets the guard refuse it (403)
         return 400, "BadRequest", "the request has no Host header"
     if TEXT_HEADER in text:
@@ -200,7 +205,7 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         if isinstance(message, web_protocol._ErrInfo) and not body.is_eof():
             self._messages.pop()
             # A fixed text: the parser's own quotes the client's bytes.
-            set_exception(body, http_exceptions.TransferEncodingError("invalid chunked encoding"))
+            set_exception(body, http_exceptions.TransferEncodingError(_BROKEN_CHUNK))
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's
         """Let the request in flight finish, its body still read, within ``timeout``; then

@@ -220,6 +220,7 @@ async def test_missing_and_duplicate_hosts(proxy: Proxy) -> None:
     status, _, payload = await exchange(proxy, "GET /-/healthy HTTP/1.1")
     if AIOHTTP_VERSION >= (3, 14):
         assert (status, error_type(payload)) == (400, "BadRequest")
+        assert b"no Host header" in payload
     else:
         assert status == 403
         assert b"(none)" in payload

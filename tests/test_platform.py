@@ -28,6 +28,7 @@ from proxy.cli import token as token_command
 from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.server import serve as server
+from proxy.server import signals
 from proxy.server.app import TOKEN_CLIENTS
 from proxy.server.reload import Reloader
 from proxy.server.serve import StartupError, start, wait_for_signal
@@ -133,7 +134,7 @@ async def test_serve_on_windows_serves_and_drains_on_ctrl_c(
 
 async def test_ctrl_break_stops_it_too(windows: None, monkeypatch: pytest.MonkeyPatch) -> None:
     # SIGBREAK exists only on Windows; SIGUSR1 stands in for it, by the same path.
-    monkeypatch.setattr(server, "STOP_SIGNALS", (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1))
+    monkeypatch.setattr(signals, "STOP_SIGNALS", (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1))
     before = signal.getsignal(signal.SIGUSR1)
     waiting = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)  # it installs its handlers

@@ -1,11 +1,15 @@
 """Which aiohttp the proxy runs on, and the aiohttp internals it relies on, in one list.
 
-``protocol.py`` reaches below aiohttp's public API (aiohttp has no hook for the connection
-level): private attributes of ``RequestHandler``, methods it overrides, the server class it
-swaps in, exception classes it tells apart. A release that renames one of them would break
-the proxy only later, on a malformed request or at the first SIGTERM, so
-``check_aiohttp()`` looks for every one of them once, when the runner is made, and raises
-``UnsupportedAiohttp`` naming the version, what is missing and the supported range.
+The proxy reaches below aiohttp's public API where aiohttp has no hook: private attributes
+and methods of the server's connection handler (``protocol.py``), the words of its parser's
+error messages (the C parser says which rule a request broke only in its text), an attribute
+of its client's connection (``upstream/answer.py``) and how its client wraps an error raised
+by a request body (``upstream/forward.py``). A release that changes one of them would break
+the proxy only later, on a malformed request or at the first SIGTERM. So ``INTERNALS`` lists
+every one, ``check_aiohttp()`` looks for each name once, when the runner is made, and raises
+``UnsupportedAiohttp`` naming the version, what is missing and the supported range; what a
+name check cannot see (a message's words, a behaviour) names the test that exercises it
+against a real server (``tested_by``), which fails on the release that changes it.
 
 ``SUPPORTED`` is the range the whole test suite was run green on; ``pyproject.toml``
 declares the same one (``tests/test_aiohttp_support.py`` holds them together).
@@ -20,9 +24,29 @@ from dataclasses import dataclass
 from typing import cast
 
 import aiohttp
-from aiohttp import helpers, http_exceptions, web, web_protocol, web_runner
+from aiohttp import (
+    client_proto,
+    connector,
+    helpers,
+    http_exceptions,
+    http_writer,
+    web,
+    web_protocol,
+    web_runner,
+)
 
-__all__ = ["INTERNALS", "SUPPORTED", "Internal", "UnsupportedAiohttp", "check_aiohttp"]
+__all__ = [
+    "INTERNALS",
+    "SUPPORTED",
+    "TEXT_CHUNKED",
+    "TEXT_FRAMING",
+    "TEXT_HEADER",
+    "TEXT_NO_HOST",
+    "TEXT_TOO_MANY_HEADERS",
+    "Internal",
+    "UnsupportedAiohttp",
+    "check_aiohttp",
+]
 
 # 3.13.3 and older fail the hostile-request tests (3.12: tracebacks logged for malformed
 # requests; 3.13.3: a request with 200 headers is forwarded). CI runs the suite on 3.13.4
@@ -46,6 +70,18 @@ class Internal:
     lookup: Callable[[], object]
     # For a method aiohttp calls positionally: the parameter names it must keep.
     parameters: tuple[str, ...] | None = None
+    # What a name cannot show (a message's words, a behaviour): the test that exercises it
+    # against a real server, in tests/test_aiohttp_surface.py.
+    tested_by: str | None = None
+
+
+# The words of aiohttp's parser messages that protocol.py tells malformed requests apart by
+# (case-insensitive). Its C parser (llhttp) raises one class, BadHttpMessage, for most.
+TEXT_TOO_MANY_HEADERS = "too many headers"  # "Too many headers received"
+TEXT_FRAMING = ("content-length", "transfer-encoding")  # "Duplicate Content-Length", ...
+TEXT_CHUNKED = "chunk"  # "Invalid character in chunk size", "Chunk size mismatch", ...
+TEXT_NO_HOST = "missing 'host'"  # 3.14: "Missing 'Host' header in request."
+TEXT_HEADER = "header"  # "Invalid header value char", "Invalid HTTP header", ...
 
 
 def _handler() -> object:
@@ -63,27 +99,54 @@ def _server() -> object:
     return web.Server(_never_called, loop=cast(asyncio.AbstractEventLoop, object()))
 
 
-def _on(owner: str, lookup: Callable[[], object], *items: tuple[str, str]) -> list[Internal]:
-    return [Internal(owner, name, why, lookup) for name, why in items]
+def _on(owner: str, lookup: Callable[[], object], *items: tuple[str, ...]) -> list[Internal]:
+    """``(name, why)`` or ``(name, why, tested_by)`` items on one owner."""
+    return [
+        Internal(owner, item[0], item[1], lookup, tested_by=item[2] if item[2:] else None)
+        for item in items
+    ]
 
+
+def _text(exception: str, words: str, why: str) -> Internal:
+    return Internal(
+        f"http_exceptions ({words!r} in its text)",
+        exception,
+        why,
+        lambda: http_exceptions,
+        tested_by="test_each_parser_message_is_told_apart",
+    )
+
+
+# Tests that exercise an internal's behaviour (a file's name alone: this test module).
+_BROKEN_CHUNK = "test_hardening.py::" + (
+    "test_a_broken_chunk_mid_upload_is_400_at_once_and_aborts_the_upstream_request"
+)
+_DRAIN = "test_faults.py::test_sigterm_lets_a_streamed_upload_in_flight_finish"
+_HEAD_TIMER = "test_hostile.py::test_slow_request_head_is_cut_off"
+_LIMIT = "test_hostile.py::test_connection_limit"
+_MALFORMED = "test_each_malformed_request_gets_the_gateway_shape"
+_LOOP_DIES = "test_connect_to_a_url_neither_hangs_nor_logs_it"
+_NO_BYTES_LOGGED = "test_connect_followed_by_tunnel_bytes_logs_none_of_them"
 
 INTERNALS: tuple[Internal, ...] = (
     *_on(
         "web_protocol.RequestHandler",
         _handler,
-        ("connection_made", "overridden: the connection limit, the head timer"),
-        ("data_received", "overridden: a request body keeps being read while draining"),
-        ("shutdown", "overridden: the drain"),
-        ("connection_lost", "overridden: a refused connection was never set up"),
-        ("_close", "set when shutdown starts (Server.pre_shutdown calls close())"),
-        ("_force_close", "set when a connection is cut"),
-        ("_request_in_progress", "the drain waits while it is true"),
-        ("_request_count", "whether a complete head has arrived (the head timer)"),
-        ("_request_handler", "wrapped to answer CONNECT"),
-        ("_manager", "the server, for its connection count"),
-        ("_messages", "parsed requests waiting: a broken chunk's error is taken from here"),
-        ("_current_request", "the request whose body a broken chunk belongs to"),
-        ("_loop", "the timers"),
+        ("connection_made", "overridden: the connection limit, the head timer", _LIMIT),
+        ("data_received", "overridden: a body keeps being read while draining", _DRAIN),
+        ("shutdown", "overridden: the drain", _DRAIN),
+        ("connection_lost", "overridden: a refused connection was never set up", _LIMIT),
+        ("start", "overridden: a request loop that dies closes its connection", _LOOP_DIES),
+        ("log_exception", "overridden: its tracebacks quote the client's bytes", _NO_BYTES_LOGGED),
+        ("force_close", "closes a connection whose request loop died", _LOOP_DIES),
+        ("_close", "set when shutdown starts (Server.pre_shutdown calls close())", _DRAIN),
+        ("_force_close", "set when a connection is cut", _DRAIN),
+        ("_request_in_progress", "the drain waits while it is true", _DRAIN),
+        ("_request_count", "whether a complete head has arrived (the head timer)", _HEAD_TIMER),
+        ("_manager", "the server, for its connection count", _LIMIT),
+        ("_messages", "parsed requests waiting: a broken chunk's error is here", _BROKEN_CHUNK),
+        ("_current_request", "the request a broken chunk belongs to", _BROKEN_CHUNK),
+        ("_loop", "the timers", _HEAD_TIMER),
     ),
     Internal(
         "web_protocol.RequestHandler",
@@ -92,36 +155,80 @@ INTERNALS: tuple[Internal, ...] = (
         _handler,
         # aiohttp calls handle_error(request, status, exc, message) positionally.
         parameters=("self", "request", "status", "exc", "message"),
+        tested_by=_MALFORMED,
     ),
     *_on(
         "web.Server instance",
         _server,
-        ("_kwargs", "the handler's settings, passed on to our handler class"),
-        ("_loop", "passed on to our handler class"),
-        ("__call__", "overridden: makes our handler class (the server's class is swapped)"),
+        ("_kwargs", "the handler's settings, passed on to our handler class", _MALFORMED),
+        ("_loop", "passed on to our handler class", _MALFORMED),
+        ("__call__", "overridden: makes our handler class (the class is swapped)", _MALFORMED),
+        ("connections", "the open connections: the connection limit counts them", _LIMIT),
     ),
     *_on(
         "web_runner.AppRunner",
         lambda: web_runner.AppRunner,
-        ("_make_server", "overridden: where the server class is swapped"),
+        ("_make_server", "overridden: where the server class is swapped", _MALFORMED),
+    ),
+    *_on(
+        "http_writer.StreamWriter",
+        lambda: http_writer.StreamWriter,
+        (
+            "output_size",
+            "whether an answer had started when its handler failed (no second one written)",
+            "test_a_failure_after_the_answer_started_cuts_the_connection",
+        ),
     ),
     *_on(
         "http_exceptions",
         lambda: http_exceptions,
         ("HttpProcessingError", "what aiohttp raises for a malformed request"),
-        ("LineTooLong", "tells 414 and 431 apart"),
+        ("LineTooLong", "a line over max_line_size or max_field_size (414 or 431)"),
         ("BadHttpMethod", "a request that is not HTTP"),
-        ("TransferEncodingError", "set on a body whose chunked framing broke"),
+        ("TransferEncodingError", "a body whose chunked framing broke"),
     ),
+    Internal(
+        "http_exceptions.LineTooLong",
+        "args",
+        "args[0] quotes the line: the request target starts with '/' (414), else 431",
+        lambda: http_exceptions.LineTooLong(b"/", 1),
+        tested_by="test_each_parser_message_is_told_apart",
+    ),
+    _text("BadHttpMessage", TEXT_TOO_MANY_HEADERS, "more than max_headers: 431"),
+    _text("BadHttpMessage", "/".join(TEXT_FRAMING), "conflicting or invalid framing"),
+    _text("BadHttpMessage", TEXT_CHUNKED, "a broken chunked body (the C parser's class)"),
+    _text("BadHttpMessage", TEXT_NO_HOST, "HTTP/1.1 without Host (3.14's parser)"),
+    _text("BadHttpMessage", TEXT_HEADER, "an invalid header name or value"),
     *_on(
         "web_protocol",
         lambda: web_protocol,
-        ("_ErrInfo", "how a parse error is queued (a broken chunk mid-body among them)"),
+        ("_ErrInfo", "how a parse error is queued (a broken chunk mid-body)", _BROKEN_CHUNK),
     ),
     *_on(
         "helpers",
         lambda: helpers,
-        ("set_exception", "ends a request body with an error"),
+        ("set_exception", "ends a request body with an error", _BROKEN_CHUNK),
+    ),
+    # The client (upstream/): the proxy's own requests to the gateway.
+    *_on(
+        "connector.Connection",
+        lambda: connector.Connection,
+        ("protocol", "answer.py: the connection a close-delimited answer arrives on"),
+    ),
+    Internal(
+        "client_proto.ResponseHandler",
+        "closed",
+        "answer.py: a future that tells a reset from a clean close of such an answer",
+        lambda: client_proto.ResponseHandler,
+        tested_by="test_faults.py::test_upstream_reset_of_a_read_until_close_body_aborts_the_client",
+    ),
+    Internal(
+        "aiohttp.ClientError",
+        "__cause__",
+        "forward.py: an error raised by a request body is the client error's __cause__ "
+        "(a broken chunk, 400, and a stalled upload, 408, are told apart through it)",
+        lambda: aiohttp.ClientError(),
+        tested_by=_BROKEN_CHUNK,
     ),
 )
 

@@ -13,33 +13,68 @@ wait twice the timeout). And it bounds what a connection may cost: at most
 ``max_connections`` at once (the next is answered 503 and closed), and ``head_timeout``
 seconds to send the first request's head (a client trickling headers, "slowloris", is cut
 off). Later heads on a kept-alive connection are bounded by aiohttp's keep-alive timeout.
+Two safety nets: a connection whose request loop dies (aiohttp 3.13, on ``CONNECT`` to a
+URL) is closed rather than left open holding a slot, and aiohttp's own tracebacks for
+malformed input, which quote the client's bytes, are logged as one line by class.
 
-aiohttp offers no public hook for any of this, so ``ProxyRunner`` swaps in this handler
-class. Every aiohttp internal used here is listed in ``aiohttp_support.py`` and checked
-when a ``ProxyRunner`` is made; ``tests/test_hostile.py`` and ``tests/test_faults.py`` fail
-if a future aiohttp stops calling this class.
+Requests are bounded by aiohttp's public settings (``MAX_REQUEST_LINE``, ``MAX_HEADER_FIELD``,
+``MAX_HEADERS``), set here rather than left to aiohttp's defaults. CONNECT is refused by a
+middleware (``refuse_unroutable``), public API: its authority-form target
+(``CONNECT host:443``) has no path, so it matches no route, not even the catch-all, but
+aiohttp 3.13 and 3.14 both run the application's middlewares on a request no route matched.
+The same middleware answers any other target no route can place (``OPTIONS *``) in the
+gateway's shape instead of aiohttp's plain-text 404.
+
+For the rest aiohttp offers no public hook (the connection level: parse errors, the drain,
+the connection count, the head timer), so ``ProxyRunner`` swaps in this handler class: the
+smallest mechanism, one ``__class__`` assignment on the server it made. Every aiohttp
+internal used here is listed in ``aiohttp_support.py`` and checked when a ``ProxyRunner`` is
+made; ``tests/test_aiohttp_surface.py``, ``tests/test_hostile.py`` and
+``tests/test_faults.py`` fail if a future aiohttp stops calling this class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import http_exceptions, web, web_protocol
+from aiohttp import HttpVersion10, HttpVersion11, http_exceptions, web, web_protocol
 from aiohttp.helpers import set_exception
 from aiohttp.web_request import BaseRequest
 
 from ..responses import error_body, error_response
-from .aiohttp_support import check_aiohttp
+from .aiohttp_support import (
+    TEXT_CHUNKED,
+    TEXT_FRAMING,
+    TEXT_HEADER,
+    TEXT_NO_HOST,
+    TEXT_TOO_MANY_HEADERS,
+    check_aiohttp,
+)
 
-__all__ = ["ProxyRunner"]
+__all__ = [
+    "MAX_HEADERS",
+    "MAX_HEADER_FIELD",
+    "MAX_REQUEST_LINE",
+    "ProxyRunner",
+    "refuse_unroutable",
+]
+
+# What a request head may hold: the request line (414 past it), one header line (431), the
+# number of headers (431). aiohttp's defaults, stated here so a release cannot move them.
+MAX_REQUEST_LINE = 8190
+MAX_HEADER_FIELD = 8190
+MAX_HEADERS = 128
 
 log = logging.getLogger("proxy.protocol")
 
 _DRAIN_POLL = 0.05  # seconds between looks at a draining connection
 _CUT = 0.01  # what aiohttp's shutdown is left to wait once our drain is over
 
+_BROKEN_CHUNK = "invalid chunked encoding"
 _TOO_BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Content-Type: application/json\r\n"
@@ -49,27 +84,61 @@ _TOO_BUSY = (
 )
 
 
+# The line LineTooLong quotes is the request line's: the C parser quotes the target, the
+# Python parser the whole line. Anything else it quotes is a header's (with the C parser, a
+# value beginning with "/" reads as a target: 414 for 431, a refusal all the same).
+_REQUEST_LINE = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+ )?/")
+
+
 def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
-    """Status, type and a fixed message for a request aiohttp could not parse."""
+    """Status, type and a fixed message for a request aiohttp could not parse. Its words
+    are listed and tested as internals (aiohttp_support.py)."""
     if isinstance(exc, http_exceptions.LineTooLong):
-        # The C parser says which line only in its text: a URL, or a header.
-        if "when reading: bytearray(b'/" in str(exc) or "Status line" in str(exc):
+        line = exc.args[0] if exc.args else b""
+        if isinstance(line, bytes | bytearray) and _REQUEST_LINE.match(line):
             return 414, "URITooLong", "the request target is too long"
         return 431, "HeaderTooLarge", "a request header is too large"
-    text = str(exc) if exc is not None else ""
-    if "Too many headers" in text:
+    text = str(exc).lower() if exc is not None else ""
+    if TEXT_TOO_MANY_HEADERS in text:
         return 431, "HeaderTooLarge", "the request has too many headers"
     if isinstance(exc, http_exceptions.BadHttpMethod):
         return 400, "BadRequest", "not an HTTP request (invalid method)"
-    if "Content-Length" in text or "Transfer-Encoding" in text:
+    if any(words in text for words in TEXT_FRAMING):
         return 400, "BadRequest", "conflicting or invalid Content-Length / Transfer-Encoding"
-    if "chunk" in text.lower():
-        return 400, "BadRequest", "invalid chunked encoding"
-    if "header" in text.lower():
+    if isinstance(exc, http_exceptions.TransferEncodingError) or TEXT_CHUNKED in text:
+        return 400, "BadRequest", _BROKEN_CHUNK
+    if TEXT_NO_HOST in text:  # 3.14's parser; 3.13's lets the guard refuse it (403)
+        return 400, "BadRequest", "the request has no Host header"
+    if TEXT_HEADER in text:
         return 400, "BadRequest", "an invalid header (name or value)"
     if status >= 500:
         return 500, "InternalError", "the proxy failed to handle the request"
     return 400, "BadRequest", "a malformed HTTP request"
+
+
+_HTTP_1 = frozenset({HttpVersion10, HttpVersion11})
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def refuse_unroutable(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """CONNECT (405), a target no route can place (400) and a request line of another HTTP
+    than 1.0 or 1.1 (505), in the gateway's shape.
+
+    Every path has a route (app.py's catch-all), so what matches none is not a path:
+    ``CONNECT host:port`` (aiohttp gives it an empty path), ``OPTIONS *``. aiohttp's parser
+    takes ``GET /x`` with no version for HTTP/0.9 and ``HTTP/2.0`` as a version like any."""
+    if request.version not in _HTTP_1:
+        return error_response(
+            505, "HTTPVersionNotSupported", "only HTTP/1.1 and HTTP/1.0 are supported"
+        )
+    if request.method == "CONNECT":
+        return error_response(405, "MethodNotAllowed", "CONNECT is not supported")
+    if request.match_info.http_exception is not None:
+        return error_response(
+            400, "BadRequest", "the request target must be a path (origin-form), not a URL"
+        )
+    return await handler(request)
 
 
 class _ProxyRequestHandler(web_protocol.RequestHandler):
@@ -82,17 +151,6 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
-        routed = self._request_handler
-
-        async def refuse_connect(request: BaseRequest) -> web.StreamResponse:
-            # CONNECT's authority-form target matches no route (it has no path): refused
-            # here, in the gateway's shape, rather than with aiohttp's plain 404.
-            if request.method == "CONNECT":
-                return error_response(405, "MethodNotAllowed", "CONNECT is not supported")
-            assert routed is not None  # noqa: S101 - aiohttp sets it from the server
-            return await routed(request)
-
-        self._request_handler = refuse_connect
         self._max_connections = max_connections
         self._head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None
@@ -147,7 +205,7 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         if isinstance(message, web_protocol._ErrInfo) and not body.is_eof():
             self._messages.pop()
             # A fixed text: the parser's own quotes the client's bytes.
-            set_exception(body, http_exceptions.TransferEncodingError("invalid chunked encoding"))
+            set_exception(body, http_exceptions.TransferEncodingError(_BROKEN_CHUNK))
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's
         """Let the request in flight finish, its body still read, within ``timeout``; then
@@ -165,6 +223,24 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
             self._head_timer = None
         if not self._refused:  # a refused connection was never set up
             super().connection_lost(exc)
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except Exception as exc:
+            # aiohttp 3.13 lets some requests kill its request loop (a CONNECT whose target
+            # is a URL fails in yarl); the connection would then hang, holding a slot.
+            log.info("closed a connection aiohttp could not serve (%s)", type(exc).__name__)
+            self.force_close()
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # aiohttp logs a parse error met after the head (3.13: bytes after a CONNECT) with
+        # a traceback whose text quotes the client's bytes: one line, by class, instead.
+        error = kw.get("exc_info")
+        if isinstance(error, http_exceptions.HttpProcessingError):
+            log.info("closed a connection after a malformed request (%s)", type(error).__name__)
+            return
+        super().log_exception(*args, **kw)
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
@@ -201,7 +277,8 @@ class _ProxyServer(web.Server):
 
 
 class ProxyRunner(web.AppRunner):
-    """An ``AppRunner`` whose connections use the handler above.
+    """An ``AppRunner`` whose connections use the handler above, with the head limits above
+    and ``refuse_unroutable`` added to ``app``'s middlewares.
 
     ``ProxyRunner(app, max_connections=1000, head_timeout=30, ...)``; raises
     ``UnsupportedAiohttp`` at once if the installed aiohttp lacks what this module relies on.
@@ -209,6 +286,11 @@ class ProxyRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         check_aiohttp()
+        kwargs.setdefault("max_line_size", MAX_REQUEST_LINE)
+        kwargs.setdefault("max_field_size", MAX_HEADER_FIELD)
+        kwargs.setdefault("max_headers", MAX_HEADERS)
+        if refuse_unroutable not in app.middlewares:
+            app.middlewares.append(refuse_unroutable)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:

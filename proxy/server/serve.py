@@ -3,8 +3,8 @@
 Exit statuses (exit_status.py): 0 after a clean shutdown, 3 when the gateway rejects the
 credentials at startup, 4 when the listen address cannot be bound.
 
-Signals: SIGTERM and SIGINT (Ctrl-C) stop it gracefully everywhere; on Windows, where
-asyncio has no signal handlers, Ctrl-C and Ctrl-Break do, through ``signal.signal``.
+Signals (signals.py): SIGTERM and SIGINT (Ctrl-C) stop it gracefully everywhere; on Windows,
+Ctrl-C and Ctrl-Break.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
@@ -31,6 +29,7 @@ from .aiohttp_support import UnsupportedAiohttp
 from .app import ACCESS_LOG, METRICS, SUPERVISOR, TOKENS, create_app
 from .protocol import ProxyRunner
 from .reload import Reloader
+from .signals import wait_for_signal
 
 __all__ = [
     "RunningProxy",
@@ -226,38 +225,6 @@ async def _listen(runner: web.AppRunner, listen: ListenAddress) -> str:
     port = runner.addresses[0][1] if runner.addresses else listen.port
     host = f"[{listen.host}]" if ":" in listen.host else listen.host
     return f"http://{host}:{port}"
-
-
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGBREAK") if hasattr(signal, name)
-)
-
-
-async def wait_for_signal() -> None:
-    """Return on SIGTERM or SIGINT (and Ctrl-Break on Windows)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[int] = []
-    previous: dict[int, Any] = {}
-    for signum in STOP_SIGNALS:
-        try:
-            loop.add_signal_handler(signum, stop.set)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            # Windows: no loop signal handlers. signal.signal runs the handler in the main
-            # thread between bytecodes; hand the event to the loop from there.
-            # (Not from another thread: ValueError; the embedding program decides then.)
-            with contextlib.suppress(ValueError):
-                previous[signum] = signal.signal(
-                    signum, lambda *_: loop.call_soon_threadsafe(stop.set)
-                )
-    try:
-        await stop.wait()
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 async def serve(config: Config, load: Callable[[], Config] | None = None) -> int:

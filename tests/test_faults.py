@@ -49,6 +49,7 @@ from proxy.simulator.identity import TokenIssuer
 from .broken_upstream import BODY_BYTE, PROMISED, SENT, BrokenUpstream, Mode
 from .conftest import Proxy, ProxyFactory
 from .gateway_routes import pattern
+from .waiting import until
 
 TABLES = "/dap/query/canvas/table"
 LOGIN = "/ids/auth/login"
@@ -1002,7 +1003,7 @@ async def test_a_client_hanging_up_is_logged(
     else:
         await hang_up_during_download(proxy, gateway)
         path = "/faults/trickle"
-    await asyncio.sleep(0.2)
+    await until(lambda: f" {path} 499 " in caplog.text, "the 499 access line")
     line = logged(caplog, "proxy.access", logging.INFO, f" {path} 499 ")
     assert line.endswith(" (abandoned: the client hung up, or shutdown cut it)")
     if direction == "upload":
@@ -1014,7 +1015,7 @@ async def test_an_abandoned_download_logs_the_bytes_it_sent(
 ) -> None:
     proxy = await start_proxy(proxy_factory, gateway.url)
     await hang_up_during_download(proxy, gateway)  # after its first KiB at least
-    await asyncio.sleep(0.2)
+    await until(lambda: " /faults/trickle 499 " in caplog.text, "the 499 access line")
     line = logged(caplog, "proxy.access", logging.INFO, " /faults/trickle 499 ")
     assert int(re.findall(r" out=(\d+) ", line)[0]) >= 1024, line
 

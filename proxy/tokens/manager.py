@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import replace
 
 from ..errors import CredentialsRejected, TokenEndpointUnavailable, TokenError
-from .refresher import Phase, Refresher, State
+from .refresher import SHUTTING_DOWN, Phase, Refresher, State
 from .token import Token
 
 __all__ = ["TokenManager"]
@@ -69,7 +69,7 @@ class TokenManager(Refresher):
                 self._start()  # due (a timer may lag the clock) or may be asked again
             return token
         if state.phase is Phase.CLOSED:
-            raise TokenEndpointUnavailable("the proxy is shutting down")
+            raise TokenEndpointUnavailable(SHUTTING_DOWN)
         if state.phase in (Phase.BACKOFF, Phase.REJECTED) and now < state.until:
             assert state.error is not None  # noqa: S101 - both phases are entered with one
             if state.phase is Phase.REJECTED:

@@ -22,7 +22,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["CacheFill", "CachedAnswer", "MetadataCache", "wants_fresh"]
 
-# The endpoint classes kept, and for how many seconds by default (the cache.* settings).
 MAX_BODY = 1024 * 1024
 MAX_ENTRIES = 512
 _UNCACHEABLE = ("private", "no-store")
@@ -43,11 +42,8 @@ Key = tuple[str, str, str]  # profile, path and query, Accept-Encoding
 def wants_fresh(headers: Mapping[str, str]) -> bool:
     """The client asked to bypass caches (``Cache-Control: no-cache`` or ``Pragma``)."""
     control = headers.get("Cache-Control", "").lower()
-    return (
-        "no-cache" in control
-        or "max-age=0" in control
-        or "no-cache" in headers.get("Pragma", "").lower()
-    )
+    pragma = headers.get("Pragma", "").lower()
+    return "no-cache" in control or "max-age=0" in control or "no-cache" in pragma
 
 
 def cacheable(headers: Mapping[str, str]) -> bool:

@@ -115,7 +115,6 @@ class ObjectRelay:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        max_grants: int = MAX_GRANTS,
     ) -> None:
         self._egress = egress
         self._metrics = metrics
@@ -125,7 +124,7 @@ class ObjectRelay:
         # Each id expires with its own URL (TLRU: a time to use per entry), and the cache is
         # bounded: a client asking for URLs it never fetches cannot grow it without end.
         self._grants: TLRUCache[str, _Grant] = TLRUCache(
-            maxsize=max_grants, ttu=lambda _id, grant, _now: grant.expires_at, timer=clock
+            maxsize=MAX_GRANTS, ttu=lambda _id, grant, _now: grant.expires_at, timer=clock
         )
         self.session: aiohttp.ClientSession | None = None  # set at startup (app.py)
 
@@ -175,7 +174,7 @@ class ObjectRelay:
             (name, value) for name in _TO_STORAGE for value in request.headers.getall(name, ())
         )
         try:
-            upstream = await self.session.request(
+            answer = await self.session.request(
                 request.method,
                 url,
                 headers=outgoing,
@@ -198,26 +197,24 @@ class ObjectRelay:
                 request_id=request_id,
             )
         try:
-            return await self._stream(request, upstream, grant.profile)
+            return await self._stream(request, answer, grant.profile)
         finally:
-            upstream.release()
+            answer.release()
 
     async def _stream(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, profile: str
+        self, request: web.Request, answer: aiohttp.ClientResponse, profile: str
     ) -> web.StreamResponse:
         relayed = CIMultiDict(
             (name, value)
-            for name, value in upstream.headers.items()
+            for name, value in answer.headers.items()
             if name.lower() not in _FROM_STORAGE_DROPPED
         )
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=relayed
-        )
+        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=relayed)
         await response.prepare(request)
         sent = 0
         try:
             if request.method != "HEAD":
-                while chunk := await upstream.content.readany():
+                while chunk := await answer.content.readany():
                     await response.write(chunk)
                     sent += len(chunk)
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -229,7 +226,7 @@ class ObjectRelay:
         finally:
             request[BYTES_OUT] = sent
         await response.write_eof()
-        if upstream.status in (200, 206) and request.method == "GET":
+        if answer.status in (200, 206) and request.method == "GET":
             self._metrics.relay_objects[profile] += 1
             self._metrics.relay_bytes[profile] += sent
         return response
@@ -239,10 +236,7 @@ class RelayFilter:
     """The ``BodyFilter`` that gives an object-URL answer the proxy's own URLs."""
 
     def __init__(self, relay: ObjectRelay, base: str, profile: str, caller: Caller) -> None:
-        self._relay = relay
-        self._base = base
-        self._profile = profile
-        self._caller = caller
+        self._relay, self._base, self._profile, self._caller = relay, base, profile, caller
 
     def wants(self, status: int, headers: CIMultiDict[str]) -> bool:
         encoding = headers.get("Content-Encoding", "identity").strip().lower()

@@ -26,6 +26,7 @@ from yarl import URL
 
 from ..errors import (
     ClientTooSlow,
+    MalformedBody,
     ProxyError,
     RateLimited,
     UpstreamError,
@@ -50,7 +51,7 @@ from ..tokens.token import Token
 from . import headers
 from .answer import relay_answer
 from .body_filter import BodyFilter
-from .client_body import MalformedBody, request_body
+from .client_body import request_body
 from .egress import host_port
 from .failures import describe
 from .shaping import OverBudget, Shaper
@@ -111,8 +112,7 @@ class Forwarder:
             target = self._target(raw_target)
         except ValueError as exc:
             return error_response(400, "BadRequest", str(exc), request_id=request_id)
-        metrics = self._metrics
-        metrics.in_flight += 1
+        self._metrics.in_flight += 1
         started = time.perf_counter()
         try:
             return await self._exchange(
@@ -125,7 +125,7 @@ class Forwarder:
             record_request(self._access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
             raise
         finally:
-            metrics.in_flight -= 1
+            self._metrics.in_flight -= 1
 
     async def _exchange(
         self,
@@ -142,30 +142,30 @@ class Forwarder:
                 body, replayable = await request_body(
                     request, self._client_timeout, whole=held is not None
                 )
-                upstream = await self._send_within_limits(
-                    request, target, body, replayable, endpoint
-                )
+                answer = await self._send_within_limits(request, target, body, replayable, endpoint)
             except ProxyError as exc:
                 response = proxy_error_response(exc, request_id)
                 if isinstance(exc, MalformedBody):
                     response.force_close()  # what follows on the connection cannot be framed
                 return response
-            if upstream.status < 200:
+            if answer.status < 200:
                 # aiohttp's client skips 100 and 103 itself; a 101 means the gateway switched
                 # protocols on a request that never asked to (Upgrade is not forwarded), and
                 # relaying it would leave the client waiting for a response that never comes.
-                upstream.close()
-                what = "switch protocols" if upstream.status == 101 else "answer with only a 1xx"
+                answer.close()
+                what = "switch protocols" if answer.status == 101 else "answer with only a 1xx"
                 log.warning(
-                    "upstream answered %d: %s %s", upstream.status, request.method, request.path
+                    "upstream answered %d: %s %s", answer.status, request.method, request.path
                 )
                 return proxy_error_response(
                     UpstreamError(f"the gateway tried to {what}"), request_id
                 )
             try:
-                return await self._relay(request, upstream, request_id, local_prefix, body_filter)
+                relayed = headers.to_client(answer.headers, self._upstream, request, local_prefix)
+                relayed[REQUEST_ID_HEADER] = request_id
+                return await relay_answer(request, answer, relayed, body_filter)
             finally:
-                upstream.release()
+                answer.release()
         finally:
             if held:
                 self._metrics.replay_bytes_held -= held
@@ -205,16 +205,16 @@ class Forwarder:
                     ) from None
                 if waited:
                     request[HELD_SECONDS] = request.get(HELD_SECONDS, 0.0) + waited
-            upstream = await send_with_token(self._tokens, send, replayable=replayable)
-            if upstream.status != 429 or shaper is None:
-                return upstream
+            answer = await send_with_token(self._tokens, send, replayable=replayable)
+            if answer.status != 429 or shaper is None:
+                return answer
             assert endpoint is not None  # noqa: S101
-            pause = headers.retry_after_seconds(upstream.headers.get("Retry-After"))
+            pause = headers.retry_after_seconds(answer.headers.get("Retry-After"))
             shaper.gateway_429(self._profile, endpoint, pause)
             left = shaper.max_wait - (time.monotonic() - started)
             if not replayable or (pause or shaper.window) > left:
-                return upstream  # the client's own wait would run out: it decides
-            upstream.release()
+                return answer  # the client's own wait would run out: it decides
+            answer.release()
 
     def _hold(self, request: web.Request) -> int | None:
         """Bytes set aside from the replay budget to read this request's body whole, or
@@ -225,10 +225,9 @@ class Forwarder:
         length = request.content_length
         if length is None or length > self._replay_body_limit:
             return None
-        metrics = self._metrics
-        if metrics.replay_bytes_held + length > self._replay_memory:
+        if self._metrics.replay_bytes_held + length > self._replay_memory:
             return None
-        metrics.replay_bytes_held += length
+        self._metrics.replay_bytes_held += length
         return length
 
     def _target(self, raw_target: str) -> URL:
@@ -275,15 +274,3 @@ class Forwarder:
         request[UPSTREAM_SECONDS] = took
         self._metrics.observe_upstream(took, self._profile)
         return response
-
-    async def _relay(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        request_id: str,
-        local_prefix: str,
-        body_filter: BodyFilter | None = None,
-    ) -> web.StreamResponse:
-        relayed = headers.to_client(upstream.headers, self._upstream, request, local_prefix)
-        relayed[REQUEST_ID_HEADER] = request_id
-        return await relay_answer(request, upstream, relayed, body_filter)

@@ -24,16 +24,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-__all__ = [
-    "Budget",
-    "OverBudget",
-    "Shaper",
-    "ShapingStats",
-    "endpoint_class",
-]
+__all__ = ["Budget", "OverBudget", "Shaper", "ShapingStats", "endpoint_class"]
 
-# Requests per window (a minute) by endpoint class: the gateway's documented limits, and
-# the rate_limits.* settings' defaults.
 _SAFETY = 1.02  # our window, relative to the gateway's
 
 
@@ -151,8 +143,7 @@ class Budget:
     def _reschedule(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        self._wake()
+        self._wake()  # which sets the next timer
 
     def _schedule(self, now: float) -> None:
         if self._timer is not None or not self._waiters:

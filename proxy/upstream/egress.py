@@ -57,11 +57,10 @@ def bypassed(host: str, port: int | None, no_proxy: tuple[str, ...]) -> bool:
         name = _normal(name)
         if not name:
             continue
-        if _is_ip(name) or _is_ip(host):
-            if _same_ip(name, host):
+        if _ip(name) is not None or _ip(host) is not None:  # an address matches only itself
+            if _ip(name) == _ip(host):
                 return True
-            continue
-        if host == name or host.endswith("." + name):
+        elif host == name or host.endswith("." + name):
             return True
     return False
 
@@ -92,16 +91,8 @@ def _split_port(entry: str) -> tuple[str, int | None]:
     return name, int(port_text) if port_text.isdigit() else None
 
 
-def _is_ip(name: str) -> bool:
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        ipaddress.ip_address(name)
+        return ipaddress.ip_address(name)
     except ValueError:
-        return False
-    return True
-
-
-def _same_ip(a: str, b: str) -> bool:
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return False
+        return None

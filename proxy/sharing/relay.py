@@ -1,22 +1,17 @@
 """Object downloads through the proxy, for clients that cannot reach object storage.
 
-Off unless ``object_relay: true``. Then:
+Off unless ``object_relay: true``. Then each pre-signed URL in a ``POST /dap/object/url``
+answer (``{"urls": {"<id>": {"url": ...}}}``) becomes ``<scheme>://<host the client
+used>/-/relay/<rid>`` on the way back (``RelayFilter``, a body_filter.py hook), the rest of
+the document unchanged; and ``GET``/``HEAD /-/relay/<rid>`` (``ObjectRelay.serve``) fetches
+the object from storage by the same egress path as everything else and streams it back byte
+for byte, ``Range`` passed through, in bounded memory.
 
-1. ``POST /dap/object/url`` answers (``{"urls": {"<id>": {"url": "<pre-signed>"}}}``) are
-   rewritten on the way back (``RelayFilter``, a body_filter.py hook that sharing/dispatch.py
-   attaches): each pre-signed URL becomes ``<scheme>://<host the client used>/-/relay/<rid>``;
-   everything else in the document stays as it was.
-2. ``GET`` or ``HEAD /-/relay/<rid>`` (``ObjectRelay.serve``) fetches the object from
-   storage through the same egress path as everything else (egress.py, trust.py) and
-   streams it back byte for byte, ``Range`` passed through, in bounded memory.
-
-A relay id (``<rid>``, 32 random bytes) stands for one URL a gateway answer handed out and
-nothing else: the proxy never fetches a URL a client names, so it is no open relay. An id
-expires with its signed URL (``X-Amz-Expires`` and the like, else 15 minutes), lives in a
-bounded cache, and is bound to the profile and the caller that asked for it (with inbound
-authentication, the caller must be identified, as for the private endpoints). Storage is
-sent only the request's range and validator headers: never a gateway token, nor anything a
-client sent to prove who it is (``Authorization``, cookies).
+A relay id (32 random bytes) stands for one URL a gateway answer handed out: the proxy never
+fetches a URL a client names, so it is no open relay. An id expires with its signed URL,
+lives in a bounded cache, and is bound to the profile and the caller that asked for it.
+Storage is sent only the request's range and validator headers: never a gateway token, nor
+anything a client sent to prove who it is (``Authorization``, cookies).
 """
 
 from __future__ import annotations
@@ -77,7 +72,6 @@ def url_lifetime(url: URL, now: float) -> float:
     ``X-Amz-Date``), or any ``...Expires`` parameter (epoch seconds when it looks like a
     date, else seconds); ``DEFAULT_LIFETIME`` when none says. ``now`` is wall-clock time."""
     query = {name.lower(): value for name, value in url.query.items()}
-    found: float | None = None
     for name, value in query.items():
         if not name.endswith("expires"):
             continue
@@ -88,19 +82,18 @@ def url_lifetime(url: URL, now: float) -> float:
         if not math.isfinite(number):
             continue
         if number > 1e9:  # an epoch time (S3 v2 "Expires", CloudFront, the simulator)
-            found = number - now
+            lifetime = number - now
         elif name == "x-amz-expires" and "x-amz-date" in query:
             signed: float
             try:
                 signed = calendar.timegm(time.strptime(query["x-amz-date"], "%Y%m%dT%H%M%SZ"))
             except ValueError:
                 signed = now
-            found = signed + number - now
+            lifetime = signed + number - now
         else:
-            found = number
-        break
-    lifetime = DEFAULT_LIFETIME if found is None else found
-    return max(0.0, min(lifetime, MAX_LIFETIME))
+            lifetime = number
+        return max(0.0, min(lifetime, MAX_LIFETIME))
+    return DEFAULT_LIFETIME
 
 
 class ObjectRelay:

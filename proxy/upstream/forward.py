@@ -1,15 +1,14 @@
-"""One request upstream and its response back, streamed both ways.
+"""One request upstream and its answer back, streamed both ways.
 
-The target URL is built from the configured upstream's scheme, host and port, and only the
-client's raw path and query are appended, byte for byte: no request line, ``Host`` header or
-path can send a request (or our token) anywhere else.
+The target URL is the configured upstream's scheme, host and port with only the client's raw
+path and query appended, byte for byte: no request line, ``Host`` header or path can send a
+request (or our token) anywhere else.
 
-Bodies are never held whole. A request body small enough to replay (no body, or a
-``Content-Length`` up to ``replay_body_limit``) is read first, so that when the gateway
-refuses a token we still hold we can refresh it once and send the same request again.
-Bodies held that way share one budget, ``replay_memory`` bytes across all requests in
-flight (its counter is ``Metrics.replay_bytes_held``): past it, a body streams and is not
-replayed, so memory stays bounded however many uploads arrive at once.
+Bodies are never held whole, except one small enough to replay (a ``Content-Length`` up to
+``replay_body_limit``): it is read first, so that when the gateway refuses a token we still
+hold we can refresh it once and send the same request again. Such bodies share one budget,
+``replay_memory`` bytes across all requests in flight (``Metrics.replay_bytes_held``): past
+it a body streams and is not replayed, so memory stays bounded however many uploads arrive.
 """
 
 from __future__ import annotations
@@ -114,28 +113,6 @@ class Forwarder:
             return error_response(400, "BadRequest", str(exc), request_id=request_id)
         self._metrics.in_flight += 1
         started = time.perf_counter()
-        try:
-            return await self._exchange(
-                request, target, request_id, local_prefix, endpoint, body_filter
-            )
-        except asyncio.CancelledError:
-            # aiohttp writes no access line for a cancelled handler: write ours.
-            seconds = time.perf_counter() - started
-            sent = request.get(BYTES_OUT, 0)
-            record_request(self._access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
-            raise
-        finally:
-            self._metrics.in_flight -= 1
-
-    async def _exchange(
-        self,
-        request: web.Request,
-        target: URL,
-        request_id: str,
-        local_prefix: str,
-        endpoint: str | None,
-        body_filter: BodyFilter | None,
-    ) -> web.StreamResponse:
         held = self._hold(request)
         try:
             try:
@@ -166,7 +143,14 @@ class Forwarder:
                 return await relay_answer(request, answer, relayed, body_filter)
             finally:
                 answer.release()
+        except asyncio.CancelledError:
+            # aiohttp writes no access line for a cancelled handler: write ours.
+            seconds = time.perf_counter() - started
+            sent = request.get(BYTES_OUT, 0)
+            record_request(self._access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
+            raise
         finally:
+            self._metrics.in_flight -= 1
             if held:
                 self._metrics.replay_bytes_held -= held
 

@@ -1,20 +1,15 @@
 """Staying within the gateway's rate limits, for every tool behind one proxy.
 
-The gateway limits each client id per endpoint and per minute (create job 5, list tables 5,
-get job 500, get schema 500, object URLs 200). Every tool behind the proxy spends the same
-client id's budget, and the proxy sees all of their requests, so it keeps the count:
+The gateway limits each client id per endpoint class and per minute (create job 5, list
+tables 5, get job 500, get schema 500, object URLs 200), and every tool behind the proxy
+spends the same budget, so the proxy keeps the count: a ``Budget`` per (profile, endpoint
+class), a sliding window (no burst of 10 across a minute boundary) and a first-come queue.
 
-- Each (profile, endpoint class) has a ``Budget``: a sliding window of the requests it let
-  through (so no burst of 10 across a minute boundary) and a first-come queue.
-- A request over its budget waits in the queue, up to ``max_wait``, for a slot. If none can
-  free in time, it is refused at once with 429 in the gateway's shape and a ``Retry-After``
-  that is exact (when a slot frees), without anything sent: the gateway never receives a
-  request the proxy knows to be over the limit. A client that hangs up leaves the queue.
-- A 429 from the gateway anyway (another user of the same client id, a limit lowered)
-  pauses that budget until its ``Retry-After`` (a window without one) has passed.
-
-The proxy's window is a little longer than the gateway's (2 %): a request let in exactly one
-window after another must not reach the gateway a little early.
+A request over budget waits, up to ``max_wait``, for a slot; if none can free in time it is
+refused at once, unsent, with a 429 in the gateway's shape and an exact ``Retry-After``. A
+client that hangs up leaves the queue. A gateway 429 anyway (another user of the client id,
+a lowered limit) pauses the budget for its ``Retry-After`` (a window without one). Our window
+is 2 % longer than the gateway's: a request let in one window after another is never early.
 """
 
 from __future__ import annotations

@@ -2,13 +2,11 @@
 
 The table list (5 requests a minute per client id) and table schemas change rarely, and
 every tool asks for them. Complete ``200`` answers to ``GET`` list-tables and get-schema are
-kept for a short while (60 s and 300 s by default), per profile (institutions see different
-tables), keyed by everything that changes the answer: the path, the query and
-``Accept-Encoding``. A client's ``Cache-Control: no-cache`` goes upstream and refreshes the
-entry. Answers from the cache carry ``Age``. Bodies are relayed byte for byte either way.
-
-Not kept: answers that set cookies or say ``private``/``no-store``, and bodies over
-``MAX_BODY``. Memory is bounded by ``cachetools`` caches of ``MAX_ENTRIES`` each.
+kept a short while (60 s and 300 s by default), per profile (institutions see different
+tables), keyed by the path, the query and ``Accept-Encoding``; never answers that set cookies
+or say ``private``/``no-store``, nor bodies over ``MAX_BODY``. A client's ``Cache-Control:
+no-cache`` goes upstream and refreshes the entry. Answers from the cache carry ``Age``.
+Bodies are relayed byte for byte either way.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 __all__ = ["CacheFill", "CachedAnswer", "MetadataCache", "wants_fresh"]
 
 MAX_BODY = 1024 * 1024
-MAX_ENTRIES = 512
+MAX_ENTRIES = 512  # per endpoint class: memory stays bounded
 _UNCACHEABLE = ("private", "no-store")
 
 

@@ -1,8 +1,4 @@
-"""A gateway access token (``Token``) and where time comes from (``Clock``).
-
-``Token`` holds the access token (never in a repr) and when it stops being usable, on the
-monotonic clock. ``Clock`` is injected: tests pass a fake instead of patching ``time``.
-"""
+"""A gateway access token (``Token``, never in a repr) and where time comes from (``Clock``)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,12 @@
-"""Which egress (outbound) HTTP proxy a connection goes through, decided once per target.
+"""Which egress (outbound) HTTP proxy a connection goes through: ``proxy_for(config, url)``.
 
-Many institutions' servers reach the internet only through an HTTP proxy. The proxy to use
-comes from ``egress_proxy`` (``DAP_PROXY_EGRESS_PROXY``), else ``HTTPS_PROXY`` for https
-targets and ``HTTP_PROXY`` for http ones (either case); ``NO_PROXY`` exempts hosts, with
-curl's rules (``bypassed``). ``https`` targets go through ``CONNECT`` (TLS stays end to end);
-``http`` ones are sent to the proxy in absolute form.
-
-``proxy_for(config, url)`` is the one place this is decided: the token client and the
-forwarder are given its answer for their fixed URL at startup (app.py), the object relay
-asks per object URL. The answer is a URL that may carry the proxy's credentials (aiohttp
-reads them from it), so it is never shown as it is: ``masked`` and ``host_port`` are.
+Many institutions' servers reach the internet only through one: ``egress_proxy``
+(``DAP_PROXY_EGRESS_PROXY``), else ``HTTPS_PROXY`` or ``HTTP_PROXY`` by the target's scheme
+(either case); ``NO_PROXY`` exempts hosts by curl's rules (``bypassed``). https targets go
+through ``CONNECT`` (TLS stays end to end), http ones in absolute form. The token client and
+the forwarder are given the answer for their fixed URL at startup (app.py), the object relay
+asks per object URL. The answer may carry the proxy's credentials (aiohttp reads them from
+it), so it is never shown as it is: ``masked`` and ``host_port`` are.
 """
 
 from __future__ import annotations
@@ -26,13 +23,9 @@ __all__ = ["bypassed", "host_port", "masked", "proxy_for"]
 
 def proxy_for(config: EgressConfig, target: URL) -> URL | None:
     """The egress proxy for ``target``, or None to connect directly."""
-    proxy: URL | None
-    if config.proxy is not None:
-        proxy = config.proxy
-    elif target.scheme == "https":
-        proxy = config.https_proxy
-    else:
-        proxy = config.http_proxy
+    proxy = config.proxy
+    if proxy is None:
+        proxy = config.https_proxy if target.scheme == "https" else config.http_proxy
     if proxy is None or bypassed(target.host or "", target.port, config.no_proxy):
         return None
     return proxy

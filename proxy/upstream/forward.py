@@ -163,36 +163,35 @@ class Forwarder:
         endpoint: str | None,
     ) -> aiohttp.ClientResponse:
         """Send once a rate-limit slot is ours (shaping.py), with a valid token (its 401
-        rule is tokens/flow.py's). A gateway 429 pauses the endpoint's budget; the request waits for
-        the pause to pass and goes again if its body allows and its wait has time left,
-        else the 429 goes to the client as it is."""
-        shaper = self._shaper if endpoint is not None else None
-        started = time.monotonic()
+        rule is tokens/flow.py's). A gateway 429 pauses the endpoint's budget; the request
+        waits for the pause to pass and goes again if its body allows and its wait has time
+        left, else the 429 goes to the client as it is."""
 
         def send(token: Token) -> Awaitable[aiohttp.ClientResponse]:
             return self._send(request, target, token, body)
 
+        shaper = self._shaper
+        if shaper is None or endpoint is None:
+            return await send_with_token(self._tokens, send, replayable=replayable)
+        started = time.monotonic()
         while True:
-            if shaper is not None:
-                assert endpoint is not None  # noqa: S101 - shaper is set only then
-                # The token first: a request answered 503 for want of one must not spend a slot.
-                await self._tokens.token()
-                left = max(0.0, shaper.max_wait - (time.monotonic() - started))
-                try:
-                    waited = await shaper.acquire(self._profile, endpoint, left)
-                except OverBudget as exc:
-                    raise RateLimited(
-                        f"over the gateway's rate limit for {endpoint.replace('_', ' ')} "
-                        f"(shared by everyone using this proxy); a slot frees in "
-                        f"{exc.retry_after:.0f} s",
-                        retry_after=exc.retry_after,
-                    ) from None
-                if waited:
-                    request[HELD_SECONDS] = request.get(HELD_SECONDS, 0.0) + waited
+            # The token first: a request answered 503 for want of one must not spend a slot.
+            await self._tokens.token()
+            left = max(0.0, shaper.max_wait - (time.monotonic() - started))
+            try:
+                waited = await shaper.acquire(self._profile, endpoint, left)
+            except OverBudget as exc:
+                raise RateLimited(
+                    f"over the gateway's rate limit for {endpoint.replace('_', ' ')} "
+                    f"(shared by everyone using this proxy); a slot frees in "
+                    f"{exc.retry_after:.0f} s",
+                    retry_after=exc.retry_after,
+                ) from None
+            if waited:
+                request[HELD_SECONDS] = request.get(HELD_SECONDS, 0.0) + waited
             answer = await send_with_token(self._tokens, send, replayable=replayable)
-            if answer.status != 429 or shaper is None:
+            if answer.status != 429:
                 return answer
-            assert endpoint is not None  # noqa: S101
             pause = headers.retry_after_seconds(answer.headers.get("Retry-After"))
             shaper.gateway_429(self._profile, endpoint, pause)
             left = shaper.max_wait - (time.monotonic() - started)

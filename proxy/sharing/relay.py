@@ -147,21 +147,23 @@ class ObjectRelay:
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         """``GET``/``HEAD /-/relay/<rid>``: the object, streamed from storage."""
-        request_id = request.get(REQUEST_ID)
+
+        def refuse(status: int, kind: str, message: str) -> web.Response:
+            return error_response(status, kind, message, request_id=request.get(REQUEST_ID))
+
         grant = self._grants.get(request.match_info["relay_id"])
         caller = self._caller(request)
         if grant is None or grant.caller != caller or not caller.may_use(grant.profile):
             # Someone else's id is answered as an unknown one: ids are not to be probed.
-            return error_response(
+            return refuse(
                 404,
                 "ObjectNotFound",
                 "no such object to relay, or its URL has expired: ask for the object's URL "
                 "again (POST /dap/object/url)",
-                request_id=request_id,
             )
         request[PROFILE] = grant.profile
         if self.session is None:
-            return error_response(503, "NotReady", "the proxy is starting", request_id=request_id)
+            return refuse(503, "NotReady", "the proxy is starting")
         url = URL(grant.url, encoded=True)  # the signature's bytes exactly as signed
         outgoing = CIMultiDict(
             (name, value) for name in _TO_STORAGE for value in request.headers.getall(name, ())
@@ -175,19 +177,12 @@ class ObjectRelay:
                 allow_redirects=False,
             )
         except TimeoutError:
-            return error_response(
-                504,
-                "GatewayTimeout",
-                "object storage did not answer in time",
-                request_id=request_id,
-            )
+            return refuse(504, "GatewayTimeout", "object storage did not answer in time")
         except aiohttp.ClientError as exc:
-            log.warning("relay: object storage at %s: %s", url.host, describe(exc))
-            return error_response(
-                502,
-                "BadGateway",
-                f"object storage at {url.host} could not be reached: {describe(exc)}",
-                request_id=request_id,
+            why = describe(exc)
+            log.warning("relay: object storage at %s: %s", url.host, why)
+            return refuse(
+                502, "BadGateway", f"object storage at {url.host} could not be reached: {why}"
             )
         try:
             return await self._stream(request, answer, grant.profile)

@@ -14,9 +14,9 @@ it a body streams and is not replayed, so memory stays bounded however many uplo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -166,10 +166,7 @@ class Forwarder:
         rule is tokens/flow.py's). A gateway 429 pauses the endpoint's budget; the request
         waits for the pause to pass and goes again if its body allows and its wait has time
         left, else the 429 goes to the client as it is."""
-
-        def send(token: Token) -> Awaitable[aiohttp.ClientResponse]:
-            return self._send(request, target, token, body)
-
+        send = functools.partial(self._send, request, target, body=body)
         shaper = self._shaper
         if shaper is None or endpoint is None:
             return await send_with_token(self._tokens, send, replayable=replayable)

@@ -132,11 +132,9 @@ class ObjectRelay:
         return relay_id
 
     def filter(self, request: web.Request, profile: str) -> RelayFilter:
-        """The body filter for one ``POST /dap/object/url`` on its way back.
-
-        The relay URL has no profile prefix: the proxy's own endpoints live at ``/-/``
-        only (guard.py refuses them under a prefix), and the id is bound to the profile.
-        """
+        """The body filter for one ``POST /dap/object/url`` on its way back. Its URLs have no
+        profile prefix: the proxy's own endpoints live at ``/-/`` only (guard.py refuses
+        them under a prefix), and the id is bound to the profile."""
         base = f"{request.scheme}://{request.host}{RELAY}"
         return RelayFilter(self, base, profile, self._caller(request))
 

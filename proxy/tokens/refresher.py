@@ -89,9 +89,7 @@ class Refresher:
         self.name = name
         self._label = "" if name == "default" else f" ({name})"  # in log lines
         self.task = f"token refresh{self._label}"  # its name among the supervisor's problems
-        # Told of every token request's outcome ("success", "rejected", "unavailable") and
-        # duration: the metrics hook, kept out of this module.
-        self._on_refresh = on_refresh
+        self._on_refresh = on_refresh  # the metrics hook: each token request's outcome, time
         # For a command that wants one token and exits (``token``): each ``first_token`` is
         # one request, failures are neither retried nor logged here (the caller does both).
         self._one_shot = one_shot

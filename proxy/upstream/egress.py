@@ -45,10 +45,8 @@ def bypassed(host: str, port: int | None, no_proxy: tuple[str, ...]) -> bool:
         if entry == "*":
             return True
         name, entry_port = _split_port(entry)
-        if entry_port is not None and entry_port != port:
-            continue
         name = _normal(name)
-        if not name:
+        if not name or entry_port not in (None, port):
             continue
         if _ip(name) is not None or _ip(host) is not None:  # an address matches only itself
             if _ip(name) == _ip(host):

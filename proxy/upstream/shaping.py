@@ -90,9 +90,8 @@ class Budget:
         return max(0, self.limit - len(self._admitted) - len(self._waiters))
 
     def _expire(self, now: float) -> None:
-        admitted = self._admitted
-        while admitted and admitted[0] <= now - self.window:
-            admitted.popleft()
+        while self._admitted and self._admitted[0] <= now - self.window:
+            self._admitted.popleft()
 
     def _slots(self, count: int, now: float) -> Iterator[float]:
         """When the next ``count`` requests could go, in queue order."""
@@ -131,8 +130,7 @@ class Budget:
 
     def pause(self, seconds: float) -> None:
         """The gateway answered 429: nothing more goes before ``seconds`` have passed."""
-        now = self._clock()
-        self._paused_until = max(self._paused_until, now + seconds)
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
         self._reschedule()
 
     def _reschedule(self) -> None:

@@ -9,7 +9,6 @@ reason, and the token endpoint's own words cleaned by ``redact``.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 
@@ -28,8 +27,6 @@ from .headers import retry_after_seconds
 from .trust import tls_failure
 
 __all__ = ["TokenClient"]
-
-log = logging.getLogger("proxy.tokens")  # one logger name for everything about tokens
 
 DEFAULT_LIFETIME = 3600.0  # when the gateway states neither expires_in nor a JWT exp
 MAX_LIFETIME = 86400.0

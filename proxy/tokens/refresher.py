@@ -142,32 +142,34 @@ class Refresher:
         return attempt
 
     def _enter_fetch(self) -> None:
+        """─▶ FETCHING, or REFRESHING while a usable token is held."""
         token = self._state.token
         held = token is not None and token.usable(self._now())
         self._enter(Phase.REFRESHING if held else Phase.FETCHING)
 
     async def _work(self) -> None:
+        """Fetch; after a failure sleep and fetch again, after new credentials fetch again."""
         while True:
             self._again = False
             self._enter_fetch()
             started = self._now()
             delay: float | None = None
             try:
-                self._accept(await self._source(), started)
+                self._enter_valid(await self._source(), started)
             except CredentialsRejected as exc:
-                self._rejected(exc, started)
+                self._enter_rejected(exc, started)
             except TokenError as exc:
-                delay = self._failed(exc, started)
+                delay = self._enter_backoff(exc, started)
             except Exception as exc:  # a bug, here or in the source: backs off like an outage
-                delay = self._failed(_crash(exc), started, crash=exc)
-            if delay is None and not self._again:
-                return
+                delay = self._enter_backoff(_crash(exc), started, crash=exc)
             if delay is not None:
                 await asyncio.sleep(delay)
+            elif not self._again:
+                return
             self._attempt = asyncio.get_running_loop().create_future()
 
-    def _accept(self, token: Token, started: float) -> None:
-        """FETCHING or REFRESHING ─ok─▶ VALID, with the refresh timer set."""
+    def _enter_valid(self, token: Token, started: float) -> None:
+        """─▶ VALID, with the timer set for the next refresh."""
         now = self._now()
         due = token.refresh_due(self._margin)
         if not token.usable(now) or due <= now:
@@ -200,7 +202,7 @@ class Refresher:
         self._supervisor.clear(self.task)
         self._finish(token)
 
-    def _rejected(self, exc: CredentialsRejected, started: float) -> None:
+    def _enter_rejected(self, exc: CredentialsRejected, started: float) -> None:
         """─▶ REJECTED: the credentials are not tried again before ``until``."""
         now = self._now()
         self._record("rejected", now - started, exc)
@@ -209,7 +211,7 @@ class Refresher:
             log.error("token refresh failed%s: %s; not retrying", self._label, exc.text)
         self._finish(exc)
 
-    def _failed(
+    def _enter_backoff(
         self, exc: TokenError, started: float, crash: Exception | None = None
     ) -> float | None:
         """─▶ BACKOFF: the seconds to wait before the next attempt (``None`` in one-shot)."""

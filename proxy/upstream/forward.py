@@ -89,7 +89,6 @@ class Forwarder:
         self._access_log = access_log
         self._profile = profile
         self._shaper = shaper  # None: rate limits are not shaped
-        self._where = host_port(upstream)
         self._proxy = proxy
 
     async def forward(
@@ -231,7 +230,7 @@ class Forwarder:
         outgoing[REQUEST_ID_HEADER] = request[REQUEST_ID]  # the client may quote it upstream
         started = time.perf_counter()
         try:
-            response = await self._session.request(
+            answer = await self._session.request(
                 request.method,
                 target,
                 headers=outgoing,
@@ -244,13 +243,12 @@ class Forwarder:
         except aiohttp.ClientError as exc:
             if isinstance(exc.__cause__, ClientTooSlow | MalformedBody):  # sending the body
                 raise exc.__cause__ from None
-            log.warning(
-                "upstream request failed: %s %s: %s", request.method, request.path, describe(exc)
-            )
+            why = describe(exc)
+            log.warning("upstream request failed: %s %s: %s", request.method, request.path, why)
             raise UpstreamUnreachable(
-                f"the gateway at {self._where} could not be reached: {describe(exc)}"
+                f"the gateway at {host_port(self._upstream)} could not be reached: {why}"
             ) from None
         took = time.perf_counter() - started
         request[UPSTREAM_SECONDS] = took
         self._metrics.observe_upstream(took, self._profile)
-        return response
+        return answer

@@ -46,10 +46,8 @@ def wants_fresh(headers: Mapping[str, str]) -> bool:
 
 def cacheable(headers: Mapping[str, str]) -> bool:
     """An answer the gateway did not mark as one client's own."""
-    if "Set-Cookie" in headers:
-        return False
     control = headers.get("Cache-Control", "").lower()
-    return not any(word in control for word in _UNCACHEABLE)
+    return "Set-Cookie" not in headers and not any(word in control for word in _UNCACHEABLE)
 
 
 class MetadataCache:

@@ -52,7 +52,6 @@ async def relay_answer(
     # connection is released and how it ended can no longer be asked.
     closed = _closing(answer)
     await response.prepare(request)
-    reader = answer.content
     sent = 0  # body bytes, for the access line of a client that hangs up mid-way
     try:
         if prefix:
@@ -60,7 +59,7 @@ async def relay_answer(
             sent = len(prefix)
         while True:
             try:
-                chunk = await reader.readany()
+                chunk = await answer.content.readany()
                 if not chunk and closed is not None and closed.done():
                     closed.result()  # raises if the connection ended by error (a reset)
             except UPSTREAM_READ_ERRORS as exc:  # headers are out: abort (the docstring says why)

@@ -142,8 +142,7 @@ class Budget:
         if self._timer is not None or not self._waiters:
             return
         slot = next(self._slots(1, now))
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(loop.time() + max(0.0, slot - now), self._wake)
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, slot - now), self._wake)
 
     def _wake(self) -> None:
         self._timer = None

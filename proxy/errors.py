@@ -73,7 +73,7 @@ class ClientTooSlow(ProxyError):
     type = "RequestTimeout"
 
 
-# The words for a client body's broken chunk, wherever it is found (mid-body or in the head).
+# What a client is told of a broken chunk in its body, whichever layer finds it.
 BROKEN_CHUNK = "invalid chunked encoding"
 
 

@@ -39,6 +39,7 @@ from ..observe.logs import BYTES_OUT, PROFILE, REQUEST_ID
 from ..observe.metrics import Metrics
 from ..paths import RELAY
 from ..responses import error_response
+from ..upstream.answer import UPSTREAM_READ_ERRORS
 from ..upstream.body_filter import MAX_FILTERED_BODY
 from ..upstream.egress import proxy_for
 from ..upstream.failures import describe
@@ -203,7 +204,7 @@ class ObjectRelay:
                 while chunk := await answer.content.readany():
                     await response.write(chunk)
                     sent += len(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UPSTREAM_READ_ERRORS as exc:
             # Headers are out: cut the connection, so a truncated object never looks whole.
             log.warning("relay: storage failed mid-object: %s", type(exc).__name__)
             if request.transport is not None:

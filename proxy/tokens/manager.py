@@ -22,11 +22,10 @@ __all__ = ["TokenManager"]
 class TokenManager(Refresher):
     """Keeps one credential set's token fresh: ``token = await manager.token()``.
 
-    ``source`` fetches a token (``TokenClient.fetch`` in the product, a fake in tests).
-    A token fetched because of a gateway 401 (``replace``) is not replaced again for
-    ``rejection_holdoff`` seconds: a gateway that refuses every token then costs a couple of
-    token requests a minute, not one per request, and its 401s are relayed.
-    """
+    ``source`` fetches a token (``TokenClient.fetch``, or a fake in tests). A token fetched
+    for a gateway 401 (``replace``) is not replaced again for ``rejection_holdoff`` seconds:
+    a gateway that refuses every token then costs a couple of token requests a minute, not
+    one per request, and its 401s are relayed."""
 
     def __repr__(self) -> str:
         return f"TokenManager(name={self.name!r}, phase={self._state.phase.value})"

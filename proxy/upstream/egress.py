@@ -37,8 +37,7 @@ def bypassed(host: str, port: int | None, no_proxy: tuple[str, ...]) -> bool:
     Each entry is a host name suffix, with or without a leading dot (``example.edu`` and
     ``.example.edu`` both cover ``example.edu`` and ``api.example.edu``), optionally with
     ``:port`` (then only that port); ``*`` exempts everything; an IP address matches only
-    itself (``[::1]`` for IPv6 with a port).
-    """
+    itself (``[::1]`` for IPv6 with a port)."""
     host = _normal(host)
     for entry in no_proxy:
         entry = entry.strip().lower()

@@ -102,8 +102,7 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Forward ``request`` to ``raw_target`` (its path and query, less any profile
         prefix, which is ``local_prefix``: Locations get it back). ``endpoint`` is its
-        rate-limit class (shaping.py), ``body_filter`` a hook on its answer (body_filter.py).
-        """
+        rate-limit class (shaping.py), ``body_filter`` a hook on its answer (body_filter.py)."""
         request[PROFILE] = self._profile
         request_id: str = request[REQUEST_ID]  # given by the guard, which runs first
         try:

@@ -29,8 +29,7 @@ def endpoint_class(method: str, path: str) -> str | None:
 
     ``GET /dap/query/{ns}/table`` list_tables, ``GET .../table/{t}/schema`` get_schema,
     ``POST .../table/{t}/data`` create_job, ``GET /dap/job/{id}`` get_job,
-    ``POST /dap/object/url`` object_urls.
-    """
+    ``POST /dap/object/url`` object_urls."""
     if not path.startswith("/dap/"):
         return None
     parts = path.split("/")  # "", "dap", "query", ns, "table", t, "data"

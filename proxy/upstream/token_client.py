@@ -57,8 +57,7 @@ class TokenClient:
     """Fetches one token: ``await TokenClient(session, url, creds, timeout=30).fetch()``.
 
     ``proxy``: the egress proxy for ``token_url`` (egress.proxy_for), credentials and all;
-    its failures (unreachable, 407, a refused CONNECT) are told apart from the gateway's.
-    """
+    its failures (unreachable, 407, a refused CONNECT) are told apart from the gateway's."""
 
     def __init__(
         self,

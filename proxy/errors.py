@@ -3,6 +3,7 @@
     ProxyError                      every error the proxy itself answers with
     ├── ConfigError                 invalid configuration (exit status 2; never sent to a client)
     ├── ClientTooSlow               the client went silent while sending its body (408)
+    ├── MalformedBody               the client's body broke its chunked framing mid-way (400)
     ├── RateLimited                 over the gateway's rate limit, no slot in time (429)
     ├── TokenError                  getting a gateway token failed
     │   ├── CredentialsRejected     the token endpoint refused our client id or secret (401)
@@ -22,9 +23,11 @@ unauthenticated ones.
 from __future__ import annotations
 
 __all__ = [
+    "BROKEN_CHUNK",
     "ClientTooSlow",
     "ConfigError",
     "CredentialsRejected",
+    "MalformedBody",
     "ProxyError",
     "RateLimited",
     "TokenEndpointUnavailable",
@@ -68,6 +71,17 @@ class ClientTooSlow(ProxyError):
 
     status = 408
     type = "RequestTimeout"
+
+
+# What a client is told of a broken chunk in its body, whichever layer finds it.
+BROKEN_CHUNK = "invalid chunked encoding"
+
+
+class MalformedBody(ProxyError):
+    """The client's body broke its own framing mid-way (an invalid chunk): ``BROKEN_CHUNK``."""
+
+    status = 400
+    type = "BadRequest"
 
 
 class RateLimited(ProxyError):

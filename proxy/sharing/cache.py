@@ -2,13 +2,11 @@
 
 The table list (5 requests a minute per client id) and table schemas change rarely, and
 every tool asks for them. Complete ``200`` answers to ``GET`` list-tables and get-schema are
-kept for a short while (60 s and 300 s by default), per profile (institutions see different
-tables), keyed by everything that changes the answer: the path, the query and
-``Accept-Encoding``. A client's ``Cache-Control: no-cache`` goes upstream and refreshes the
-entry. Answers from the cache carry ``Age``. Bodies are relayed byte for byte either way.
-
-Not kept: answers that set cookies or say ``private``/``no-store``, and bodies over
-``MAX_BODY``. Memory is bounded by ``cachetools`` caches of ``MAX_ENTRIES`` each.
+kept a short while (60 s and 300 s by default), per profile (institutions see different
+tables), keyed by the path, the query and ``Accept-Encoding``; never answers that set cookies
+or say ``private``/``no-store``, nor bodies over ``MAX_BODY``. A client's ``Cache-Control:
+no-cache`` goes upstream and refreshes the entry. Answers from the cache carry ``Age``.
+Bodies are relayed byte for byte either way.
 """
 
 from __future__ import annotations
@@ -22,9 +20,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = ["CacheFill", "CachedAnswer", "MetadataCache", "wants_fresh"]
 
-# The endpoint classes kept, and for how many seconds by default (the cache.* settings).
 MAX_BODY = 1024 * 1024
-MAX_ENTRIES = 512
+MAX_ENTRIES = 512  # per endpoint class: memory stays bounded
 _UNCACHEABLE = ("private", "no-store")
 
 
@@ -43,19 +40,14 @@ Key = tuple[str, str, str]  # profile, path and query, Accept-Encoding
 def wants_fresh(headers: Mapping[str, str]) -> bool:
     """The client asked to bypass caches (``Cache-Control: no-cache`` or ``Pragma``)."""
     control = headers.get("Cache-Control", "").lower()
-    return (
-        "no-cache" in control
-        or "max-age=0" in control
-        or "no-cache" in headers.get("Pragma", "").lower()
-    )
+    pragma = headers.get("Pragma", "").lower()
+    return "no-cache" in control or "max-age=0" in control or "no-cache" in pragma
 
 
 def cacheable(headers: Mapping[str, str]) -> bool:
     """An answer the gateway did not mark as one client's own."""
-    if "Set-Cookie" in headers:
-        return False
     control = headers.get("Cache-Control", "").lower()
-    return not any(word in control for word in _UNCACHEABLE)
+    return "Set-Cookie" not in headers and not any(word in control for word in _UNCACHEABLE)
 
 
 class MetadataCache:

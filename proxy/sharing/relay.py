@@ -1,22 +1,17 @@
 """Object downloads through the proxy, for clients that cannot reach object storage.
 
-Off unless ``object_relay: true``. Then:
+Off unless ``object_relay: true``. Then each pre-signed URL in a ``POST /dap/object/url``
+answer (``{"urls": {"<id>": {"url": ...}}}``) becomes ``<scheme>://<host the client
+used>/-/relay/<rid>`` on the way back (``RelayFilter``, a body_filter.py hook), the rest of
+the document unchanged; and ``GET``/``HEAD /-/relay/<rid>`` (``ObjectRelay.serve``) fetches
+the object from storage by the same egress path as everything else and streams it back byte
+for byte, ``Range`` passed through, in bounded memory.
 
-1. ``POST /dap/object/url`` answers (``{"urls": {"<id>": {"url": "<pre-signed>"}}}``) are
-   rewritten on the way back (``RelayFilter``, a body_filter.py hook that sharing/dispatch.py
-   attaches): each pre-signed URL becomes ``<scheme>://<host the client used>/-/relay/<rid>``;
-   everything else in the document stays as it was.
-2. ``GET`` or ``HEAD /-/relay/<rid>`` (``ObjectRelay.serve``) fetches the object from
-   storage through the same egress path as everything else (egress.py, trust.py) and
-   streams it back byte for byte, ``Range`` passed through, in bounded memory.
-
-A relay id (``<rid>``, 32 random bytes) stands for one URL a gateway answer handed out and
-nothing else: the proxy never fetches a URL a client names, so it is no open relay. An id
-expires with its signed URL (``X-Amz-Expires`` and the like, else 15 minutes), lives in a
-bounded cache, and is bound to the profile and the caller that asked for it (with inbound
-authentication, the caller must be identified, as for the private endpoints). Storage is
-sent only the request's range and validator headers: never a gateway token, nor anything a
-client sent to prove who it is (``Authorization``, cookies).
+A relay id (32 random bytes) stands for one URL a gateway answer handed out: the proxy never
+fetches a URL a client names, so it is no open relay. An id expires with its signed URL,
+lives in a bounded cache, and is bound to the profile and the caller that asked for it.
+Storage is sent only the request's range and validator headers: never a gateway token, nor
+anything a client sent to prove who it is (``Authorization``, cookies).
 """
 
 from __future__ import annotations
@@ -44,6 +39,7 @@ from ..observe.logs import BYTES_OUT, PROFILE, REQUEST_ID
 from ..observe.metrics import Metrics
 from ..paths import RELAY
 from ..responses import error_response
+from ..upstream.answer import UPSTREAM_READ_ERRORS
 from ..upstream.body_filter import MAX_FILTERED_BODY
 from ..upstream.egress import proxy_for
 from ..upstream.failures import describe
@@ -77,7 +73,6 @@ def url_lifetime(url: URL, now: float) -> float:
     ``X-Amz-Date``), or any ``...Expires`` parameter (epoch seconds when it looks like a
     date, else seconds); ``DEFAULT_LIFETIME`` when none says. ``now`` is wall-clock time."""
     query = {name.lower(): value for name, value in url.query.items()}
-    found: float | None = None
     for name, value in query.items():
         if not name.endswith("expires"):
             continue
@@ -88,19 +83,18 @@ def url_lifetime(url: URL, now: float) -> float:
         if not math.isfinite(number):
             continue
         if number > 1e9:  # an epoch time (S3 v2 "Expires", CloudFront, the simulator)
-            found = number - now
+            lifetime = number - now
         elif name == "x-amz-expires" and "x-amz-date" in query:
             signed: float
             try:
                 signed = calendar.timegm(time.strptime(query["x-amz-date"], "%Y%m%dT%H%M%SZ"))
             except ValueError:
                 signed = now
-            found = signed + number - now
+            lifetime = signed + number - now
         else:
-            found = number
-        break
-    lifetime = DEFAULT_LIFETIME if found is None else found
-    return max(0.0, min(lifetime, MAX_LIFETIME))
+            lifetime = number
+        return max(0.0, min(lifetime, MAX_LIFETIME))
+    return DEFAULT_LIFETIME
 
 
 class ObjectRelay:
@@ -115,7 +109,6 @@ class ObjectRelay:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        max_grants: int = MAX_GRANTS,
     ) -> None:
         self._egress = egress
         self._metrics = metrics
@@ -125,7 +118,7 @@ class ObjectRelay:
         # Each id expires with its own URL (TLRU: a time to use per entry), and the cache is
         # bounded: a client asking for URLs it never fetches cannot grow it without end.
         self._grants: TLRUCache[str, _Grant] = TLRUCache(
-            maxsize=max_grants, ttu=lambda _id, grant, _now: grant.expires_at, timer=clock
+            maxsize=MAX_GRANTS, ttu=lambda _id, grant, _now: grant.expires_at, timer=clock
         )
         self.session: aiohttp.ClientSession | None = None  # set at startup (app.py)
 
@@ -140,11 +133,9 @@ class ObjectRelay:
         return relay_id
 
     def filter(self, request: web.Request, profile: str) -> RelayFilter:
-        """The body filter for one ``POST /dap/object/url`` on its way back.
-
-        The relay URL has no profile prefix: the proxy's own endpoints live at ``/-/``
-        only (guard.py refuses them under a prefix), and the id is bound to the profile.
-        """
+        """The body filter for one ``POST /dap/object/url`` on its way back. Its URLs have no
+        profile prefix: the proxy's own endpoints live at ``/-/`` only (guard.py refuses
+        them under a prefix), and the id is bound to the profile."""
         base = f"{request.scheme}://{request.host}{RELAY}"
         return RelayFilter(self, base, profile, self._caller(request))
 
@@ -155,27 +146,29 @@ class ObjectRelay:
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         """``GET``/``HEAD /-/relay/<rid>``: the object, streamed from storage."""
-        request_id = request.get(REQUEST_ID)
+
+        def refuse(status: int, kind: str, message: str) -> web.Response:
+            return error_response(status, kind, message, request_id=request.get(REQUEST_ID))
+
         grant = self._grants.get(request.match_info["relay_id"])
         caller = self._caller(request)
         if grant is None or grant.caller != caller or not caller.may_use(grant.profile):
             # Someone else's id is answered as an unknown one: ids are not to be probed.
-            return error_response(
+            return refuse(
                 404,
                 "ObjectNotFound",
                 "no such object to relay, or its URL has expired: ask for the object's URL "
                 "again (POST /dap/object/url)",
-                request_id=request_id,
             )
         request[PROFILE] = grant.profile
         if self.session is None:
-            return error_response(503, "NotReady", "the proxy is starting", request_id=request_id)
+            return refuse(503, "NotReady", "the proxy is starting")
         url = URL(grant.url, encoded=True)  # the signature's bytes exactly as signed
         outgoing = CIMultiDict(
             (name, value) for name in _TO_STORAGE for value in request.headers.getall(name, ())
         )
         try:
-            upstream = await self.session.request(
+            answer = await self.session.request(
                 request.method,
                 url,
                 headers=outgoing,
@@ -183,44 +176,35 @@ class ObjectRelay:
                 allow_redirects=False,
             )
         except TimeoutError:
-            return error_response(
-                504,
-                "GatewayTimeout",
-                "object storage did not answer in time",
-                request_id=request_id,
-            )
+            return refuse(504, "GatewayTimeout", "object storage did not answer in time")
         except aiohttp.ClientError as exc:
-            log.warning("relay: object storage at %s: %s", url.host, describe(exc))
-            return error_response(
-                502,
-                "BadGateway",
-                f"object storage at {url.host} could not be reached: {describe(exc)}",
-                request_id=request_id,
+            why = describe(exc)
+            log.warning("relay: object storage at %s: %s", url.host, why)
+            return refuse(
+                502, "BadGateway", f"object storage at {url.host} could not be reached: {why}"
             )
         try:
-            return await self._stream(request, upstream, grant.profile)
+            return await self._stream(request, answer, grant.profile)
         finally:
-            upstream.release()
+            answer.release()
 
     async def _stream(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, profile: str
+        self, request: web.Request, answer: aiohttp.ClientResponse, profile: str
     ) -> web.StreamResponse:
         relayed = CIMultiDict(
             (name, value)
-            for name, value in upstream.headers.items()
+            for name, value in answer.headers.items()
             if name.lower() not in _FROM_STORAGE_DROPPED
         )
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=relayed
-        )
+        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=relayed)
         await response.prepare(request)
         sent = 0
         try:
             if request.method != "HEAD":
-                while chunk := await upstream.content.readany():
+                while chunk := await answer.content.readany():
                     await response.write(chunk)
                     sent += len(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except UPSTREAM_READ_ERRORS as exc:
             # Headers are out: cut the connection, so a truncated object never looks whole.
             log.warning("relay: storage failed mid-object: %s", type(exc).__name__)
             if request.transport is not None:
@@ -229,7 +213,7 @@ class ObjectRelay:
         finally:
             request[BYTES_OUT] = sent
         await response.write_eof()
-        if upstream.status in (200, 206) and request.method == "GET":
+        if answer.status in (200, 206) and request.method == "GET":
             self._metrics.relay_objects[profile] += 1
             self._metrics.relay_bytes[profile] += sent
         return response
@@ -239,10 +223,7 @@ class RelayFilter:
     """The ``BodyFilter`` that gives an object-URL answer the proxy's own URLs."""
 
     def __init__(self, relay: ObjectRelay, base: str, profile: str, caller: Caller) -> None:
-        self._relay = relay
-        self._base = base
-        self._profile = profile
-        self._caller = caller
+        self._relay, self._base, self._profile, self._caller = relay, base, profile, caller
 
     def wants(self, status: int, headers: CIMultiDict[str]) -> bool:
         encoding = headers.get("Content-Encoding", "identity").strip().lower()

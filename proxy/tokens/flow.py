@@ -34,9 +34,8 @@ R = TypeVar("R", bound=Reply)
 async def send_with_token(
     tokens: TokenManager, send: Callable[[Token], Awaitable[R]], *, replayable: bool
 ) -> R:
-    """``send(token)`` with a valid token; on 401, once more with its replacement when
-    ``replayable``. Raises ``TokenError`` when no token can be had (or the credentials
-    are refused while replacing one), and whatever ``send`` raises."""
+    """Raises ``TokenError`` when no token can be had (or the credentials are refused while
+    replacing one), and whatever ``send`` raises."""
     token = await tokens.token()
     first = await send(token)
     if first.status != 401:

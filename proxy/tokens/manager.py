@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import replace
 
 from ..errors import CredentialsRejected, TokenEndpointUnavailable, TokenError
-from .refresher import Phase, Refresher, State
+from .refresher import SHUTTING_DOWN, Phase, Refresher, State
 from .token import Token
 
 __all__ = ["TokenManager"]
@@ -22,11 +22,10 @@ __all__ = ["TokenManager"]
 class TokenManager(Refresher):
     """Keeps one credential set's token fresh: ``token = await manager.token()``.
 
-    ``source`` fetches a token (``TokenClient.fetch`` in the product, a fake in tests).
-    A token fetched because of a gateway 401 (``replace``) is not replaced again for
-    ``rejection_holdoff`` seconds: a gateway that refuses every token then costs a couple of
-    token requests a minute, not one per request, and its 401s are relayed.
-    """
+    ``source`` fetches a token (``TokenClient.fetch``, or a fake in tests). A token fetched
+    for a gateway 401 (``replace``) is not replaced again for ``rejection_holdoff`` seconds:
+    a gateway that refuses every token then costs a couple of token requests a minute, not
+    one per request, and its 401s are relayed."""
 
     def __repr__(self) -> str:
         return f"TokenManager(name={self.name!r}, phase={self._state.phase.value})"
@@ -69,7 +68,7 @@ class TokenManager(Refresher):
                 self._start()  # due (a timer may lag the clock) or may be asked again
             return token
         if state.phase is Phase.CLOSED:
-            raise TokenEndpointUnavailable("the proxy is shutting down")
+            raise TokenEndpointUnavailable(SHUTTING_DOWN)
         if state.phase in (Phase.BACKOFF, Phase.REJECTED) and now < state.until:
             assert state.error is not None  # noqa: S101 - both phases are entered with one
             if state.phase is Phase.REJECTED:

@@ -23,17 +23,17 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..errors import CredentialsRejected, TokenEndpointUnavailable, TokenError
 from ..observe.background import Supervisor
 from .token import Clock, SystemClock, Token
 
-__all__ = ["REJECTION_HOLDOFF", "Phase", "Refresher", "State", "TokenSource"]
+__all__ = ["SHUTTING_DOWN", "Phase", "Refresher", "State", "TokenSource"]
 
 log = logging.getLogger("proxy.tokens")
 
-# Seconds during which a token fetched because of a gateway 401 is not replaced again.
-REJECTION_HOLDOFF = 30.0
+SHUTTING_DOWN = "the proxy is shutting down"
 
 TokenSource = Callable[[], Awaitable[Token]]
 
@@ -72,7 +72,7 @@ class Refresher:
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
         rejected_retry_interval: float = 60.0,
-        rejection_holdoff: float = REJECTION_HOLDOFF,
+        rejection_holdoff: float = 30.0,
         rng: random.Random | None = None,
         name: str = "default",
         on_refresh: Callable[[str, float], None] | None = None,
@@ -89,9 +89,7 @@ class Refresher:
         self.name = name
         self._label = "" if name == "default" else f" ({name})"  # in log lines
         self.task = f"token refresh{self._label}"  # its name among the supervisor's problems
-        # Told of every token request's outcome ("success", "rejected", "unavailable") and
-        # duration: the metrics hook, kept out of this module.
-        self._on_refresh = on_refresh
+        self._on_refresh = on_refresh  # the metrics hook: each token request's outcome, time
         # For a command that wants one token and exits (``token``): each ``first_token`` is
         # one request, failures are neither retried nor logged here (the caller does both).
         self._one_shot = one_shot
@@ -111,20 +109,22 @@ class Refresher:
 
     async def close(self) -> None:
         """Stop for good. Never raises: shutdown goes on to close everything else."""
-        self._state = replace(self._state, phase=Phase.CLOSED)
+        self._enter(Phase.CLOSED)
         if self._timer is not None:
             self._timer.cancel()
         worker = self._worker
         if worker is not None and not worker.done():
             worker.cancel()
             await asyncio.wait({worker})  # its own outcome is not ours to raise
-        if self._attempt is not None and not self._attempt.done():
-            _fail(self._attempt, TokenEndpointUnavailable("the proxy is shutting down"))
+        self._finish(TokenEndpointUnavailable(SHUTTING_DOWN))
 
     # ------------------------------------------------------------------ the worker
 
     def _now(self) -> float:
         return self._clock.monotonic()
+
+    def _enter(self, phase: Phase, **changes: Any) -> None:
+        self._state = replace(self._state, phase=phase, **changes)
 
     def _start(self, *, for_401: bool = False) -> asyncio.Future[Token]:
         """Start the worker unless it runs; the outcome of its current attempt."""
@@ -134,7 +134,7 @@ class Refresher:
             return self._attempt
         self._attempt = attempt = asyncio.get_running_loop().create_future()
         if self._state.phase is Phase.CLOSED:
-            _fail(attempt, TokenEndpointUnavailable("the proxy is shutting down"))
+            self._finish(TokenEndpointUnavailable(SHUTTING_DOWN))
             return attempt
         self._enter_fetch()
         self._worker = asyncio.create_task(self._work())
@@ -142,33 +142,34 @@ class Refresher:
         return attempt
 
     def _enter_fetch(self) -> None:
+        """─▶ FETCHING, or REFRESHING while a usable token is held."""
         token = self._state.token
         held = token is not None and token.usable(self._now())
-        self._state = replace(self._state, phase=Phase.REFRESHING if held else Phase.FETCHING)
+        self._enter(Phase.REFRESHING if held else Phase.FETCHING)
 
     async def _work(self) -> None:
+        """Fetch; after a failure sleep and fetch again, after new credentials fetch again."""
         while True:
             self._again = False
             self._enter_fetch()
-            attempt = self._attempt
-            assert attempt is not None  # noqa: S101 - _start made it
             started = self._now()
             delay: float | None = None
             try:
-                self._accept(await self._source(), started, attempt)
+                self._enter_valid(await self._source(), started)
             except CredentialsRejected as exc:
-                self._rejected(exc, started, attempt)
+                self._enter_rejected(exc, started)
             except TokenError as exc:
-                delay = self._failed(exc, started, attempt)
+                delay = self._enter_backoff(exc, started)
             except Exception as exc:  # a bug, here or in the source: backs off like an outage
-                delay = self._failed(_crash(exc), started, attempt, crash=exc)
-            if delay is None and not self._again:
-                return
+                delay = self._enter_backoff(_crash(exc), started, crash=exc)
             if delay is not None:
                 await asyncio.sleep(delay)
+            elif not self._again:
+                return
             self._attempt = asyncio.get_running_loop().create_future()
 
-    def _accept(self, token: Token, started: float, attempt: asyncio.Future[Token]) -> None:
+    def _enter_valid(self, token: Token, started: float) -> None:
+        """─▶ VALID, with the timer set for the next refresh."""
         now = self._now()
         due = token.refresh_due(self._margin)
         if not token.usable(now) or due <= now:
@@ -180,8 +181,7 @@ class Refresher:
         # together do not all ask the token endpoint at the same instant.
         spread = self._rng.uniform(0, (token.expires_at - due) / 10)
         took = now - started
-        self._tell("success", took)  # before counting: a hook that raises fails the attempt
-        self._count("success", None)
+        self._record("success", took)  # first: a hook that raises fails the attempt
         holdoff = token.obtained_at + self._holdoff if self._for_401 else 0.0
         self._state = State(Phase.VALID, token, None, due, holdoff=holdoff)
         self._for_401 = False
@@ -200,50 +200,38 @@ class Refresher:
                 took,
             )
         self._supervisor.clear(self.task)
-        if not attempt.done():
-            attempt.set_result(token)
+        self._finish(token)
 
-    def _rejected(
-        self, exc: CredentialsRejected, started: float, attempt: asyncio.Future[Token]
-    ) -> None:
+    def _enter_rejected(self, exc: CredentialsRejected, started: float) -> None:
+        """─▶ REJECTED: the credentials are not tried again before ``until``."""
         now = self._now()
-        self._tell("rejected", now - started, guarded=True)
-        self._count("rejected", exc)
-        self._state = replace(
-            self._state, phase=Phase.REJECTED, error=exc, until=now + self._rejected_retry_interval
-        )
+        self._record("rejected", now - started, exc)
+        self._enter(Phase.REJECTED, error=exc, until=now + self._rejected_retry_interval)
         if not self._one_shot:
             log.error("token refresh failed%s: %s; not retrying", self._label, exc.text)
-        _fail(attempt, exc)
+        self._finish(exc)
 
-    def _failed(
-        self,
-        exc: TokenError,
-        started: float,
-        attempt: asyncio.Future[Token],
-        crash: Exception | None = None,
+    def _enter_backoff(
+        self, exc: TokenError, started: float, crash: Exception | None = None
     ) -> float | None:
-        """Back off: the seconds to wait before the next attempt (``None`` in one-shot)."""
+        """─▶ BACKOFF: the seconds to wait before the next attempt (``None`` in one-shot)."""
         now = self._now()
-        self._tell("unavailable", now - started, guarded=True)
-        self._count("unavailable", exc)
+        self._record("unavailable", now - started, exc)
         if crash is not None:
             self._supervisor.record(self.task, crash)
         if self._timer is not None:
             self._timer.cancel()
-        failures = self._state.failures + 1
         if self._one_shot:
-            self._state = replace(self._state, phase=Phase.BACKOFF, error=exc, until=now)
-            _fail(attempt, exc)
+            self._enter(Phase.BACKOFF, error=exc, until=now)
+            self._finish(exc)
             return None
+        failures = self._state.failures + 1
         ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** (failures - 1))
         jittered = ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter"
         delay = max(jittered, exc.retry_after or 0.0)
         held = self._state.token
         error = exc.again(max(1.0, delay))  # callers learn when the next attempt starts
-        self._state = replace(
-            self._state, phase=Phase.BACKOFF, error=error, until=now + delay, failures=failures
-        )
+        self._enter(Phase.BACKOFF, error=error, until=now + delay, failures=failures)
         log.warning(
             "token refresh failed%s: %s; attempt %d, next try in %.1f s%s",
             self._label,
@@ -252,7 +240,7 @@ class Refresher:
             delay,
             "" if held and held.usable(now) else " (no valid token: requests answered 503)",
         )
-        _fail(attempt, error)
+        self._finish(error)
         return delay
 
     def _worker_ended(self, task: asyncio.Task[None]) -> None:
@@ -264,35 +252,36 @@ class Refresher:
         if exc is None:
             return
         self._supervisor.record(self.task, exc)
-        delay = self._backoff_cap
-        error = _crash(exc).again(delay)
-        self._state = replace(
-            self._state, phase=Phase.BACKOFF, error=error, until=self._now() + delay
-        )
-        if self._attempt is not None and not self._attempt.done():
-            _fail(self._attempt, error)
+        error = _crash(exc).again(self._backoff_cap)
+        self._enter(Phase.BACKOFF, error=error, until=self._now() + self._backoff_cap)
+        self._finish(error)
 
-    def _tell(self, outcome: str, took: float, *, guarded: bool = False) -> None:
-        if self._on_refresh is None:
-            return
-        try:
-            self._on_refresh(outcome, took)
-        except Exception as exc:
-            if not guarded:
-                raise
-            log.debug("token refresh hook failure", exc_info=exc)  # the crash is reported
-
-    def _count(self, outcome: str, error: TokenError | None) -> None:
+    def _record(self, outcome: str, took: float, error: TokenError | None = None) -> None:
+        """Count a token request's outcome and tell the hook. A hook that raises fails a
+        success (a crash: reported); after a failure it is only logged."""
+        if self._on_refresh is not None:
+            try:
+                self._on_refresh(outcome, took)
+            except Exception as exc:
+                if error is None:
+                    raise
+                log.debug("token refresh hook failure", exc_info=exc)  # the crash is reported
         self.refreshes[outcome] += 1
         self.last_refresh = (self._clock.time(), outcome, error)
+
+    def _finish(self, outcome: Token | TokenError) -> None:
+        """The attempt in flight ends with ``outcome``, unless it has ended already."""
+        attempt = self._attempt
+        if attempt is None or attempt.done():
+            return
+        if isinstance(outcome, Token):
+            attempt.set_result(outcome)
+        else:
+            attempt.set_exception(outcome)
+            # Retrieved: when no request is waiting, asyncio would otherwise log it as lost.
+            attempt.exception()
 
 
 def _crash(exc: BaseException) -> TokenEndpointUnavailable:
     """An unforeseen error, named by class only (its text may hold anything)."""
     return TokenEndpointUnavailable(f"the proxy failed to refresh its token ({type(exc).__name__})")
-
-
-def _fail(attempt: asyncio.Future[Token], exc: TokenError) -> None:
-    attempt.set_exception(exc)
-    # Mark it retrieved: when no request is waiting, asyncio would otherwise log it as lost.
-    attempt.exception()

@@ -1,14 +1,9 @@
-"""A gateway access token (``Token``) and where time comes from (``Clock``).
-
-``Token`` holds the access token (never in a repr) and when it stops being usable, on the
-monotonic clock. ``Clock`` is injected: tests pass a fake instead of patching ``time``.
-"""
+"""A gateway access token (``Token``, never in a repr) and where time comes from (``Clock``)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Protocol
 
 __all__ = ["Clock", "SystemClock", "Token"]
@@ -45,13 +40,9 @@ class Token:
     def lifetime(self) -> float:
         return self.expires_at - self.obtained_at
 
-    @cached_property
-    def usable_until(self) -> float:
-        """Sent until then: a safety gap before expiry covers the trip to the gateway."""
-        return self.expires_at - min(5.0, self.lifetime / 10)
-
     def usable(self, now: float) -> bool:
-        return now < self.usable_until
+        """Sent until a safety gap before expiry, which covers the trip to the gateway."""
+        return now < self.expires_at - min(5.0, self.lifetime / 10)
 
     def refresh_due(self, margin: float) -> float:
         """When to start refreshing: ``margin`` before expiry, never past half the lifetime."""

@@ -3,8 +3,7 @@
 Headers are out before the body: if the gateway fails mid-body, the only honest signal left
 is to reset the client's connection (``abort``), so a truncated body is never taken for a
 complete one. That includes a body the gateway ends by closing its connection (neither
-``Content-Length`` nor chunked): a reset there resets the client's too. ``failures.describe`` says
-what failed in words safe to show (never a foreign exception's text).
+``Content-Length`` nor chunked): a reset there resets the client's too.
 """
 
 from __future__ import annotations
@@ -37,23 +36,22 @@ UPSTREAM_READ_ERRORS = (TimeoutError, aiohttp.ClientError)
 
 async def relay_answer(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    answer: aiohttp.ClientResponse,
     relayed: Any,
     body_filter: BodyFilter | None,
 ) -> web.StreamResponse:
-    """Send ``upstream``'s answer with the ``relayed`` headers (already chosen: headers.py)."""
+    """Send ``answer`` with the ``relayed`` headers (already chosen: headers.py)."""
     prefix = b""  # what a filter read before finding the body too large to take whole
-    if body_filter is not None and body_filter.wants(upstream.status, relayed):
-        filtered = await _filtered(request, upstream, relayed, body_filter)
+    if body_filter is not None and body_filter.wants(answer.status, relayed):
+        filtered = await _filtered(request, answer, relayed, body_filter)
         if not isinstance(filtered, bytes):
             return filtered
         prefix = filtered
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=relayed)
+    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=relayed)
     # Taken before anything awaits: once a close-delimited body has ended, the
     # connection is released and how it ended can no longer be asked.
-    closed = _closing(upstream)
+    closed = _closing(answer)
     await response.prepare(request)
-    reader = upstream.content
     sent = 0  # body bytes, for the access line of a client that hangs up mid-way
     try:
         if prefix:
@@ -61,12 +59,10 @@ async def relay_answer(
             sent = len(prefix)
         while True:
             try:
-                chunk = await reader.readany()
+                chunk = await answer.content.readany()
                 if not chunk and closed is not None and closed.done():
                     closed.result()  # raises if the connection ended by error (a reset)
-            except UPSTREAM_READ_ERRORS as exc:
-                # Headers are out; the only honest signal left is to cut the connection,
-                # so the client cannot take a truncated body for a complete one.
+            except UPSTREAM_READ_ERRORS as exc:  # headers are out: abort (the docstring says why)
                 log.warning(
                     "upstream failed mid-response: %s %s: %s; aborting the client connection",
                     request.method,
@@ -87,18 +83,18 @@ async def relay_answer(
 
 async def _filtered(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    answer: aiohttp.ClientResponse,
     relayed: Any,
     body_filter: BodyFilter,
 ) -> web.StreamResponse | bytes:
     """The answer read whole and filtered, as a response; or, when it is too large to
     take whole, the bytes read so far (it streams on, unfiltered)."""
-    length = upstream.content_length
+    length = answer.content_length
     if length is not None and length > MAX_FILTERED_BODY:
         return b""
     try:
-        body = await upstream.content.read(MAX_FILTERED_BODY + 1)
-        complete = upstream.content.at_eof()
+        body = await answer.content.read(MAX_FILTERED_BODY + 1)
+        complete = answer.content.at_eof()
     except UPSTREAM_READ_ERRORS as exc:
         log.warning(
             "upstream failed mid-response: %s %s: %s", request.method, request.path, describe(exc)
@@ -109,25 +105,22 @@ async def _filtered(
         )
     if not complete or len(body) > MAX_FILTERED_BODY:
         return body
-    body = body_filter.apply(upstream.status, relayed, body)
+    body = body_filter.apply(answer.status, relayed, body)
     relayed.pop("Content-Length", None)
-    response = web.Response(
-        status=upstream.status, reason=upstream.reason, headers=relayed, body=body
-    )
     request[BYTES_OUT] = len(body)
-    return response
+    return web.Response(status=answer.status, reason=answer.reason, headers=relayed, body=body)
 
 
-def _closing(upstream: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
+def _closing(answer: aiohttp.ClientResponse) -> asyncio.Future[None] | None:
     """For a body delimited by the end of its connection (neither ``Content-Length`` nor
     chunked), the connection's ``closed`` future: aiohttp's client ends such a body cleanly
     however the connection ends, and only this future, set before the body's end, tells a
     reset from a close. None for framed bodies (the gateway's own), whose framing tells."""
-    if upstream.content_length is not None:
+    if answer.content_length is not None:
         return None
-    if "chunked" in upstream.headers.get("Transfer-Encoding", "").lower():
+    if "chunked" in answer.headers.get("Transfer-Encoding", "").lower():
         return None
-    connection = upstream.connection
+    connection = answer.connection
     protocol = connection.protocol if connection is not None else None
     closed = protocol.closed if protocol is not None else None
     if closed is not None:

@@ -11,20 +11,12 @@ from typing import Any
 
 from aiohttp import http_exceptions, web
 
-from ..errors import ClientTooSlow, ProxyError
+from ..errors import BROKEN_CHUNK, ClientTooSlow, MalformedBody
 from ..observe.logs import BYTES_IN
 
-__all__ = ["MalformedBody", "request_body"]
+__all__ = ["request_body"]
 
 _TOO_SLOW = "the client stopped sending its request body"
-_MALFORMED = "invalid chunked encoding"  # the words protocol.py uses for the same fault
-
-
-class MalformedBody(ProxyError):
-    """The client's body broke its own framing mid-way (an invalid chunk)."""
-
-    status = 400
-    type = "BadRequest"
 
 
 async def request_body(
@@ -59,7 +51,7 @@ async def _stream(request: web.Request, client_timeout: float) -> AsyncIterator[
                 # Raised into aiohttp's client while it sends the body: it drops the
                 # upstream connection, so the gateway sees the upload cut off, never a
                 # short body that looks complete.
-                raise MalformedBody(_MALFORMED) from None
+                raise MalformedBody(BROKEN_CHUNK) from None
             if not chunk:
                 return
             received += len(chunk)

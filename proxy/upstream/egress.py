@@ -1,15 +1,12 @@
-"""Which egress (outbound) HTTP proxy a connection goes through, decided once per target.
+"""Which egress (outbound) HTTP proxy a connection goes through: ``proxy_for(config, url)``.
 
-Many institutions' servers reach the internet only through an HTTP proxy. The proxy to use
-comes from ``egress_proxy`` (``DAP_PROXY_EGRESS_PROXY``), else ``HTTPS_PROXY`` for https
-targets and ``HTTP_PROXY`` for http ones (either case); ``NO_PROXY`` exempts hosts, with
-curl's rules (``bypassed``). ``https`` targets go through ``CONNECT`` (TLS stays end to end);
-``http`` ones are sent to the proxy in absolute form.
-
-``proxy_for(config, url)`` is the one place this is decided: the token client and the
-forwarder are given its answer for their fixed URL at startup (app.py), the object relay
-asks per object URL. The answer is a URL that may carry the proxy's credentials (aiohttp
-reads them from it), so it is never shown as it is: ``masked`` and ``host_port`` are.
+Many institutions' servers reach the internet only through one: ``egress_proxy``
+(``DAP_PROXY_EGRESS_PROXY``), else ``HTTPS_PROXY`` or ``HTTP_PROXY`` by the target's scheme
+(either case); ``NO_PROXY`` exempts hosts by curl's rules (``bypassed``). https targets go
+through ``CONNECT`` (TLS stays end to end), http ones in absolute form. The token client and
+the forwarder are given the answer for their fixed URL at startup (app.py), the object relay
+asks per object URL. The answer may carry the proxy's credentials (aiohttp reads them from
+it), so it is never shown as it is: ``masked`` and ``host_port`` are.
 """
 
 from __future__ import annotations
@@ -26,13 +23,9 @@ __all__ = ["bypassed", "host_port", "masked", "proxy_for"]
 
 def proxy_for(config: EgressConfig, target: URL) -> URL | None:
     """The egress proxy for ``target``, or None to connect directly."""
-    proxy: URL | None
-    if config.proxy is not None:
-        proxy = config.proxy
-    elif target.scheme == "https":
-        proxy = config.https_proxy
-    else:
-        proxy = config.http_proxy
+    proxy = config.proxy
+    if proxy is None:
+        proxy = config.https_proxy if target.scheme == "https" else config.http_proxy
     if proxy is None or bypassed(target.host or "", target.port, config.no_proxy):
         return None
     return proxy
@@ -44,24 +37,20 @@ def bypassed(host: str, port: int | None, no_proxy: tuple[str, ...]) -> bool:
     Each entry is a host name suffix, with or without a leading dot (``example.edu`` and
     ``.example.edu`` both cover ``example.edu`` and ``api.example.edu``), optionally with
     ``:port`` (then only that port); ``*`` exempts everything; an IP address matches only
-    itself (``[::1]`` for IPv6 with a port).
-    """
+    itself (``[::1]`` for IPv6 with a port)."""
     host = _normal(host)
     for entry in no_proxy:
         entry = entry.strip().lower()
         if entry == "*":
             return True
         name, entry_port = _split_port(entry)
-        if entry_port is not None and entry_port != port:
-            continue
         name = _normal(name)
-        if not name:
+        if not name or entry_port not in (None, port):
             continue
-        if _is_ip(name) or _is_ip(host):
-            if _same_ip(name, host):
+        if _ip(name) is not None or _ip(host) is not None:  # an address matches only itself
+            if _ip(name) == _ip(host):
                 return True
-            continue
-        if host == name or host.endswith("." + name):
+        elif host == name or host.endswith("." + name):
             return True
     return False
 
@@ -92,16 +81,8 @@ def _split_port(entry: str) -> tuple[str, int | None]:
     return name, int(port_text) if port_text.isdigit() else None
 
 
-def _is_ip(name: str) -> bool:
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        ipaddress.ip_address(name)
+        return ipaddress.ip_address(name)
     except ValueError:
-        return False
-    return True
-
-
-def _same_ip(a: str, b: str) -> bool:
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return False
+        return None

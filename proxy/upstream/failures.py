@@ -44,8 +44,7 @@ def connection_failure(exc: aiohttp.ClientError) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """What went wrong, in the operating system's words or by class: a foreign exception's
-    text may hold URLs or more."""
+    """What went wrong, in the operating system's words or by class (never by its text)."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return "timeout"
     if isinstance(exc, aiohttp.ClientHttpProxyError):

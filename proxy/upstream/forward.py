@@ -1,23 +1,22 @@
-"""One request upstream and its response back, streamed both ways.
+"""One request upstream and its answer back, streamed both ways.
 
-The target URL is built from the configured upstream's scheme, host and port, and only the
-client's raw path and query are appended, byte for byte: no request line, ``Host`` header or
-path can send a request (or our token) anywhere else.
+The target URL is the configured upstream's scheme, host and port with only the client's raw
+path and query appended, byte for byte: no request line, ``Host`` header or path can send a
+request (or our token) anywhere else.
 
-Bodies are never held whole. A request body small enough to replay (no body, or a
-``Content-Length`` up to ``replay_body_limit``) is read first, so that when the gateway
-refuses a token we still hold we can refresh it once and send the same request again.
-Bodies held that way share one budget, ``replay_memory`` bytes across all requests in
-flight (its counter is ``Metrics.replay_bytes_held``): past it, a body streams and is not
-replayed, so memory stays bounded however many uploads arrive at once.
+Bodies are never held whole, except one small enough to replay (a ``Content-Length`` up to
+``replay_body_limit``): it is read first, so that when the gateway refuses a token we still
+hold we can refresh it once and send the same request again. Such bodies share one budget,
+``replay_memory`` bytes across all requests in flight (``Metrics.replay_bytes_held``): past
+it a body streams and is not replayed, so memory stays bounded however many uploads arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -26,6 +25,7 @@ from yarl import URL
 
 from ..errors import (
     ClientTooSlow,
+    MalformedBody,
     ProxyError,
     RateLimited,
     UpstreamError,
@@ -50,7 +50,7 @@ from ..tokens.token import Token
 from . import headers
 from .answer import relay_answer
 from .body_filter import BodyFilter
-from .client_body import MalformedBody, request_body
+from .client_body import request_body
 from .egress import host_port
 from .failures import describe
 from .shaping import OverBudget, Shaper
@@ -89,7 +89,6 @@ class Forwarder:
         self._access_log = access_log
         self._profile = profile
         self._shaper = shaper  # None: rate limits are not shaped
-        self._where = host_port(upstream)
         self._proxy = proxy
 
     async def forward(
@@ -103,21 +102,45 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Forward ``request`` to ``raw_target`` (its path and query, less any profile
         prefix, which is ``local_prefix``: Locations get it back). ``endpoint`` is its
-        rate-limit class (shaping.py), ``body_filter`` a hook on its answer (body_filter.py).
-        """
+        rate-limit class (shaping.py), ``body_filter`` a hook on its answer (body_filter.py)."""
         request[PROFILE] = self._profile
         request_id: str = request[REQUEST_ID]  # given by the guard, which runs first
         try:
             target = self._target(raw_target)
         except ValueError as exc:
             return error_response(400, "BadRequest", str(exc), request_id=request_id)
-        metrics = self._metrics
-        metrics.in_flight += 1
+        self._metrics.in_flight += 1
         started = time.perf_counter()
+        held = self._hold(request)
         try:
-            return await self._exchange(
-                request, target, request_id, local_prefix, endpoint, body_filter
-            )
+            try:
+                body, replayable = await request_body(
+                    request, self._client_timeout, whole=held is not None
+                )
+                answer = await self._send_within_limits(request, target, body, replayable, endpoint)
+            except ProxyError as exc:
+                response = proxy_error_response(exc, request_id)
+                if isinstance(exc, MalformedBody):
+                    response.force_close()  # what follows on the connection cannot be framed
+                return response
+            if answer.status < 200:
+                # aiohttp's client skips 100 and 103 itself; a 101 means the gateway switched
+                # protocols on a request that never asked to (Upgrade is not forwarded), and
+                # relaying it would leave the client waiting for a response that never comes.
+                answer.close()
+                what = "switch protocols" if answer.status == 101 else "answer with only a 1xx"
+                log.warning(
+                    "upstream answered %d: %s %s", answer.status, request.method, request.path
+                )
+                return proxy_error_response(
+                    UpstreamError(f"the gateway tried to {what}"), request_id
+                )
+            try:
+                relayed = headers.to_client(answer.headers, self._upstream, request, local_prefix)
+                relayed[REQUEST_ID_HEADER] = request_id
+                return await relay_answer(request, answer, relayed, body_filter)
+            finally:
+                answer.release()
         except asyncio.CancelledError:
             # aiohttp writes no access line for a cancelled handler: write ours.
             seconds = time.perf_counter() - started
@@ -125,48 +148,7 @@ class Forwarder:
             record_request(self._access_log, self._metrics, request, CLIENT_CLOSED, sent, seconds)
             raise
         finally:
-            metrics.in_flight -= 1
-
-    async def _exchange(
-        self,
-        request: web.Request,
-        target: URL,
-        request_id: str,
-        local_prefix: str,
-        endpoint: str | None,
-        body_filter: BodyFilter | None,
-    ) -> web.StreamResponse:
-        held = self._hold(request)
-        try:
-            try:
-                body, replayable = await request_body(
-                    request, self._client_timeout, whole=held is not None
-                )
-                upstream = await self._send_within_limits(
-                    request, target, body, replayable, endpoint
-                )
-            except ProxyError as exc:
-                response = proxy_error_response(exc, request_id)
-                if isinstance(exc, MalformedBody):
-                    response.force_close()  # what follows on the connection cannot be framed
-                return response
-            if upstream.status < 200:
-                # aiohttp's client skips 100 and 103 itself; a 101 means the gateway switched
-                # protocols on a request that never asked to (Upgrade is not forwarded), and
-                # relaying it would leave the client waiting for a response that never comes.
-                upstream.close()
-                what = "switch protocols" if upstream.status == 101 else "answer with only a 1xx"
-                log.warning(
-                    "upstream answered %d: %s %s", upstream.status, request.method, request.path
-                )
-                return proxy_error_response(
-                    UpstreamError(f"the gateway tried to {what}"), request_id
-                )
-            try:
-                return await self._relay(request, upstream, request_id, local_prefix, body_filter)
-            finally:
-                upstream.release()
-        finally:
+            self._metrics.in_flight -= 1
             if held:
                 self._metrics.replay_bytes_held -= held
 
@@ -179,42 +161,38 @@ class Forwarder:
         endpoint: str | None,
     ) -> aiohttp.ClientResponse:
         """Send once a rate-limit slot is ours (shaping.py), with a valid token (its 401
-        rule is tokens/flow.py's). A gateway 429 pauses the endpoint's budget; the request waits for
-        the pause to pass and goes again if its body allows and its wait has time left,
-        else the 429 goes to the client as it is."""
-        shaper = self._shaper if endpoint is not None else None
+        rule is tokens/flow.py's). A gateway 429 pauses the endpoint's budget; the request
+        waits for the pause to pass and goes again if its body allows and its wait has time
+        left, else the 429 goes to the client as it is."""
+        send = functools.partial(self._send, request, target, body=body)
+        shaper = self._shaper
+        if shaper is None or endpoint is None:
+            return await send_with_token(self._tokens, send, replayable=replayable)
         started = time.monotonic()
-
-        def send(token: Token) -> Awaitable[aiohttp.ClientResponse]:
-            return self._send(request, target, token, body)
-
         while True:
-            if shaper is not None:
-                assert endpoint is not None  # noqa: S101 - shaper is set only then
-                # The token first: a request answered 503 for want of one must not spend a slot.
-                await self._tokens.token()
-                left = max(0.0, shaper.max_wait - (time.monotonic() - started))
-                try:
-                    waited = await shaper.acquire(self._profile, endpoint, left)
-                except OverBudget as exc:
-                    raise RateLimited(
-                        f"over the gateway's rate limit for {endpoint.replace('_', ' ')} "
-                        f"(shared by everyone using this proxy); a slot frees in "
-                        f"{exc.retry_after:.0f} s",
-                        retry_after=exc.retry_after,
-                    ) from None
-                if waited:
-                    request[HELD_SECONDS] = request.get(HELD_SECONDS, 0.0) + waited
-            upstream = await send_with_token(self._tokens, send, replayable=replayable)
-            if upstream.status != 429 or shaper is None:
-                return upstream
-            assert endpoint is not None  # noqa: S101
-            pause = headers.retry_after_seconds(upstream.headers.get("Retry-After"))
+            # The token first: a request answered 503 for want of one must not spend a slot.
+            await self._tokens.token()
+            left = max(0.0, shaper.max_wait - (time.monotonic() - started))
+            try:
+                waited = await shaper.acquire(self._profile, endpoint, left)
+            except OverBudget as exc:
+                raise RateLimited(
+                    f"over the gateway's rate limit for {endpoint.replace('_', ' ')} "
+                    f"(shared by everyone using this proxy); a slot frees in "
+                    f"{exc.retry_after:.0f} s",
+                    retry_after=exc.retry_after,
+                ) from None
+            if waited:
+                request[HELD_SECONDS] = request.get(HELD_SECONDS, 0.0) + waited
+            answer = await send_with_token(self._tokens, send, replayable=replayable)
+            if answer.status != 429:
+                return answer
+            pause = headers.retry_after_seconds(answer.headers.get("Retry-After"))
             shaper.gateway_429(self._profile, endpoint, pause)
             left = shaper.max_wait - (time.monotonic() - started)
             if not replayable or (pause or shaper.window) > left:
-                return upstream  # the client's own wait would run out: it decides
-            upstream.release()
+                return answer  # the client's own wait would run out: it decides
+            answer.release()
 
     def _hold(self, request: web.Request) -> int | None:
         """Bytes set aside from the replay budget to read this request's body whole, or
@@ -225,10 +203,9 @@ class Forwarder:
         length = request.content_length
         if length is None or length > self._replay_body_limit:
             return None
-        metrics = self._metrics
-        if metrics.replay_bytes_held + length > self._replay_memory:
+        if self._metrics.replay_bytes_held + length > self._replay_memory:
             return None
-        metrics.replay_bytes_held += length
+        self._metrics.replay_bytes_held += length
         return length
 
     def _target(self, raw_target: str) -> URL:
@@ -252,7 +229,7 @@ class Forwarder:
         outgoing[REQUEST_ID_HEADER] = request[REQUEST_ID]  # the client may quote it upstream
         started = time.perf_counter()
         try:
-            response = await self._session.request(
+            answer = await self._session.request(
                 request.method,
                 target,
                 headers=outgoing,
@@ -265,25 +242,12 @@ class Forwarder:
         except aiohttp.ClientError as exc:
             if isinstance(exc.__cause__, ClientTooSlow | MalformedBody):  # sending the body
                 raise exc.__cause__ from None
-            log.warning(
-                "upstream request failed: %s %s: %s", request.method, request.path, describe(exc)
-            )
+            why = describe(exc)
+            log.warning("upstream request failed: %s %s: %s", request.method, request.path, why)
             raise UpstreamUnreachable(
-                f"the gateway at {self._where} could not be reached: {describe(exc)}"
+                f"the gateway at {host_port(self._upstream)} could not be reached: {why}"
             ) from None
         took = time.perf_counter() - started
         request[UPSTREAM_SECONDS] = took
         self._metrics.observe_upstream(took, self._profile)
-        return response
-
-    async def _relay(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        request_id: str,
-        local_prefix: str,
-        body_filter: BodyFilter | None = None,
-    ) -> web.StreamResponse:
-        relayed = headers.to_client(upstream.headers, self._upstream, request, local_prefix)
-        relayed[REQUEST_ID_HEADER] = request_id
-        return await relay_answer(request, upstream, relayed, body_filter)
+        return answer

@@ -1,20 +1,15 @@
 """Staying within the gateway's rate limits, for every tool behind one proxy.
 
-The gateway limits each client id per endpoint and per minute (create job 5, list tables 5,
-get job 500, get schema 500, object URLs 200). Every tool behind the proxy spends the same
-client id's budget, and the proxy sees all of their requests, so it keeps the count:
+The gateway limits each client id per endpoint class and per minute (create job 5, list
+tables 5, get job 500, get schema 500, object URLs 200), and every tool behind the proxy
+spends the same budget, so the proxy keeps the count: a ``Budget`` per (profile, endpoint
+class), a sliding window (no burst of 10 across a minute boundary) and a first-come queue.
 
-- Each (profile, endpoint class) has a ``Budget``: a sliding window of the requests it let
-  through (so no burst of 10 across a minute boundary) and a first-come queue.
-- A request over its budget waits in the queue, up to ``max_wait``, for a slot. If none can
-  free in time, it is refused at once with 429 in the gateway's shape and a ``Retry-After``
-  that is exact (when a slot frees), without anything sent: the gateway never receives a
-  request the proxy knows to be over the limit. A client that hangs up leaves the queue.
-- A 429 from the gateway anyway (another user of the same client id, a limit lowered)
-  pauses that budget until its ``Retry-After`` (a window without one) has passed.
-
-The proxy's window is a little longer than the gateway's (2 %): a request let in exactly one
-window after another must not reach the gateway a little early.
+A request over budget waits, up to ``max_wait``, for a slot; if none can free in time it is
+refused at once, unsent, with a 429 in the gateway's shape and an exact ``Retry-After``. A
+client that hangs up leaves the queue. A gateway 429 anyway (another user of the client id,
+a lowered limit) pauses the budget for its ``Retry-After`` (a window without one). Our window
+is 2 % longer than the gateway's: a request let in one window after another is never early.
 """
 
 from __future__ import annotations
@@ -24,16 +19,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-__all__ = [
-    "Budget",
-    "OverBudget",
-    "Shaper",
-    "ShapingStats",
-    "endpoint_class",
-]
+__all__ = ["Budget", "OverBudget", "Shaper", "ShapingStats", "endpoint_class"]
 
-# Requests per window (a minute) by endpoint class: the gateway's documented limits, and
-# the rate_limits.* settings' defaults.
 _SAFETY = 1.02  # our window, relative to the gateway's
 
 
@@ -42,8 +29,7 @@ def endpoint_class(method: str, path: str) -> str | None:
 
     ``GET /dap/query/{ns}/table`` list_tables, ``GET .../table/{t}/schema`` get_schema,
     ``POST .../table/{t}/data`` create_job, ``GET /dap/job/{id}`` get_job,
-    ``POST /dap/object/url`` object_urls.
-    """
+    ``POST /dap/object/url`` object_urls."""
     if not path.startswith("/dap/"):
         return None
     parts = path.split("/")  # "", "dap", "query", ns, "table", t, "data"
@@ -103,9 +89,8 @@ class Budget:
         return max(0, self.limit - len(self._admitted) - len(self._waiters))
 
     def _expire(self, now: float) -> None:
-        admitted = self._admitted
-        while admitted and admitted[0] <= now - self.window:
-            admitted.popleft()
+        while self._admitted and self._admitted[0] <= now - self.window:
+            self._admitted.popleft()
 
     def _slots(self, count: int, now: float) -> Iterator[float]:
         """When the next ``count`` requests could go, in queue order."""
@@ -144,22 +129,19 @@ class Budget:
 
     def pause(self, seconds: float) -> None:
         """The gateway answered 429: nothing more goes before ``seconds`` have passed."""
-        now = self._clock()
-        self._paused_until = max(self._paused_until, now + seconds)
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
         self._reschedule()
 
     def _reschedule(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
-        self._wake()
+        self._wake()  # which sets the next timer
 
     def _schedule(self, now: float) -> None:
         if self._timer is not None or not self._waiters:
             return
         slot = next(self._slots(1, now))
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(loop.time() + max(0.0, slot - now), self._wake)
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, slot - now), self._wake)
 
     def _wake(self) -> None:
         self._timer = None

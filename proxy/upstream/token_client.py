@@ -1,19 +1,16 @@
-"""One gateway token fetched: ``await TokenClient(session, url, creds, timeout=30).fetch()``.
+"""One gateway token fetched (``TokenClient``); keeping it fresh is tokens/refresher.py's job.
 
-A ``Token`` (tokens/token.py) is what comes back. Failures become
-``CredentialsRejected`` (400/401/403: retrying cannot help) or ``TokenEndpointUnavailable``
-(network, timeout, 5xx, 429, an egress proxy's refusal, an untrusted certificate, a
-malformed answer), each with a message that names host, port and reason, and the token
-endpoint's own words cleaned by ``redact``. Keeping a token fresh is ``tokens.py``'s job.
+Failures become ``CredentialsRejected`` (400/401/403: retrying cannot help) or
+``TokenEndpointUnavailable`` (network, timeout, 5xx, 429, an egress proxy's refusal, an
+untrusted certificate, a malformed answer), each with a message that names host, port and
+reason, and the token endpoint's own words cleaned by ``redact``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
-from collections.abc import Callable
 
 import aiohttp
 import jwt
@@ -30,8 +27,6 @@ from .headers import retry_after_seconds
 from .trust import tls_failure
 
 __all__ = ["TokenClient"]
-
-log = logging.getLogger("proxy.tokens")  # one logger name for everything about tokens
 
 DEFAULT_LIFETIME = 3600.0  # when the gateway states neither expires_in nor a JWT exp
 MAX_LIFETIME = 86400.0
@@ -62,8 +57,7 @@ class TokenClient:
     """Fetches one token: ``await TokenClient(session, url, creds, timeout=30).fetch()``.
 
     ``proxy``: the egress proxy for ``token_url`` (egress.proxy_for), credentials and all;
-    its failures (unreachable, 407, a refused CONNECT) are told apart from the gateway's.
-    """
+    its failures (unreachable, 407, a refused CONNECT) are told apart from the gateway's."""
 
     def __init__(
         self,
@@ -78,23 +72,14 @@ class TokenClient:
     ) -> None:
         self._session = session
         self._url = token_url
-        self._credentials = credentials
+        self.credentials = credentials  # replaced by a reload: used from the next fetch on
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._clock = clock or SystemClock()
         self._proxy = proxy
         self._margin = refresh_margin  # a token whose own exp falls inside it is refused
 
     def __repr__(self) -> str:
-        return f"TokenClient(url={str(self._url)!r}, client_id={self._credentials.client_id!r})"
-
-    @property
-    def credentials(self) -> Credentials:
-        return self._credentials
-
-    @credentials.setter
-    def credentials(self, credentials: Credentials) -> None:
-        """New credentials (a reloaded secret) for the next fetch onwards."""
-        self._credentials = credentials
+        return f"TokenClient(url={str(self._url)!r}, client_id={self.credentials.client_id!r})"
 
     async def fetch(self) -> Token:
         """POST the credentials; raises ``CredentialsRejected``, ``TokenEndpointUnavailable``."""
@@ -105,7 +90,7 @@ class TokenClient:
                 data={"grant_type": "client_credentials"},
                 headers={
                     "Authorization": basic_credentials(
-                        self._credentials.client_id, self._credentials.client_secret, "utf-8"
+                        self.credentials.client_id, self.credentials.client_secret, "utf-8"
                     ),
                     "Accept": "application/json",
                     "Accept-Encoding": "identity",
@@ -136,7 +121,7 @@ class TokenClient:
             raise CredentialsRejected(
                 f"the gateway's token endpoint rejected the proxy's client credentials "
                 f"(HTTP {status})",
-                detail=_gateway_message(body, self._credentials),
+                detail=_gateway_message(body, self.credentials),
             )
         if status != 200:
             hint = " (is token_url right?)" if status < 500 and status != 429 else ""
@@ -173,25 +158,22 @@ class TokenClient:
         )
 
     def _parse(self, body: bytes, sent_at: float) -> Token:
-        def invalid(why: str) -> TokenEndpointUnavailable:
-            return TokenEndpointUnavailable(f"the token endpoint sent an invalid answer: {why}")
-
         if len(body) > MAX_TOKEN_RESPONSE:
-            raise invalid("too large")
+            raise _invalid("too large")
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):  # deep nesting: RecursionError
-            raise invalid("not JSON") from None
+            raise _invalid("not JSON") from None
         if not isinstance(data, dict):
-            raise invalid("not a JSON object")
+            raise _invalid("not a JSON object")
         access_token = data.get("access_token")
         if not isinstance(access_token, str) or not access_token.strip():
-            raise invalid("no access_token")
+            raise _invalid("no access_token")
         if not _HEADER_SAFE.fullmatch(access_token):  # it goes in an Authorization header
-            raise invalid("an access_token with characters a header cannot carry")
+            raise _invalid("an access_token with characters a header cannot carry")
         scope = data.get("scope")
         # However long it claims to live, it is refreshed at least daily.
-        lifetime = min(MAX_LIFETIME, self._lifetime(data.get("expires_in"), access_token, invalid))
+        lifetime = min(MAX_LIFETIME, self._lifetime(data.get("expires_in"), access_token))
         return Token(
             access_token=access_token,
             obtained_at=sent_at,
@@ -199,12 +181,7 @@ class TokenClient:
             scope=scope if isinstance(scope, str) else "",
         )
 
-    def _lifetime(
-        self,
-        expires_in: object,
-        access_token: str,
-        invalid: Callable[[str], TokenEndpointUnavailable],
-    ) -> float:
+    def _lifetime(self, expires_in: object, access_token: str) -> float:
         """Seconds the token lives: ``expires_in``, else the JWT's ``exp``, else one hour.
 
         The JWT's own ``exp`` is what the gateway enforces, so it is checked here, where the
@@ -217,7 +194,7 @@ class TokenClient:
             stated = None
         left = self._exp_left(access_token)
         if left is not None and left <= 0:
-            raise invalid(
+            raise _invalid(
                 f"the token has already expired (its exp was {-left:.0f} s ago; "
                 f"is this machine's clock right?)"
             )
@@ -226,7 +203,7 @@ class TokenClient:
         if stated is None or left >= stated - EXP_SLACK:
             return stated if stated is not None else left
         if left <= min(self._margin, stated / 2):  # the refresh would be due at once
-            raise invalid(
+            raise _invalid(
                 f"the token expires in {left:.0f} s by its exp (not the {stated:.0f} s "
                 f"stated), within the {self._margin:g} s refresh margin"
             )
@@ -240,6 +217,10 @@ class TokenClient:
             return None
         exp = _seconds(claims.get("exp"))
         return None if exp is None or math.isnan(exp) else exp - self._clock.time()
+
+
+def _invalid(why: str) -> TokenEndpointUnavailable:
+    return TokenEndpointUnavailable(f"the token endpoint sent an invalid answer: {why}")
 
 
 async def _read_limited(content: aiohttp.StreamReader, limit: int) -> bytes:

@@ -1,18 +1,12 @@
-"""Which certificates the proxy trusts: the operating system's store, and the bundles given.
+"""Which certificates the proxy trusts: one ``ssl_context`` for the upstream connector
+(session.py), so token, API and relay traffic all verify the same way.
 
-Built once (``ssl_context``) and given to the upstream connector (upstream/session.py), so token,
-API and relay traffic all verify the same way:
-
-- the OS trust store, through ``truststore``: the macOS Keychain, the Windows certificate
-  store, the distribution's bundle on Linux (what the official client uses too, so an
-  institution's CA installed for one works for the other);
-- ``ca_file`` (``DAP_PROXY_CA_FILE``), a PEM bundle: typically the CA an institution's
-  network re-signs TLS with;
-- ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``, OpenSSL's variables, loaded explicitly: the
-  configuration is read from the environment it is given, not the process's.
-
-There is no switch that turns verification off. ``tls_failure`` turns a verification
-error into words a user can act on.
+It trusts the OS store through ``truststore`` (the macOS Keychain, the Windows store, the
+distribution's bundle: what the official client uses too, so an institution's CA installed
+for one works for the other); ``ca_file`` (``DAP_PROXY_CA_FILE``), typically the CA a network
+re-signs TLS with; and OpenSSL's ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``, loaded explicitly:
+the configuration is read from the environment it is given, not the process's. There is no
+switch that turns verification off.
 """
 
 from __future__ import annotations

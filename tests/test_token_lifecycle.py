@@ -246,6 +246,24 @@ async def test_rejected_credentials_are_a_phase_with_a_retry_time() -> None:
         await tokens.close()
 
 
+async def test_refused_credentials_leave_no_refresh_timer_to_try_before_the_interval() -> None:
+    """The refresh timer set when a token arrived must not start a fetch while REJECTED:
+    refused credentials get one try per interval, whatever was scheduled before."""
+    clock = FakeClock()
+    source = FakeTokenSource(clock, lifetime=0.4)  # its refresh falls due in ~0.2 s
+    tokens = manager(source, clock, rejected_retry_interval=60)
+    try:
+        await tokens.first_token()
+        source.outcomes = [CredentialsRejected("refused (HTTP 401)")]
+        tokens.credentials_changed()  # fetches now, and is refused
+        await until(lambda: tokens.state.phase is Phase.REJECTED, "refused")
+        calls = source.calls
+        await asyncio.sleep(0.5)  # past when the old timer would have fired
+        assert source.calls == calls, "a refused credential was tried again early"
+    finally:
+        await tokens.close()
+
+
 # ---------------------------------------------------------------------- the Supervisor
 
 

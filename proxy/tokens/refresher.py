@@ -206,6 +206,8 @@ class Refresher:
         """─▶ REJECTED: the credentials are not tried again before ``until``."""
         now = self._now()
         self._record("rejected", now - started, exc)
+        if self._timer is not None:  # no refresh left over from VALID before ``until``
+            self._timer.cancel()
         self._enter(Phase.REJECTED, error=exc, until=now + self._rejected_retry_interval)
         if not self._one_shot:
             log.error("token refresh failed%s: %s; not retrying", self._label, exc.text)

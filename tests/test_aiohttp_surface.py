@@ -159,6 +159,12 @@ async def exchange(port: int, data: bytes, *, wait: float = BOUND) -> Answer:
     if not got:
         return None, b""
     head, _, body = got.partition(b"\r\n\r\n")
+    # The first answer only: what follows it in the same read (an answer to bytes sent
+    # after the head, read as a next request) is not this answer's body.
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            body = body[: int(value)]
     return int(head.split(b" ", 2)[1]), body
 
 

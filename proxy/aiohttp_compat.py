@@ -1,13 +1,8 @@
-"""What aiohttp 3.14 offers that 3.13 (still supported) lacks, defined once for both.
-
-RequestKey          ``web.RequestKey`` (3.14 warns on a plain string as a request key); on
-                    3.13 a string subclass, so requests there accept it as they always did
-basic_credentials   an ``Authorization: Basic`` value, as ``aiohttp.encode_basic_auth``
-                    (3.14) makes it: 3.14 deprecates ``aiohttp.BasicAuth``, 3.13 has no
-                    replacement
-
-When the oldest supported aiohttp is 3.14 (``server/aiohttp_support.py``: SUPPORTED),
-``web.RequestKey`` and ``aiohttp.encode_basic_auth`` replace this module.
+"""What aiohttp 3.14 offers that 3.13 (still supported) lacks, defined once for both:
+``RequestKey`` (3.14 warns on a plain string as a request key) and ``basic_credentials``
+(3.14 deprecates ``aiohttp.BasicAuth`` for ``encode_basic_auth``, which 3.13 lacks). When
+the oldest supported aiohttp is 3.14 (``server/aiohttp_support.py``: SUPPORTED), those two
+replace this module.
 """
 
 from __future__ import annotations
@@ -37,5 +32,4 @@ def basic_credentials(login: str, password: str, encoding: str = "latin1") -> st
     """``headers={"Authorization": basic_credentials(client_id, secret, "utf-8")}``."""
     if ":" in login:  # it would end the login early (RFC 7617, section 2)
         raise ValueError('a ":" is not allowed in a Basic login')
-    credentials = f"{login}:{password}".encode(encoding)
-    return "Basic " + base64.b64encode(credentials).decode("ascii")
+    return "Basic " + base64.b64encode(f"{login}:{password}".encode(encoding)).decode("ascii")

@@ -47,8 +47,7 @@ class ProxyError(Exception):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
-        # Seconds a client should wait before trying again, sent as `Retry-After`.
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # seconds to wait before trying again (Retry-After)
 
     @property
     def text(self) -> str:
@@ -85,8 +84,7 @@ class MalformedBody(ProxyError):
 
 
 class RateLimited(ProxyError):
-    """The request is over its endpoint's rate limit and no slot frees within the wait
-    allowed (shaping.py); ``retry_after`` says when one does."""
+    """Over its endpoint's rate limit, no slot free in time (shaping.py); see ``retry_after``."""
 
     status = 429
     type = "TooManyRequests"
@@ -135,7 +133,6 @@ class UpstreamError(ProxyError):
 class UpstreamUnreachable(UpstreamError):
     """The gateway could not be reached, or dropped the connection before answering."""
 
-    status = 502
     type = "UpstreamUnreachable"
 
 

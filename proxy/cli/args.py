@@ -1,7 +1,5 @@
 """The command line's words: subcommands, flags, help texts, usage errors.
 
-``parse(argv)`` returns the parsed arguments (a bare ``instructure-auth-proxy [flags]``
-means ``serve [flags]``); ``listen_of(args)`` the listen address they name, if any.
 Every ``--help`` lists the flags with their defaults, the environment variables the
 command reads and its exit statuses; a mistyped command gets "did you mean".
 """
@@ -20,16 +18,13 @@ from ..config.values import LOOPBACK
 
 __all__ = ["COMMANDS", "PRINT_CAUTION", "listen_of", "parse"]
 
-
 COMMANDS = ("serve", "token", "simulate", "demo")
-# The token command's warning, also in cli/token.py's docstring.
 PRINT_CAUTION = (
     "Prints a live gateway access token on stdout. Whatever captures that output (terminal "
     "scrollback, CI logs, a file, a process listing of a pipeline) holds a credential for the "
     "institution's data until it expires, about an hour. Prefer pointing tools at the proxy, "
     "which keeps the token to itself."
 )
-
 
 LEVELS = ("debug", "info", "warning", "error")
 # Wrapped by hand: the formatter keeps descriptions and epilogs as written (tables, lists).
@@ -50,15 +45,9 @@ environment (flags win over the environment, and the environment over the config
 
 
 def _environment() -> str:
-    names = sorted(
-        name
-        for key in KEYS.values()
-        for name in key.env_names
-        if name.startswith(ENV_PREFIX) and not key.aliases  # the credentials are above
-    )
-    keys = textwrap.fill(
-        ", ".join(names), _WIDTH, initial_indent=" " * 4, subsequent_indent=" " * 4
-    )
+    # DAP_PROXY_<KEY> of each key without aliases (the credentials are above).
+    names = sorted(key.env_names[-1] for key in KEYS.values() if not key.aliases)
+    keys = textwrap.fill(", ".join(names), _WIDTH, initial_indent="    ", subsequent_indent="    ")
     return _CREDENTIALS_ENV.format(keys=keys)
 
 
@@ -71,11 +60,25 @@ def _wrap(text: str) -> str:
 
 
 _USAGE_ERROR = (exit_status.CONFIG, "invalid configuration or usage")
-_PORT_ALONE = (
-    "or a port alone: 8080 and :8080 mean 127.0.0.1:8080. A port alone is loopback, not every "
-    "interface, on purpose: whoever reaches the proxy uses the gateway with its credentials"
+_SERVE_EXITS = _exit_statuses(
+    (exit_status.OK, "clean shutdown"),
+    (exit_status.FAILED, "an unexpected failure"),
+    _USAGE_ERROR,
+    (exit_status.CREDENTIALS_REJECTED, "the gateway rejected the credentials at startup"),
+    (exit_status.CANNOT_LISTEN, "the listen address cannot be bound"),
 )
-_LISTEN_FORMS = f"HOST:PORT, [IPV6]:PORT, unix:/path (not on Windows), {_PORT_ALONE}"
+_TOKEN_EXITS = _exit_statuses(
+    (exit_status.OK, "the token was printed"),
+    (exit_status.FAILED, "the token endpoint stayed unavailable (after a few tries)"),
+    _USAGE_ERROR,
+    (exit_status.CREDENTIALS_REJECTED, "the gateway rejected the credentials"),
+)
+_PORT_ALONE = "or a port alone: 8080 and :8080 mean 127.0.0.1:8080"
+_LISTEN_FORMS = (
+    f"HOST:PORT, [IPV6]:PORT, unix:/path (not on Windows), {_PORT_ALONE}. A port alone is "
+    "loopback, not every interface, on purpose: whoever reaches the proxy uses the gateway "
+    "with its credentials"
+)
 
 
 def _port(value: str) -> int:
@@ -139,18 +142,7 @@ signals:
   SIGHUP (not on Windows): reload secrets. Secret files are also watched for changes, on
   every platform.
 
-{
-            _exit_statuses(
-                (exit_status.OK, "clean shutdown"),
-                (exit_status.FAILED, "an unexpected failure"),
-                _USAGE_ERROR,
-                (
-                    exit_status.CREDENTIALS_REJECTED,
-                    "the gateway rejected the credentials at startup",
-                ),
-                (exit_status.CANNOT_LISTEN, "the listen address cannot be bound"),
-            )
-        }
+{_SERVE_EXITS}
   (An unreachable gateway at startup is not an exit: the proxy serves, not ready, and retries.)""",
         formatter_class=_FORMATTER,
     )
@@ -166,14 +158,7 @@ signals:
         ),
         epilog=f"""{_environment()}
 
-{
-            _exit_statuses(
-                (exit_status.OK, "the token was printed"),
-                (exit_status.FAILED, "the token endpoint stayed unavailable (after a few tries)"),
-                _USAGE_ERROR,
-                (exit_status.CREDENTIALS_REJECTED, "the gateway rejected the credentials"),
-            )
-        }""",
+{_TOKEN_EXITS}""",
         formatter_class=_FORMATTER,
     )
     _config_flags(token)
@@ -196,12 +181,7 @@ signals:
         ),
         formatter_class=_FORMATTER,
     )
-    _listen_flags(
-        simulate,
-        "default: 127.0.0.1:9000",
-        "the simulator",
-        "HOST:PORT, or a port alone: 8080 and :8080 mean 127.0.0.1:8080",
-    )
+    _listen_flags(simulate, "default: 127.0.0.1:9000", "the simulator", f"HOST:PORT, {_PORT_ALONE}")
     simulate.add_argument(
         "--token-lifetime",
         type=int,
@@ -247,9 +227,7 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
         "--config", type=Path, metavar="FILE", help="YAML configuration file (default: none)"
     )
     parser.add_argument(
-        "--upstream",
-        metavar="URL",
-        help=f"the gateway (default: {DEFAULT_UPSTREAM})",
+        "--upstream", metavar="URL", help=f"the gateway (default: {DEFAULT_UPSTREAM})"
     )
     parser.add_argument(
         "--token-url",
@@ -276,6 +254,7 @@ def _with_default_command(parser: argparse.ArgumentParser, argv: Sequence[str]) 
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed arguments: a bare ``instructure-auth-proxy [flags]`` means ``serve [flags]``."""
     parser = _parser()
     args, extra = parser.parse_known_args(_with_default_command(parser, argv))
     if extra:

@@ -1,7 +1,6 @@
-"""Offline runs: the gateway simulator alone (``simulate``), or with the proxy (``demo``).
-
-The demo needs no credentials: the proxy is given the simulator's published demo client,
-checks itself with one request, and prints what to try with curl and with the ``dap`` CLI.
+"""Offline runs: the gateway simulator alone (``simulate``), or with the proxy (``demo``), which
+needs no credentials: the proxy is given the simulator's published demo client, checks itself
+with one request, and prints what to try with curl and with the ``dap`` CLI.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from .. import exit_status
-from ..config import Credentials, load_config, parse_listen
+from ..config import Credentials, ListenAddress, load_config, parse_listen
 from ..errors import ConfigError
 from ..server.serve import StartupError, listen_failure, start, wait_for_signal
 from ..simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, SimulatorSettings, create_simulator_app
@@ -44,12 +43,16 @@ async def _start_simulator(listen: str, settings: SimulatorSettings) -> tuple[we
         raise StartupError(
             f"cannot listen on {address}: {listen_failure(exc)}", exit_status.CANNOT_LISTEN
         ) from None
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    return runner, f"http://{ListenAddress(*runner.addresses[0][:2])}"  # [IPv6]:port
 
 
 def _say(text: str) -> None:
     print(text, flush=True)  # the demo talks to a person on stdout
+
+
+def _failed(exc: ConfigError | StartupError, hint: str = "") -> int:
+    print(f"instructure-auth-proxy: {exc}{hint}", file=sys.stderr)
+    return exc.exit_status if isinstance(exc, StartupError) else exit_status.CONFIG
 
 
 def _arg(word: str) -> str:
@@ -69,9 +72,7 @@ def command_line(environment: dict[str, str], *lines: str) -> str:
         ]
         return "; ".join([*sets, " ".join(lines)])
     prefix = " ".join(f"{name}={shlex.quote(value)}" for name, value in environment.items())
-    if len(lines) == 1:
-        return f"{prefix} {lines[0]}"
-    return " \\\n    ".join([prefix, *lines])
+    return f"{prefix} {lines[0]}" if len(lines) == 1 else " \\\n    ".join([prefix, *lines])
 
 
 def _curl() -> str:
@@ -84,12 +85,8 @@ async def simulate(listen: str, token_lifetime: int, rate_limits: bool) -> int:
     settings = SimulatorSettings(token_lifetime=token_lifetime, rate_limits=rate_limits)
     try:
         runner, url = await _start_simulator(listen, settings)
-    except ConfigError as exc:
-        print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
-        return exit_status.CONFIG
-    except StartupError as exc:
-        print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
-        return exc.exit_status
+    except (ConfigError, StartupError) as exc:
+        return _failed(exc)
     # Runs as printed: with the demo credentials, which the proxy needs to start.
     serve = command_line(
         {"DAP_CLIENT_ID": DEMO_CLIENT_ID, "DAP_CLIENT_SECRET": DEMO_CLIENT_SECRET},
@@ -115,8 +112,7 @@ async def demo(listen: str, simulator_listen: str) -> int:
             raise ConfigError([f"--listen: the demo listens on HOST:PORT only, got {listen!r}"])
         simulator, simulator_url = await _start_simulator(simulator_listen, SimulatorSettings())
     except (ConfigError, StartupError) as exc:
-        print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
-        return exc.exit_status if isinstance(exc, StartupError) else exit_status.CONFIG
+        return _failed(exc)
     config = load_config(
         None, {}, {"listen": listen, "upstream": simulator_url}, require_credentials=False
     )
@@ -128,25 +124,18 @@ async def demo(listen: str, simulator_listen: str) -> int:
     except StartupError as exc:
         await simulator.cleanup()
         port = config.listen.port
-        hint = f" (another process uses it? try --port {port + 1})" if port else ""
-        print(f"instructure-auth-proxy: {exc}{hint}", file=sys.stderr)
-        return exc.exit_status
+        return _failed(exc, f" (another process uses it? try --port {port + 1})" if port else "")
     try:
         await proxy.first_token()
     except StartupError as exc:  # not with the simulator's own demo client, but say so
         await proxy.stop()
         await simulator.cleanup()
-        print(f"instructure-auth-proxy: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return _failed(exc)
 
     url = proxy.url
+    anything = {"DAP_CLIENT_ID": "any", "DAP_CLIENT_SECRET": "any", "DAP_TRACKING": "false"}
     dap = command_line(
-        {
-            "DAP_API_URL": url,
-            "DAP_CLIENT_ID": "any",
-            "DAP_CLIENT_SECRET": "any",
-            "DAP_TRACKING": "false",
-        },
+        {"DAP_API_URL": url} | anything,
         "dap --non-interactive snapshot --namespace canvas --table accounts --format jsonl",
         "--output-directory ./dap-demo",
     )

@@ -1,16 +1,6 @@
-"""The command line: argv -> configuration -> run. No logic of its own.
-
-    instructure-auth-proxy [serve]   run the proxy (the default)
-    instructure-auth-proxy token     print a valid gateway token, for scripts
-    instructure-auth-proxy simulate  run the gateway simulator on its own
-    instructure-auth-proxy demo      the simulator and the proxy together, no credentials needed
-
-The words (flags, help, usage errors) are in args.py. Exit statuses (exit_status.py):
-0 clean shutdown, 2 invalid configuration or usage, 3 credentials rejected at startup,
-4 cannot listen (``token``: 1 when the token endpoint stays unavailable).
-
-Each command imports what it uses, when it runs: ``token`` never loads the server, and
-``serve`` never loads the gateway simulator.
+"""The command line: argv -> configuration -> run. No logic of its own: the words (flags,
+help, usage errors) are in args.py, the exit statuses in exit_status.py. Each command imports
+what it uses, when it runs: ``token`` never loads the server, nor ``serve`` the simulator.
 """
 
 from __future__ import annotations
@@ -28,9 +18,9 @@ from .. import exit_status
 from ..config import load_config
 from ..errors import ConfigError
 from ..observe.logs import configure_logging
-from .args import PRINT_CAUTION, listen_of, parse
+from .args import listen_of, parse
 
-__all__ = ["PRINT_CAUTION", "main"]
+__all__ = ["main"]
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:

@@ -1,16 +1,14 @@
 """``instructure-auth-proxy token``: print one valid gateway token, for scripts that need one.
 
-It uses the same configuration and the same ``TokenClient`` and ``TokenManager`` as the
-proxy (the manager in its one-shot mode), and tries an unavailable token endpoint a few
-times, waiting 1 s, then 2 s (or what its ``Retry-After`` asks, up to 30 s). Whatever
-captures its output holds a live credential for an hour (``cli.PRINT_CAUTION``).
+It uses the proxy's configuration, ``TokenClient`` and ``TokenManager`` (in its one-shot
+mode), and tries an unavailable token endpoint a few times. Whatever captures its output
+holds a live credential for an hour (``args.PRINT_CAUTION``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from .. import exit_status
 from ..config import Config
@@ -61,16 +59,10 @@ async def print_token(config: Config, profile_name: str = "default") -> int:
                         log.error("no token: %s (gave up after %d attempts)", exc.text, ATTEMPTS)
                         return exit_status.FAILED
                     wait = min(MAX_WAIT, exc.retry_after or FIRST_WAIT * 2 ** (attempt - 1))
-                    log.warning(
-                        "no token yet: %s; attempt %d of %d, trying again in %g s",
-                        exc.text,
-                        attempt,
-                        ATTEMPTS,
-                        wait,
-                    )
+                    message = "no token yet: %s; attempt %d of %d, trying again in %g s"
+                    log.warning(message, exc.text, attempt, ATTEMPTS, wait)
                     await asyncio.sleep(wait)
         finally:
             await tokens.close()
-    sys.stdout.write(token.access_token + "\n")
-    sys.stdout.flush()
-    return 0
+    print(token.access_token, flush=True)  # stdout: the one thing a script reads
+    return exit_status.OK

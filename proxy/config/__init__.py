@@ -11,33 +11,19 @@ load.py          load_config: all of it, every problem reported at once
 from __future__ import annotations
 
 from ..gateway import DEFAULT_UPSTREAM
-from .load import MIN_ACCESS_KEY_LENGTH, load_config
-from .records import (
-    AccessConfig,
-    CacheSettings,
-    Config,
-    Credentials,
-    Grant,
-    Policy,
-    Profile,
-    RateLimits,
-    Timeouts,
-)
+from .load import load_config
+from .records import AccessConfig, Config, Credentials, Grant, Policy, Profile
 from .values import ListenAddress, parse_listen
 
 __all__ = [
     "DEFAULT_UPSTREAM",
-    "MIN_ACCESS_KEY_LENGTH",
     "AccessConfig",
-    "CacheSettings",
     "Config",
     "Credentials",
     "Grant",
     "ListenAddress",
     "Policy",
     "Profile",
-    "RateLimits",
-    "Timeouts",
     "load_config",
     "parse_listen",
 ]

@@ -1,14 +1,14 @@
-"""``load_config``: every source layered, every value parsed, every rule checked at once.
-
-It is pure apart from reading the files it is told about: only ``cli.py`` passes
-``os.environ``. It reports every problem together, each naming the key and where the value
-came from, and never repeats a secret.
+"""``load_config``: every source layered, every value parsed, every rule checked at once,
+every problem reported together (naming the key and where its value came from, never a
+secret). Pure apart from reading the files it is told about: only ``cli.py`` passes
+``os.environ``.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from .records import (
     TrustConfig,
 )
 from .secret_files import SecretReader, access_config, credentials
-from .sources import KEYS, Raw, collect, parse_all
+from .sources import KEYS, collect, parse_all
 from .values import ListenAddress
 
 __all__ = ["MIN_ACCESS_KEY_LENGTH", "load_config"]
@@ -75,38 +75,15 @@ def _check_access(access: AccessConfig, known_profiles: set[str], problems: list
             f"a network caller could guess them (make one with: "
             f"python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
         )
-    grants = (*access.keys.values(), *(grant for _, grant in access.clients.values()))
-    for grant in grants:
+    for grant in (*access.keys.values(), *(grant for _, grant in access.clients.values())):
         if grant is not None and (unknown := sorted(grant - known_profiles)):
             problems.append(f"access: grants unknown profiles: {', '.join(unknown)}")
-
-
-def _check_listen(
-    listen: ListenAddress | None,
-    access: AccessConfig,
-    parsed: Mapping[str, Any],
-    raw: Mapping[str, Raw],
-    problems: list[str],
-) -> None:
-    if (
-        listen is not None
-        and not listen.is_loopback
-        and not access.required
-        and not parsed.get("allow_non_loopback")
-    ):
-        problems.append(
-            f"listen: {listen} is not loopback, and anyone who can reach it would use the "
-            f"gateway with the proxy's credentials; require access_keys or local_clients, "
-            f"or set allow_non_loopback: true (DAP_PROXY_ALLOW_NON_LOOPBACK=true) "
-            f"(from {raw['listen'].source})"
-        )
 
 
 def _env_proxy(environ: Mapping[str, str], name: str, problems: list[str]) -> URL | None:
     """``https_proxy`` or ``HTTPS_PROXY`` (lower case first, as curl reads them)."""
     for env_name in (name.lower(), name.upper()):
-        given = environ.get(env_name, "").strip()
-        if given:
+        if given := environ.get(env_name, "").strip():
             try:
                 return values.proxy_url(given)
             except ValueError as exc:  # never the value: it can hold a password
@@ -200,11 +177,8 @@ def load_config(
     *,
     require_credentials: bool = True,
 ) -> Config:
-    """Layer defaults < ``path`` (YAML) < ``environ`` < ``flags`` and validate everything.
-
-    ``flags`` maps key names (``"listen"``, ``"upstream"``, ...) to values; ``None`` means unset.
-    Raises ``ConfigError`` listing every problem found.
-    """
+    """Layer defaults < ``path`` (YAML) < ``environ`` < ``flags`` (key names to values,
+    ``None`` unset) and validate everything; raises ``ConfigError`` listing every problem."""
     environ = environ or {}
     flags = flags or {}
     problems: list[str] = []
@@ -232,7 +206,15 @@ def load_config(
     problems += reader.problems[read_before:]  # the credentials file's own
     trust = _trust(parsed, environ, problems)
     listen: ListenAddress | None = parsed.get("listen")
-    _check_listen(listen, access, parsed, raw, problems)
+    if listen is not None and not (
+        listen.is_loopback or access.required or parsed.get("allow_non_loopback")
+    ):
+        problems.append(
+            f"listen: {listen} is not loopback, and anyone who can reach it would use the "
+            f"gateway with the proxy's credentials; require access_keys or local_clients, "
+            f"or set allow_non_loopback: true (DAP_PROXY_ALLOW_NON_LOOPBACK=true) "
+            f"(from {raw['listen'].source})"
+        )
     if problems:
         raise ConfigError(problems)
     assert listen is not None  # noqa: S101 - a problem above otherwise
@@ -248,14 +230,7 @@ def load_config(
         replay_body_limit=int(parsed["replay_body_limit"]),
         replay_memory=int(parsed["replay_memory"]),
         pool_size=parsed["pool_size"],
-        timeouts=Timeouts(
-            connect=parsed["timeouts.connect"],
-            read=parsed["timeouts.read"],
-            token=parsed["timeouts.token"],
-            shutdown=parsed["timeouts.shutdown"],
-            client=parsed["timeouts.client"],
-            idle=parsed["timeouts.idle"],
-        ),
+        timeouts=Timeouts(**{name: parsed[f"timeouts.{name}"] for name in asdict(Timeouts())}),
         log_level=parsed["log_level"],
         log_format=parsed["log_format"],
         access=access,

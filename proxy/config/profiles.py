@@ -1,8 +1,6 @@
 """Named profiles: extra credential sets, from the file's ``profiles:`` section and from
-``DAP_PROXY_PROFILE_<NAME>_<KEY>`` variables (which win).
-
-A profile inherits the top-level ``upstream`` (and ``token_url``, unless it names its own
-upstream) and needs its own credentials.
+``DAP_PROXY_PROFILE_<NAME>_<KEY>`` variables (which win). A profile inherits the top-level
+``upstream`` (and ``token_url``, unless it names its own upstream), not its credentials.
 """
 
 from __future__ import annotations
@@ -45,20 +43,19 @@ def profile_sources(
     """Each named profile's raw keys: the file's ``profiles:`` < ``DAP_PROXY_PROFILE_*``."""
     found: dict[str, dict[str, Raw]] = {}
     source = f"config file {path}"
-    if tree is not None:
-        if not isinstance(tree, Mapping):
-            problems.append(f"profiles: expected a mapping of profile names (from {source})")
-        else:
-            for name, keys in tree.items():
-                if not isinstance(keys, Mapping):
-                    problems.append(f"profiles.{name}: expected a mapping of keys (from {source})")
-                    continue
-                for key, value in keys.items():
-                    if key not in _PROFILE_KEYS:
-                        hint = did_you_mean(str(key), _PROFILE_KEYS)
-                        problems.append(f"profiles.{name}.{key}: unknown key{hint} (from {source})")
-                    elif value is not None:
-                        found.setdefault(str(name), {})[key] = Raw(value, source, 1)
+    if tree is not None and not isinstance(tree, Mapping):
+        problems.append(f"profiles: expected a mapping of profile names (from {source})")
+    elif isinstance(tree, Mapping):
+        for name, keys in tree.items():
+            if not isinstance(keys, Mapping):
+                problems.append(f"profiles.{name}: expected a mapping of keys (from {source})")
+                continue
+            for key, value in keys.items():
+                if key not in _PROFILE_KEYS:
+                    hint = did_you_mean(str(key), _PROFILE_KEYS)
+                    problems.append(f"profiles.{name}.{key}: unknown key{hint} (from {source})")
+                elif value is not None:
+                    found.setdefault(str(name), {})[key] = Raw(value, source, 1)
     # Longest key names first: _CLIENT_SECRET_FILE must not be read as _CLIENT_SECRET.
     suffixes = sorted(_PROFILE_KEYS, key=len, reverse=True)
     for env_name, value in environ.items():

@@ -1,7 +1,5 @@
 """The configuration as the rest of the proxy sees it: frozen records, built by ``load_config``.
-
-Secrets (client secrets, access keys, local clients) are declared ``repr=False``: a record
-can be logged whole without leaking one.
+Secrets are declared ``repr=False``: a record can be logged whole without leaking one.
 """
 
 from __future__ import annotations
@@ -40,12 +38,9 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Profile:
-    """One credential set and the gateway it is used against.
-
-    ``default`` comes from the top-level keys; named profiles from ``profiles:`` or
-    ``DAP_PROXY_PROFILE_<NAME>_<KEY>``. ``local_client_ids`` are the client ids that, at the
-    local login, choose this profile (its own name always does).
-    """
+    """One credential set and the gateway it is used against: ``default`` from the top-level
+    keys, named profiles from ``profiles:`` or ``DAP_PROXY_PROFILE_<NAME>_<KEY>``.
+    ``local_client_ids`` choose this profile at the local login (its own name always does)."""
 
     url: URL
     token_url: URL
@@ -73,12 +68,9 @@ Grant = frozenset[str] | None  # the profiles a key or local client may use; Non
 
 @dataclass(frozen=True)
 class AccessConfig:
-    """Who may use the proxy. Empty: anyone who can reach it (loopback by default).
-
-    ``keys`` maps bearer keys for plain clients (curl) to the profiles each may use;
-    ``clients`` maps local client ids, for tools that log in (the ``dap`` CLI), to their
-    secret and profiles. Neither appears in a repr.
-    """
+    """Who may use the proxy; empty: anyone who can reach it (loopback by default). ``keys``
+    maps bearer keys for plain clients (curl) to the profiles each may use; ``clients`` maps
+    local client ids, for tools that log in (the ``dap`` CLI), to their secret and profiles."""
 
     keys: Mapping[str, Grant] = field(default_factory=dict, repr=False)
     clients: Mapping[str, tuple[str, Grant]] = field(default_factory=dict, repr=False)
@@ -109,7 +101,6 @@ class RateLimits:
     limits: Mapping[str, int] = field(default_factory=lambda: dict(RATE_LIMITS))
 
 
-# Seconds a complete answer is kept, per cached endpoint class.
 DEFAULT_TTLS = {"list_tables": 60.0, "get_schema": 300.0}
 
 
@@ -124,11 +115,8 @@ class CacheSettings:
 @dataclass(frozen=True)
 class EgressConfig:
     """The egress (outbound) HTTP proxies; egress.py decides which one a target uses.
-
     ``proxy`` (``egress_proxy``) wins over ``https_proxy`` and ``http_proxy`` (from the
-    environment). Their URLs may carry the proxy's credentials: hidden from the repr,
-    which shows them masked.
-    """
+    environment). Their URLs may carry credentials: the repr shows them masked."""
 
     proxy: URL | None = field(default=None, repr=False)
     https_proxy: URL | None = field(default=None, repr=False)
@@ -178,12 +166,7 @@ class Config:
     object_relay: bool = False  # rewrite object URLs to the proxy's /-/relay/ (sharing/relay.py)
     # Problems worth a warning at startup but not a refusal (a secret file others can read).
     warnings: tuple[str, ...] = ()
-    # Every credential set in use, by name: ``default`` (when the top level has credentials)
-    # and the named profiles.
+    # Every credential set in use, by name: ``default`` (if it has credentials), named ones.
     profiles: Mapping[str, Profile] = field(default_factory=dict)
     # Files whose change means a reload: the config file and every secret file read.
     watched_files: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.profiles and self.default_profile.credentials is not None:
-            object.__setattr__(self, "profiles", {"default": self.default_profile})

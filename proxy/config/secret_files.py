@@ -1,9 +1,7 @@
-"""Secrets given directly or as files, and the records built from them.
-
-A secret can be set directly (``client_secret``, ``access_keys``...) or as a file
-(``client_secret_file``, ``access_keys_file``...), the form Docker and Kubernetes secrets
-take. The higher layer wins; both in the same layer is a problem. Files are read whole,
-warned about when other users can read them, and remembered so a change can be watched for.
+"""Secrets given directly (``client_secret``, ``access_keys``...) or as files
+(``client_secret_file``, ``access_keys_file``...: Docker and Kubernetes secrets), and the
+records built from them. The higher layer wins; both in the same layer is a problem. Files
+are read whole, warned about when others can read them, and remembered to watch for changes.
 """
 
 from __future__ import annotations
@@ -21,10 +19,8 @@ __all__ = ["SecretReader", "access_config", "credentials"]
 
 
 class SecretReader:
-    """Reads the files that hold secrets, collecting problems and warnings as it goes.
-
-    ``prefix`` names the profile in messages (``profiles.yale.``) for its keys.
-    """
+    """Reads the files that hold secrets, collecting problems and warnings as it goes;
+    ``prefix`` names the profile in messages (``profiles.yale.``) for its keys."""
 
     def __init__(self, raw: Mapping[str, Raw], parsed: Mapping[str, Any], prefix: str = "") -> None:
         self.raw, self.parsed, self.prefix = raw, parsed, prefix
@@ -75,9 +71,7 @@ class SecretReader:
         if not from_file or (direct and direct.rank > from_file.rank):
             return self.parsed.get(direct_key)
         text = self.private_file(file_key)
-        if text is None:
-            return None
-        if direct_key == "client_secret":
+        if text is None or direct_key == "client_secret":
             return text  # a secret is the whole text
         # One entry a line; blank lines and # comments are skipped.
         lines = [line.strip() for line in text.splitlines()]

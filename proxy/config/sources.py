@@ -1,10 +1,8 @@
-"""Where configuration values come from, and which one wins.
-
-Precedence, lowest first: built-in defaults < YAML file < environment < command-line flags.
-Every key has an environment name ``DAP_PROXY_<KEY>`` (dots become underscores); the
-credentials also answer to the names the official client uses, ``DAP_CLIENT_ID`` and
-``DAP_CLIENT_SECRET``, and to ``DAP_CLIENT_SECRET_FILE`` for Docker and Kubernetes secrets.
-``DAP_API_URL`` is deliberately *not* read: beside a tool it points at the proxy itself.
+"""Where configuration values come from, and which one wins: built-in defaults < YAML file
+< environment < command-line flags. Every key has an environment name ``DAP_PROXY_<KEY>``
+(dots become underscores); the credentials also answer to the official client's names,
+``DAP_CLIENT_ID`` and ``DAP_CLIENT_SECRET`` (and ``DAP_CLIENT_SECRET_FILE``). ``DAP_API_URL``
+is deliberately *not* read: beside a tool it points at the proxy itself.
 
 A value is kept raw, with where it came from, until ``parse_all`` turns it into its type:
 every message can then name the key and its source.
@@ -12,10 +10,9 @@ every message can then name the key and its source.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,7 @@ __all__ = ["ENV_PREFIX", "KEYS", "Key", "Raw", "collect", "did_you_mean", "parse
 ENV_PREFIX = "DAP_PROXY_"
 
 # Every default is the records' own (records.py), read from them, never written twice.
-_DEFAULT = {f.name: f.default for f in dataclasses.fields(Config)}
+_DEFAULT = {f.name: f.default for f in fields(Config)}
 _RATES = RateLimits()
 
 
@@ -52,7 +49,7 @@ class Key:
 KEYS = {
     key.name: key
     for key in (
-        Key("listen", values.listen, f"{values.LOOPBACK}:8080"),
+        Key("listen", values.parse_listen, f"{values.LOOPBACK}:8080"),
         Key("upstream", values.url, DEFAULT_UPSTREAM),
         Key("token_url", values.url),
         Key("client_id", values.client_id, aliases=("DAP_CLIENT_ID",)),
@@ -62,10 +59,7 @@ KEYS = {
         Key("replay_body_limit", values.non_negative_number, _DEFAULT["replay_body_limit"]),
         Key("replay_memory", values.non_negative_number, _DEFAULT["replay_memory"]),
         Key("pool_size", values.positive_int, _DEFAULT["pool_size"]),
-        *(
-            Key(f"timeouts.{name}", values.positive_number, seconds)
-            for name, seconds in dataclasses.asdict(Timeouts()).items()
-        ),
+        *(Key(f"timeouts.{k}", values.positive_number, s) for k, s in asdict(Timeouts()).items()),
         Key("log_level", values.log_level, _DEFAULT["log_level"]),
         Key("log_format", values.log_format, _DEFAULT["log_format"]),
         Key("allow_non_loopback", values.boolean, False),
@@ -82,15 +76,9 @@ KEYS = {
         Key("rate_limits.enabled", values.boolean, _RATES.enabled),
         Key("rate_limits.max_wait", values.non_negative_number, _RATES.max_wait),
         Key("rate_limits.window", values.positive_number, _RATES.window),
-        *(
-            Key(f"rate_limits.{name}", values.positive_int, limit)
-            for name, limit in RATE_LIMITS.items()
-        ),
+        *(Key(f"rate_limits.{k}", values.positive_int, limit) for k, limit in RATE_LIMITS.items()),
         Key("cache.enabled", values.boolean, CacheSettings().enabled),
-        *(
-            Key(f"cache.{name}", values.non_negative_number, ttl)
-            for name, ttl in DEFAULT_TTLS.items()
-        ),
+        *(Key(f"cache.{k}", values.non_negative_number, ttl) for k, ttl in DEFAULT_TTLS.items()),
         # Behind an institution's network (egress.py, trust.py, sharing/relay.py)
         # Its URL may carry a password: values.proxy_url's errors never repeat the value.
         Key("egress_proxy", values.proxy_url),
@@ -160,16 +148,10 @@ def collect(
     problems: list[str],
     warnings: list[str],
 ) -> tuple[dict[str, Raw], object]:
-    """Every key's winning raw value, and the file's ``profiles`` section (unparsed).
-
-    An unknown ``DAP_PROXY_*`` variable is a warning, not a problem: the environment is
-    shared with other programs (and other versions of this one).
-    """
-    raw = {
-        name: Raw(key.default, "default", 0)
-        for name, key in KEYS.items()
-        if key.default is not None
-    }
+    """Every key's winning raw value, and the file's ``profiles`` section (unparsed). An
+    unknown ``DAP_PROXY_*`` variable is a warning, not a problem: the environment is shared
+    with other programs (and other versions of this one)."""
+    raw = {k: Raw(key.default, "default", 0) for k, key in KEYS.items() if key.default is not None}
     profiles: object = None
     if path is not None:
         flat, profiles = _read_yaml(path, problems)
@@ -198,10 +180,7 @@ def collect(
 
 
 def parse_all(
-    raw: Mapping[str, Raw],
-    problems: list[str],
-    keys: Mapping[str, Key] = KEYS,
-    prefix: str = "",
+    raw: Mapping[str, Raw], problems: list[str], keys: Mapping[str, Key] = KEYS, prefix: str = ""
 ) -> dict[str, Any]:
     """Each raw value parsed by its key; a bad one becomes a problem naming key and source."""
     parsed: dict[str, Any] = {}

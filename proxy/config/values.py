@@ -1,8 +1,7 @@
-"""Parsers for configuration values, one per kind.
+"""Parsers for configuration values, one per kind (``sources.py`` says which key uses which).
 
 Each takes what YAML or the environment gave (a string, a number, a list) and returns the
-typed value, or raises ``ValueError`` saying what is wrong, without repeating the value
-when it can hold a secret. ``sources.py`` says which key uses which.
+typed value, or raises ``ValueError`` saying what is wrong, never repeating a secret.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ __all__ = [
     "boolean",
     "client_id",
     "client_pairs",
-    "listen",
     "log_format",
     "log_level",
     "masked_proxy",
@@ -94,9 +92,7 @@ def positive_number(value: object) -> float:
 
 
 def non_negative_number(value: object) -> float:
-    if value in (0, "0"):
-        return 0.0
-    return positive_number(value)
+    return 0.0 if value in (0, "0") else positive_number(value)
 
 
 def positive_int(value: object) -> int:
@@ -152,12 +148,9 @@ def masked_proxy(proxy: URL) -> str:
 
 
 def parse_listen(value: object) -> ListenAddress:
-    """``HOST:PORT``, ``[V6]:PORT``, ``unix:/path``, or a port alone (``8080`` or ``:8080``),
-    which means loopback, ``127.0.0.1:PORT``; ``ValueError`` says what is wrong.
-
-    A bare port is loopback, not every interface as in some servers: whoever reaches the
-    proxy uses the gateway with its credentials, so the short form must be the safe one.
-    """
+    """``HOST:PORT``, ``[V6]:PORT``, ``unix:/path``, or a port alone (``8080``, ``:8080``),
+    which means ``127.0.0.1:PORT``, not every interface as in some servers: whoever reaches
+    the proxy uses the gateway with its credentials, so the short form must be the safe one."""
     given = text(value)
     if given.startswith("unix:"):
         if sys.platform == "win32":
@@ -186,11 +179,15 @@ def parse_listen(value: object) -> ListenAddress:
     return ListenAddress(host, port)
 
 
-def log_format(value: object) -> str:
+def _choice(value: object, *choices: str) -> str:
     given = text(value).lower()
-    if given not in ("text", "json"):
-        raise ValueError(f"expected text or json, got {given!r}")
+    if given not in choices:
+        raise ValueError(f"expected {', '.join(choices[:-1])} or {choices[-1]}, got {given!r}")
     return given
+
+
+def log_format(value: object) -> str:
+    return _choice(value, "text", "json")
 
 
 def boolean(value: object) -> bool:
@@ -228,8 +225,7 @@ def paths(value: object) -> tuple[str, ...]:
 
 
 def _grant(given: str) -> frozenset[str] | None:
-    names = frozenset(name.strip() for name in given.split("+") if name.strip())
-    return names or None
+    return frozenset(name.strip() for name in given.split("+") if name.strip()) or None
 
 
 def access_keys(value: object) -> dict[str, frozenset[str] | None]:
@@ -257,10 +253,4 @@ def client_pairs(value: object) -> dict[str, tuple[str, frozenset[str] | None]]:
 
 
 def log_level(value: object) -> str:
-    level = text(value).lower()
-    if level not in ("debug", "info", "warning", "error"):
-        raise ValueError(f"expected debug, info, warning or error, got {level!r}")
-    return level
-
-
-listen = parse_listen  # the name the key table in sources.py uses
+    return _choice(value, "debug", "info", "warning", "error")

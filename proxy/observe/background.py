@@ -1,12 +1,11 @@
 """Background work that never dies silently.
 
 A task the proxy runs on its own (the secret-file watcher, a reload, a token refresh) may
-meet an error no one foresaw. ``Supervisor.record`` keeps it where ``/-/ready`` and
-``/-/status`` show it and logs it by class (its text may hold anything, so only at debug
-level with the traceback): an ERROR once per episode, later repeats of the same failure at
-debug. ``clear`` ends the episode when the task next succeeds, logging the recovery.
-``Supervisor.run`` restarts a task after a pause; token refreshes back off and retry inside
-``TokenManager``, which reports its crashes here too.
+meet an error no one foresaw. ``Supervisor.record`` keeps it for ``/-/ready`` and
+``/-/status`` and logs it by class (its text may hold anything: the traceback only at debug),
+an ERROR once per episode; ``clear`` ends the episode when the task next succeeds.
+``Supervisor.run`` restarts a task after a pause (token refreshes back off and retry inside
+``TokenManager``, which reports its crashes here too).
 """
 
 from __future__ import annotations
@@ -61,8 +60,6 @@ class Supervisor:
                 await work()
                 self.clear(task)  # it ended well: any problem it had is over
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # not CancelledError, a BaseException
                 self.record(task, exc)
             await asyncio.sleep(self.restart_after)

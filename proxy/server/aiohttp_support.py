@@ -1,18 +1,16 @@
 """Which aiohttp the proxy runs on, and the aiohttp internals it relies on, in one list.
 
-The proxy reaches below aiohttp's public API where aiohttp has no hook: private attributes
-and methods of the server's connection handler (``protocol.py``), the words of its parser's
-error messages (the C parser says which rule a request broke only in its text), an attribute
-of its client's connection (``upstream/answer.py``) and how its client wraps an error raised
-by a request body (``upstream/forward.py``). A release that changes one of them would break
-the proxy only later, on a malformed request or at the first SIGTERM. So ``INTERNALS`` lists
-every one, ``check_aiohttp()`` looks for each name once, when the runner is made, and raises
-``UnsupportedAiohttp`` naming the version, what is missing and the supported range; what a
-name check cannot see (a message's words, a behaviour) names the test that exercises it
-against a real server (``tested_by``), which fails on the release that changes it.
-
-``SUPPORTED`` is the range the whole test suite was run green on; ``pyproject.toml``
-declares the same one (``tests/test_aiohttp_support.py`` holds them together).
+The proxy reaches below aiohttp's public API where aiohttp has no hook: its server's
+connection handler (``protocol.py``), the words of its parser's error messages (the C parser
+says which rule a request broke only in its text), its client's connection
+(``upstream/answer.py``) and how its client wraps an error raised by a request body
+(``upstream/forward.py``). A release that changes one of them would break the proxy only
+later, on a malformed request or at the first SIGTERM. So ``check_aiohttp()`` looks for each
+name in ``INTERNALS`` when the runner is made, and raises ``UnsupportedAiohttp`` naming the
+version, what is missing and the supported range; what a name cannot show (a message's words,
+a behaviour) names a test against a real server (``tested_by``) that fails on such a release.
+``SUPPORTED`` is the range the whole test suite was run green on, as ``pyproject.toml``
+declares (``tests/test_aiohttp_support.py`` holds them together).
 """
 
 from __future__ import annotations
@@ -50,8 +48,7 @@ __all__ = [
 
 # 3.13.3 and older fail the hostile-request tests (3.12: tracebacks logged for malformed
 # requests; 3.13.3: a request with 200 headers is forwarded). CI runs the suite on 3.13.4
-# and on the newest 3.14.x (.ci/run); 3.14's replacements for what it deprecates are used
-# through proxy/aiohttp_compat.py while 3.13 is supported. 3.15 is untested.
+# and on the newest 3.14.x (.ci/run; see proxy/aiohttp_compat.py). 3.15 is untested.
 SUPPORTED = ">=3.13.4,<3.15"
 
 
@@ -68,11 +65,8 @@ class Internal:
     name: str
     why: str
     lookup: Callable[[], object]
-    # For a method aiohttp calls positionally: the parameter names it must keep.
-    parameters: tuple[str, ...] | None = None
-    # What a name cannot show (a message's words, a behaviour): the test that exercises it
-    # against a real server, in tests/test_aiohttp_surface.py.
-    tested_by: str | None = None
+    parameters: tuple[str, ...] | None = None  # those of a method aiohttp calls positionally
+    tested_by: str | None = None  # the test of what a name cannot show (see above)
 
 
 # The words of aiohttp's parser messages that protocol.py tells malformed requests apart by
@@ -82,11 +76,6 @@ TEXT_FRAMING = ("content-length", "transfer-encoding")  # "Duplicate Content-Len
 TEXT_CHUNKED = "chunk"  # "Invalid character in chunk size", "Chunk size mismatch", ...
 TEXT_NO_HOST = "missing 'host'"  # 3.14: "Missing 'Host' header in request."
 TEXT_HEADER = "header"  # "Invalid header value char", "Invalid HTTP header", ...
-
-
-def _handler() -> object:
-    # RequestHandler declares __slots__ (3.12 on), so its instance attributes show on the class.
-    return web_protocol.RequestHandler
 
 
 async def _never_called(request: web.BaseRequest) -> web.StreamResponse:
@@ -108,13 +97,8 @@ def _on(owner: str, lookup: Callable[[], object], *items: tuple[str, ...]) -> li
 
 
 def _text(exception: str, words: str, why: str) -> Internal:
-    return Internal(
-        f"http_exceptions ({words!r} in its text)",
-        exception,
-        why,
-        lambda: http_exceptions,
-        tested_by="test_each_parser_message_is_told_apart",
-    )
+    owner = f"http_exceptions ({words!r} in its text)"
+    return Internal(owner, exception, why, lambda: http_exceptions, tested_by=_WORDS)
 
 
 # Tests that exercise an internal's behaviour (a file's name alone: this test module).
@@ -127,11 +111,13 @@ _LIMIT = "test_hostile.py::test_connection_limit"
 _MALFORMED = "test_each_malformed_request_gets_the_gateway_shape"
 _LOOP_DIES = "test_connect_to_a_url_neither_hangs_nor_logs_it"
 _NO_BYTES_LOGGED = "test_connect_followed_by_tunnel_bytes_logs_none_of_them"
+_WORDS = "test_each_parser_message_is_told_apart"
 
 INTERNALS: tuple[Internal, ...] = (
+    # RequestHandler declares __slots__ (3.12 on), so its instance attributes show on the class.
     *_on(
         "web_protocol.RequestHandler",
-        _handler,
+        lambda: web_protocol.RequestHandler,
         ("connection_made", "overridden: the connection limit, the head timer", _LIMIT),
         ("data_received", "overridden: a body keeps being read while draining", _DRAIN),
         ("shutdown", "overridden: the drain", _DRAIN),
@@ -152,7 +138,7 @@ INTERNALS: tuple[Internal, ...] = (
         "web_protocol.RequestHandler",
         "handle_error",
         "overridden: malformed requests answered in the gateway's shape",
-        _handler,
+        lambda: web_protocol.RequestHandler,
         # aiohttp calls handle_error(request, status, exc, message) positionally.
         parameters=("self", "request", "status", "exc", "message"),
         tested_by=_MALFORMED,
@@ -170,14 +156,12 @@ INTERNALS: tuple[Internal, ...] = (
         lambda: web_runner.AppRunner,
         ("_make_server", "overridden: where the server class is swapped", _MALFORMED),
     ),
-    *_on(
+    Internal(
         "http_writer.StreamWriter",
+        "output_size",
+        "whether an answer had started when its handler failed (no second one written)",
         lambda: http_writer.StreamWriter,
-        (
-            "output_size",
-            "whether an answer had started when its handler failed (no second one written)",
-            "test_a_failure_after_the_answer_started_cuts_the_connection",
-        ),
+        tested_by="test_a_failure_after_the_answer_started_cuts_the_connection",
     ),
     *_on(
         "http_exceptions",
@@ -192,7 +176,7 @@ INTERNALS: tuple[Internal, ...] = (
         "args",
         "args[0] quotes the line: the request target starts with '/' (414), else 431",
         lambda: http_exceptions.LineTooLong(b"/", 1),
-        tested_by="test_each_parser_message_is_told_apart",
+        tested_by=_WORDS,
     ),
     _text("BadHttpMessage", TEXT_TOO_MANY_HEADERS, "more than max_headers: 431"),
     _text("BadHttpMessage", "/".join(TEXT_FRAMING), "conflicting or invalid framing"),
@@ -233,33 +217,24 @@ INTERNALS: tuple[Internal, ...] = (
 )
 
 
-_ABSENT = object()
-
-
-def _missing(internals: Iterable[Internal]) -> list[str]:
+def check_aiohttp(internals: Iterable[Internal] | None = None) -> None:
+    """Raise ``UnsupportedAiohttp`` unless every internal (``INTERNALS``) is there."""
     missing = []
-    for item in internals:
+    for item in INTERNALS if internals is None else internals:
         try:
             owner = item.lookup()
         except Exception as exc:  # a changed constructor, a removed module member
             missing.append(f"{item.owner} ({type(exc).__name__}: {exc})")
             continue
-        found = getattr(owner, item.name, _ABSENT)
-        if found is _ABSENT:
+        if not hasattr(owner, item.name):
             missing.append(f"{item.owner}.{item.name} ({item.why})")
-        elif item.parameters is not None and callable(found):
+        elif item.parameters is not None and callable(found := getattr(owner, item.name)):
             parameters = tuple(inspect.signature(found).parameters)
             if parameters != item.parameters:
                 missing.append(
                     f"{item.owner}.{item.name}{item.parameters[1:]} ({item.why}): "
                     f"it takes {parameters[1:]}"
                 )
-    return missing
-
-
-def check_aiohttp(internals: Iterable[Internal] | None = None) -> None:
-    """Raise ``UnsupportedAiohttp`` unless every internal (``INTERNALS``) is there."""
-    missing = _missing(INTERNALS if internals is None else internals)
     if missing:
         raise UnsupportedAiohttp(
             f"aiohttp {aiohttp.__version__} is not supported by this proxy (supported: "

@@ -1,36 +1,20 @@
 """The HTTP connection handler: what happens before a request reaches routing.
 
-aiohttp answers malformed requests (bad request lines, oversized or invalid headers,
-conflicting ``Content-Length`` and ``Transfer-Encoding``, broken chunked bodies) itself,
-with a plain-text body that quotes the offending bytes, and logs them with a traceback.
-Those bytes can hold a client's credentials (a control character inside an
-``Authorization`` header is enough), so here such requests are answered in the gateway's
-JSON error shape with a fixed message, and logged as one line without the bytes.
+aiohttp answers malformed requests itself, with a plain-text body that quotes the offending
+bytes, and logs them with a traceback. Those bytes can hold a client's credentials (a control
+character inside an ``Authorization`` header is enough), so here such requests are answered
+in the gateway's JSON error shape with a fixed message, and logged as one line without them.
 
-It drains properly on shutdown: the request in flight on each connection may finish
-within the drain timeout, still reading its body (aiohttp would stop reading at once, and
-wait twice the timeout). And it bounds what a connection may cost: at most
-``max_connections`` at once (the next is answered 503 and closed), and ``head_timeout``
-seconds to send the first request's head (a client trickling headers, "slowloris", is cut
-off). Later heads on a kept-alive connection are bounded by aiohttp's keep-alive timeout.
-Two safety nets: a connection whose request loop dies (aiohttp 3.13, on ``CONNECT`` to a
-URL) is closed rather than left open holding a slot, and aiohttp's own tracebacks for
-malformed input, which quote the client's bytes, are logged as one line by class.
+The handler also drains properly on shutdown (``shutdown``), and bounds what a connection may
+cost: at most ``max_connections`` at once, and ``head_timeout`` seconds to send the first
+request's head (slowloris; later heads wait at most aiohttp's keep-alive timeout). The head
+limits are aiohttp's public settings, set here (``MAX_*``), and ``refuse_unroutable`` (a
+middleware) answers CONNECT and targets no route can place.
 
-Requests are bounded by aiohttp's public settings (``MAX_REQUEST_LINE``, ``MAX_HEADER_FIELD``,
-``MAX_HEADERS``), set here rather than left to aiohttp's defaults. CONNECT is refused by a
-middleware (``refuse_unroutable``), public API: its authority-form target
-(``CONNECT host:443``) has no path, so it matches no route, not even the catch-all, but
-aiohttp 3.13 and 3.14 both run the application's middlewares on a request no route matched.
-The same middleware answers any other target no route can place (``OPTIONS *``) in the
-gateway's shape instead of aiohttp's plain-text 404.
-
-For the rest aiohttp offers no public hook (the connection level: parse errors, the drain,
-the connection count, the head timer), so ``ProxyRunner`` swaps in this handler class: the
-smallest mechanism, one ``__class__`` assignment on the server it made. Every aiohttp
-internal used here is listed in ``aiohttp_support.py`` and checked when a ``ProxyRunner`` is
-made; ``tests/test_aiohttp_surface.py``, ``tests/test_hostile.py`` and
-``tests/test_faults.py`` fail if a future aiohttp stops calling this class.
+For the rest aiohttp offers no public hook (the connection level), so ``ProxyRunner`` swaps
+in this handler class: one ``__class__`` assignment on the server it made. Every aiohttp
+internal used here is listed in ``aiohttp_support.py``, checked when a ``ProxyRunner`` is
+made, and tested.
 """
 
 from __future__ import annotations
@@ -46,22 +30,9 @@ from aiohttp.helpers import set_exception
 from aiohttp.web_request import BaseRequest
 
 from ..responses import error_body, error_response
-from .aiohttp_support import (
-    TEXT_CHUNKED,
-    TEXT_FRAMING,
-    TEXT_HEADER,
-    TEXT_NO_HOST,
-    TEXT_TOO_MANY_HEADERS,
-    check_aiohttp,
-)
+from . import aiohttp_support as support
 
-__all__ = [
-    "MAX_HEADERS",
-    "MAX_HEADER_FIELD",
-    "MAX_REQUEST_LINE",
-    "ProxyRunner",
-    "refuse_unroutable",
-]
+__all__ = ["MAX_HEADERS", "MAX_HEADER_FIELD", "MAX_REQUEST_LINE", "ProxyRunner"]
 
 # What a request head may hold: the request line (414 past it), one header line (431), the
 # number of headers (431). aiohttp's defaults, stated here so a release cannot move them.
@@ -76,13 +47,9 @@ _CUT = 0.01  # what aiohttp's shutdown is left to wait once our drain is over
 
 _BROKEN_CHUNK = "invalid chunked encoding"
 _TOO_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\n"
-    b"Content-Type: application/json\r\n"
-    b"Retry-After: 1\r\n"
-    b"Connection: close\r\n"
-    b"Content-Length: %d\r\n\r\n%s"
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
 )
-
 
 # The line LineTooLong quotes is the request line's: the C parser quotes the target, the
 # Python parser the whole line. Anything else it quotes is a header's (with the C parser, a
@@ -91,25 +58,24 @@ _REQUEST_LINE = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+ )?/")
 
 
 def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
-    """Status, type and a fixed message for a request aiohttp could not parse. Its words
-    are listed and tested as internals (aiohttp_support.py)."""
+    """Status, type and a fixed message for a request aiohttp could not parse."""
     if isinstance(exc, http_exceptions.LineTooLong):
         line = exc.args[0] if exc.args else b""
         if isinstance(line, bytes | bytearray) and _REQUEST_LINE.match(line):
             return 414, "URITooLong", "the request target is too long"
         return 431, "HeaderTooLarge", "a request header is too large"
     text = str(exc).lower() if exc is not None else ""
-    if TEXT_TOO_MANY_HEADERS in text:
+    if support.TEXT_TOO_MANY_HEADERS in text:
         return 431, "HeaderTooLarge", "the request has too many headers"
     if isinstance(exc, http_exceptions.BadHttpMethod):
         return 400, "BadRequest", "not an HTTP request (invalid method)"
-    if any(words in text for words in TEXT_FRAMING):
+    if any(words in text for words in support.TEXT_FRAMING):
         return 400, "BadRequest", "conflicting or invalid Content-Length / Transfer-Encoding"
-    if isinstance(exc, http_exceptions.TransferEncodingError) or TEXT_CHUNKED in text:
+    if isinstance(exc, http_exceptions.TransferEncodingError) or support.TEXT_CHUNKED in text:
         return 400, "BadRequest", _BROKEN_CHUNK
-    if TEXT_NO_HOST in text:  # 3.14's parser; 3.13's lets the guard refuse it (403)
+    if support.TEXT_NO_HOST in text:  # 3.14's parser; 3.13's lets the guard refuse it (403)
         return 400, "BadRequest", "the request has no Host header"
-    if TEXT_HEADER in text:
+    if support.TEXT_HEADER in text:
         return 400, "BadRequest", "an invalid header (name or value)"
     if status >= 500:
         return 500, "InternalError", "the proxy failed to handle the request"
@@ -123,11 +89,11 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def refuse_unroutable(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """CONNECT (405), a target no route can place (400) and a request line of another HTTP
-    than 1.0 or 1.1 (505), in the gateway's shape.
-
-    Every path has a route (app.py's catch-all), so what matches none is not a path:
-    ``CONNECT host:port`` (aiohttp gives it an empty path), ``OPTIONS *``. aiohttp's parser
-    takes ``GET /x`` with no version for HTTP/0.9 and ``HTTP/2.0`` as a version like any."""
+    than 1.0 or 1.1 (505), in the gateway's shape. Every path has a route (app.py's
+    catch-all), so what matches none is not a path: ``CONNECT host:port`` (aiohttp gives it an
+    empty path), ``OPTIONS *``; aiohttp 3.13 and 3.14 both run the middlewares on a request no
+    route matched. aiohttp's parser takes ``GET /x`` with no version for HTTP/0.9 and
+    ``HTTP/2.0`` as a version like any."""
     if request.version not in _HTTP_1:
         return error_response(
             505, "HTTPVersionNotSupported", "only HTTP/1.1 and HTTP/1.0 are supported"
@@ -142,17 +108,10 @@ async def refuse_unroutable(request: web.Request, handler: _Handler) -> web.Stre
 
 
 class _ProxyRequestHandler(web_protocol.RequestHandler):
-    def __init__(
-        self,
-        manager: web.Server,
-        *,
-        max_connections: int = 1000,
-        head_timeout: float = 30.0,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        self._max_connections: int = kwargs.pop("max_connections", 1000)
+        self._head_timeout: float = kwargs.pop("head_timeout", 30.0)
         super().__init__(manager, **kwargs)
-        self._max_connections = max_connections
-        self._head_timeout = head_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -191,10 +150,9 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
 
     def _feed(self, data: bytes) -> None:
         """aiohttp's own ``data_received``, and one correction: with its C parser, a broken
-        chunk in the middle of a request body is queued as the error of a *next* request,
-        and the body in flight never ends (client and upstream wait ``timeouts.client``).
-        Such an error is this body's: it is handed to the body, so that its reader
-        (forward.py) answers 400 at once and the upstream upload is cut."""
+        chunk in the middle of a request body is queued as the error of a *next* request, and
+        the body in flight never ends (client and upstream wait ``timeouts.client``). It is
+        handed to the body instead: its reader (forward.py) answers 400, the upload is cut."""
         queued = len(self._messages)
         super().data_received(data)
         current = self._current_request
@@ -246,8 +204,7 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         self._head_timer = None
         if not self._request_count and self.transport is not None:
             log.warning(
-                "closed a connection that sent no complete request head in %g s",
-                self._head_timeout,
+                "closed a connection that sent no complete request head in %g s", self._head_timeout
             )
             self.transport.close()
 
@@ -277,15 +234,13 @@ class _ProxyServer(web.Server):
 
 
 class ProxyRunner(web.AppRunner):
-    """An ``AppRunner`` whose connections use the handler above, with the head limits above
-    and ``refuse_unroutable`` added to ``app``'s middlewares.
-
-    ``ProxyRunner(app, max_connections=1000, head_timeout=30, ...)``; raises
-    ``UnsupportedAiohttp`` at once if the installed aiohttp lacks what this module relies on.
-    """
+    """``ProxyRunner(app, max_connections=1000, head_timeout=30, ...)``: an ``AppRunner``
+    whose connections use the handler above, with the head limits above and
+    ``refuse_unroutable`` added to ``app``'s middlewares. Raises ``UnsupportedAiohttp`` at
+    once if the installed aiohttp lacks what this module relies on."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
-        check_aiohttp()
+        support.check_aiohttp()
         kwargs.setdefault("max_line_size", MAX_REQUEST_LINE)
         kwargs.setdefault("max_field_size", MAX_HEADER_FIELD)
         kwargs.setdefault("max_headers", MAX_HEADERS)

@@ -1,22 +1,16 @@
 """Reloading without a restart: on SIGHUP, and when a watched file changes.
 
-What changes live:
-
-- a profile's credentials: its token client takes the new ones and its token manager
-  fetches a token with them in the background. Requests in flight are untouched, and the
-  held token stays in use until the new one arrives (or for as long as it is valid, if the
-  gateway refuses the new credentials);
-- access keys and local clients, at once.
-
-Anything else that changed (a profile added or removed, an upstream, a timeout, the listen
-address...) needs a restart: the reload names each such setting in a warning, and keeps
-comparing against what actually runs, so the warning stays true until the restart.
+What changes live: a profile's credentials (its token client takes the new ones and its token
+manager fetches a token with them in the background; requests in flight are untouched, and
+the held token stays in use until the new one arrives, or while it is valid if the gateway
+refuses the new credentials), and access keys and local clients, at once. Anything else that
+changed needs a restart: the reload names each such setting in a warning, and keeps comparing
+against what actually runs, so the warning stays true until the restart.
 
 Files are watched by polling their metadata every few seconds: a Kubernetes Secret update
 (an atomic symlink swap) and an editor's save both change it, and polling needs neither a
 dependency nor platform-specific notification. The watcher runs under the app's
-``Supervisor``: an unexpected error is logged, shown in ``/-/status`` until a poll or reload
-next goes through, and watching goes on.
+``Supervisor`` (observe/background.py): an unexpected error does not end the watching.
 """
 
 from __future__ import annotations
@@ -113,9 +107,7 @@ class Reloader:
         applied: dict[str, Profile] = dict(running.profiles)
         for name, profile in running.profiles.items():
             fresh = new.profiles.get(name)
-            if fresh is None or fresh.credentials is None:
-                continue
-            if fresh.credentials != profile.credentials:
+            if fresh and fresh.credentials and fresh.credentials != profile.credentials:
                 clients[name].credentials = fresh.credentials
                 managers[name].credentials_changed()
                 applied[name] = dataclasses.replace(profile, credentials=fresh.credentials)
@@ -148,8 +140,7 @@ class Reloader:
         """Poll the watched files; reload when one changes. Runs until cancelled."""
         while True:
             await asyncio.sleep(self._interval)
-            changed = [p for p, stamp in self._stamps.items() if _stamp(p) != stamp]
-            if changed:
+            if changed := [p for p, stamp in self._stamps.items() if _stamp(p) != stamp]:
                 log.info("changed: %s; reloading", ", ".join(changed))
                 # Not again for the same change, whatever the outcome: wait for the next.
                 self._stamps = {path: _stamp(path) for path in self._stamps}

@@ -1,11 +1,5 @@
-"""Running the proxy: listen, fetch the first token, serve until a signal, drain, exit.
-
-Exit statuses (exit_status.py): 0 after a clean shutdown, 3 when the gateway rejects the
-credentials at startup, 4 when the listen address cannot be bound.
-
-Signals (signals.py): SIGTERM and SIGINT (Ctrl-C) stop it gracefully everywhere; on Windows,
-Ctrl-C and Ctrl-Break.
-"""
+"""Running the proxy: listen, fetch the first token, serve until a signal (signals.py),
+drain, exit with a status (exit_status.py)."""
 
 from __future__ import annotations
 
@@ -31,15 +25,7 @@ from .protocol import ProxyRunner
 from .reload import Reloader
 from .signals import wait_for_signal
 
-__all__ = [
-    "RunningProxy",
-    "StartupError",
-    "listen_failure",
-    "running_on",
-    "serve",
-    "start",
-    "wait_for_signal",
-]
+__all__ = ["RunningProxy", "StartupError", "listen_failure", "serve", "start", "wait_for_signal"]
 
 log = logging.getLogger("proxy.server")
 
@@ -68,11 +54,10 @@ class RunningProxy:
         outcomes = await asyncio.gather(
             *(tokens.first_token() for tokens in managers.values()), return_exceptions=True
         )
-        rejected = 0
+        rejected = [o for o in outcomes if isinstance(o, CredentialsRejected)]
         for name, outcome in zip(managers, outcomes, strict=True):
             label = "" if name == "default" else f" (profile {name})"
             if isinstance(outcome, CredentialsRejected):
-                rejected += 1
                 if len(managers) > 1:
                     log.error("%s%s; serving the other profiles", outcome.text, label)
             elif isinstance(outcome, TokenEndpointUnavailable):
@@ -81,9 +66,8 @@ class RunningProxy:
                 )
             elif isinstance(outcome, BaseException):
                 raise outcome
-        if rejected == len(managers):
-            first = next(o for o in outcomes if isinstance(o, CredentialsRejected))
-            raise StartupError(first.text, exit_status.CREDENTIALS_REJECTED)
+        if len(rejected) == len(managers):
+            raise StartupError(rejected[0].text, exit_status.CREDENTIALS_REJECTED)
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -91,15 +75,24 @@ class RunningProxy:
 
 
 async def start(config: Config, access_log: AccessLog | None = None) -> RunningProxy:
-    """Start fetching the first token and listen at once. Raises ``StartupError``.
-
-    Requests that arrive before the first token wait for that one fetch.
-    """
+    """Start fetching the first token and listen at once (requests that arrive before the
+    first token wait for that one fetch). Raises ``StartupError``."""
     for warning in config.warnings:
         log.warning("%s", warning)
     app = create_app(config, access_log=access_log)
     try:
-        runner = _runner(app, config)
+        runner = ProxyRunner(
+            app,
+            handler_cancellation=True,  # a client hanging up cancels its upstream request
+            access_log_class=AccessLogger.bound(app[METRICS], app[ACCESS_LOG]),
+            access_log=logging.getLogger("proxy.access"),
+            shutdown_timeout=config.timeouts.shutdown,  # see protocol.py: the drain
+            max_connections=config.max_connections,
+            head_timeout=config.timeouts.client,
+            # Idle kept-alive client connections are closed after this long (aiohttp's
+            # default is 75 s, fixed; an hour in some releases), so they do not hold slots.
+            keepalive_timeout=config.timeouts.idle,
+        )
     except UnsupportedAiohttp as exc:  # names the version, what is missing and the range
         raise StartupError(str(exc), exit_status.FAILED) from None
     await runner.setup()
@@ -113,43 +106,20 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
         ) from None
     if not listen.is_loopback:
         log.warning("LISTENING ON %s, WHICH IS NOT LOOPBACK: %s", listen, _exposure(config))
-    software = running_on()
+    software = _running_on()
     for name, profile in config.profiles.items():
         prefix = "" if name == "default" else f"/{name}/..."
-        log.info(
-            "%s: listening on %s%s, forwarding to %s (profile %s)",
-            software,
-            url,
-            prefix,
-            profile.url,
-            name,
-        )
+        message = "%s: listening on %s%s, forwarding to %s (profile %s)"
+        log.info(message, software, url, prefix, profile.url, name)
     return RunningProxy(url, runner)
-
-
-def _runner(app: web.Application, config: Config) -> ProxyRunner:
-    return ProxyRunner(
-        app,
-        handler_cancellation=True,  # a client hanging up cancels its upstream request
-        access_log_class=AccessLogger.bound(app[METRICS], app[ACCESS_LOG]),
-        access_log=logging.getLogger("proxy.access"),
-        shutdown_timeout=config.timeouts.shutdown,  # see protocol.py: the drain
-        max_connections=config.max_connections,
-        head_timeout=config.timeouts.client,
-        # Idle kept-alive client connections are closed after this long (aiohttp's default
-        # is 75 s, fixed; an hour in some releases), so idle clients do not hold slots.
-        keepalive_timeout=config.timeouts.idle,
-    )
 
 
 def _exposure(config: Config) -> str:
     """What protects a proxy others can reach, and what does not, in one sentence."""
     if config.access.required:
-        hosts = (
-            "any Host is admitted (a web page cannot present a key)"
-            if config.policy.allowed_hosts is None
-            else "Host must be in allowed_hosts"
-        )
+        hosts = "Host must be in allowed_hosts"
+        if config.policy.allowed_hosts is None:
+            hosts = "any Host is admitted (a web page cannot present a key)"
         return (
             "protected: only callers with an access key or local credentials are served, "
             f"failed logins are throttled, {hosts}; not protected: the traffic itself, which "
@@ -162,10 +132,9 @@ def _exposure(config: Config) -> str:
     )
 
 
-def running_on() -> str:
-    """``instructure-auth-proxy 0.1.0 on uvloop 0.21.0``: what a bug report needs first. The
-    event loop matters: uvloop is markedly faster, and on Windows the loop class decides
-    what works (signals, subprocesses)."""
+def _running_on() -> str:
+    """``instructure-auth-proxy 0.1.0 on uvloop 0.21.0``: what a bug report needs first (uvloop
+    is markedly faster; on Windows the loop class decides what works: signals, subprocesses)."""
     loop = asyncio.get_running_loop()
     module = type(loop).__module__.partition(".")[0]
     if module == "uvloop":
@@ -223,16 +192,13 @@ async def _listen(runner: web.AppRunner, listen: ListenAddress) -> str:
     # polled at once) otherwise has SYNs dropped and retried a second later.
     await web.TCPSite(runner, listen.host, listen.port, backlog=LISTEN_BACKLOG).start()
     port = runner.addresses[0][1] if runner.addresses else listen.port
-    host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    return f"http://{host}:{port}"
+    return f"http://{ListenAddress(listen.host, port)}"  # [IPv6]:port
 
 
 async def serve(config: Config, load: Callable[[], Config] | None = None) -> int:
     """Run until SIGTERM or SIGINT; requests in flight get ``timeouts.shutdown`` to finish.
-
     With ``load`` (how the configuration was read), secrets are reloaded on SIGHUP and when
-    a secret file changes.
-    """
+    a secret file changes."""
     # The command line's access lines go straight to stderr in batches (logs.py says why).
     access_log = BufferedAccessLog(sys.stderr, config.log_level, config.log_format)
     try:
@@ -244,24 +210,23 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
     if load is not None:
         # At once, before the first token: a SIGHUP must never find the default handler,
         # which would end the process. (The reloader supervises itself: background.py.)
-        reloader = Reloader(running.runner.app, config, load)
-        watcher = asyncio.create_task(reloader.run())
+        watcher = asyncio.create_task(Reloader(running.runner.app, config, load).run())
         await asyncio.sleep(0)  # let it install its SIGHUP handler
     try:
         await running.first_token()
     except StartupError as exc:
         log.error("%s", exc)
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        await running.stop()
-        return exc.exit_status
-    await wait_for_signal()
+        failed: int | None = exc.exit_status
+    else:
+        failed = None
+        await wait_for_signal()
     if watcher is not None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+    if failed is not None:
+        await running.stop()
+        return failed
     log.info(
         "shutting down: no new connections; up to %g s for requests in flight",
         config.timeouts.shutdown,

@@ -1,31 +1,20 @@
 """``/-/status``: what the proxy is doing, as JSON for people and dashboards. Never a token.
 (``/-/ready``, the orchestrator's signal, is answered here too.)
 
-    {"version", "upstream", "uptime_seconds", "requests_served", "ready",
-     "profiles": {"default": {"upstream", "ready", "state", "expires_in", "scope": {...},
-                              "last_refresh": {"at", "outcome", "error"}, "refreshes": {...},
-                              "relayed_401s", "rate_limits": {"create_job": 5, ...}}},
-     "problems": [{"task", "error", "at"}]}
-
-``rate_limits`` is each endpoint class's remaining budget: requests that could go at once
-(absent when shaping is off). ``problems`` lists background tasks failing unexpectedly now,
-token refreshes included (observe/background.py), latest first; one clears when its task
-next succeeds.
-
-``scope`` is read from the gateway token's informational scope string,
-``"<service> principal:<id> partner:<id> region:<id>"``.
+``rate_limits``: each endpoint class's remaining budget, requests that could go at once
+(absent when shaping is off). ``problems``: background tasks failing unexpectedly now, token
+refreshes included (observe/background.py), latest first. ``scope``: from the gateway
+token's informational scope string, ``"<service> principal:<id> partner:<id> region:<id>"``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
-from ..observe.background import BackgroundProblem
 from ..observe.logs import REQUEST_ID
 from ..responses import error_response, json_response
 from ..tokens.manager import TokenManager
@@ -33,7 +22,7 @@ from ..upstream.egress import masked
 from ..upstream.shaping import Shaper
 from .keys import ACCESS, CONFIG, GUARD, METRICS, RELAY, SHARING, STARTED, SUPERVISOR, TOKENS
 
-__all__ = ["parse_scope", "ready", "status", "status_document"]
+__all__ = ["parse_scope", "ready", "status"]
 
 
 def parse_scope(scope: str) -> dict[str, str]:
@@ -72,39 +61,10 @@ def _profile(tokens: TokenManager, upstream: str | None, shaper: Shaper | None) 
     }
 
 
-def status_document(
-    *,
-    upstream: str,
-    uptime: float,
-    requests_served: int,
-    profiles: dict[str, TokenManager],
-    upstreams: dict[str, str] | None = None,
-    problems: Iterable[BackgroundProblem] = (),
-    shaper: Shaper | None = None,
-) -> dict[str, Any]:
-    upstreams = upstreams or {}
-    return {
-        "version": __version__,
-        "upstream": upstream,
-        "uptime_seconds": round(uptime, 1),
-        "requests_served": requests_served,
-        "ready": any(tokens.ready for tokens in profiles.values()),
-        "profiles": {
-            name: _profile(tokens, upstreams.get(name), shaper) for name, tokens in profiles.items()
-        },
-        "problems": [
-            {"task": p.task, "error": p.error, "at": _utc(p.at)}
-            for p in sorted(problems, key=lambda p: p.at, reverse=True)
-        ],
-    }
-
-
 async def ready(request: web.Request) -> web.Response:
-    """Ready while any profile can serve: one institution's failure is not everyone's.
-
-    Why not is told in the proxy's own words to everyone; the token endpoint's own words
-    (redacted) only to callers the proxy knows, when inbound authentication is on.
-    """
+    """Ready while any profile can serve: one institution's failure is not everyone's. Why
+    not is told in the proxy's own words to everyone; the token endpoint's own words
+    (redacted) only to callers the proxy knows, when inbound authentication is on."""
     app = request.app
     managers = app[TOKENS]
     name = request.match_info.get("profile")
@@ -130,26 +90,34 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """``/-/status``: the document above, plus how connections leave the proxy."""
+    """``/-/status``: what the module docstring describes, and how connections leave."""
     app = request.app
-    egress = app[CONFIG].egress
-    document = status_document(
-        upstream=str(app[CONFIG].default_profile.url),
-        uptime=time.monotonic() - app[STARTED],
-        requests_served=app[METRICS].requests_served,
-        profiles=app[TOKENS],
-        upstreams={name: str(p.url) for name, p in app[CONFIG].profiles.items()},
-        problems=app[SUPERVISOR].problems.values(),
-        shaper=app[SHARING].shaper,
+    config, profiles, shaper = app[CONFIG], app[TOKENS], app[SHARING].shaper
+    problems = sorted(app[SUPERVISOR].problems.values(), key=lambda p: p.at, reverse=True)
+    upstreams = {name: str(p.url) for name, p in config.profiles.items()}
+    egress = config.egress
+    return json_response(
+        {
+            "version": __version__,
+            "upstream": str(config.default_profile.url),
+            "uptime_seconds": round(time.monotonic() - app[STARTED], 1),
+            "requests_served": app[METRICS].requests_served,
+            "ready": any(tokens.ready for tokens in profiles.values()),
+            "profiles": {
+                name: _profile(tokens, upstreams.get(name), shaper)
+                for name, tokens in profiles.items()
+            },
+            "problems": [{"task": p.task, "error": p.error, "at": _utc(p.at)} for p in problems],
+            # How connections leave the proxy (egress.py), for whoever debugs a network: masked.
+            "egress": {
+                name: masked(url) if url is not None else None
+                for name, url in (
+                    ("egress_proxy", egress.proxy),
+                    ("https_proxy", egress.https_proxy),
+                    ("http_proxy", egress.http_proxy),
+                )
+            }
+            | {"no_proxy": list(egress.no_proxy)},
+            "object_relay": RELAY in app,
+        }
     )
-    # How connections leave the proxy (egress.py), for whoever debugs a network: masked.
-    document["egress"] = {
-        name: masked(url) if url is not None else None
-        for name, url in (
-            ("egress_proxy", egress.proxy),
-            ("https_proxy", egress.https_proxy),
-            ("http_proxy", egress.http_proxy),
-        )
-    } | {"no_proxy": list(egress.no_proxy)}
-    document["object_relay"] = RELAY in app
-    return json_response(document)

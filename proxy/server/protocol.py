@@ -29,6 +29,7 @@ from aiohttp import HttpVersion10, HttpVersion11, http_exceptions, web, web_prot
 from aiohttp.helpers import set_exception
 from aiohttp.web_request import BaseRequest
 
+from ..errors import BROKEN_CHUNK
 from ..responses import error_body, error_response
 from . import aiohttp_support as support
 
@@ -45,7 +46,6 @@ log = logging.getLogger("proxy.protocol")
 _DRAIN_POLL = 0.05  # seconds between looks at a draining connection
 _CUT = 0.01  # what aiohttp's shutdown is left to wait once our drain is over
 
-_BROKEN_CHUNK = "invalid chunked encoding"
 _TOO_BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
@@ -72,7 +72,7 @@ def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     if any(words in text for words in support.TEXT_FRAMING):
         return 400, "BadRequest", "conflicting or invalid Content-Length / Transfer-Encoding"
     if isinstance(exc, http_exceptions.TransferEncodingError) or support.TEXT_CHUNKED in text:
-        return 400, "BadRequest", _BROKEN_CHUNK
+        return 400, "BadRequest", BROKEN_CHUNK
     if support.TEXT_NO_HOST in text:  # 3.14's parser; 3.13's lets the guard refuse it (403)
         return 400, "BadRequest", "the request has no Host header"
     if support.TEXT_HEADER in text:
@@ -163,7 +163,7 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         if isinstance(message, web_protocol._ErrInfo) and not body.is_eof():
             self._messages.pop()
             # A fixed text: the parser's own quotes the client's bytes.
-            set_exception(body, http_exceptions.TransferEncodingError(_BROKEN_CHUNK))
+            set_exception(body, http_exceptions.TransferEncodingError(BROKEN_CHUNK))
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's
         """Let the request in flight finish, its body still read, within ``timeout``; then

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from proxy.config import Config, load_config
-from proxy.server.app import TOKENS
+from proxy.server.keys import TOKENS
 from proxy.server.serve import RunningProxy, start
 from proxy.simulator import (
     DEMO_CLIENT_ID,

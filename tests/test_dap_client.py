@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from proxy.aiohttp_compat import basic_credentials
-from proxy.server.app import LOCAL_TOKENS
+from proxy.server.keys import LOCAL_TOKENS
 from proxy.simulator import DEMO_CLIENT_SECRET, expected_object_bytes
 from proxy.simulator.tables import NAMESPACES
 

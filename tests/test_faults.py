@@ -37,7 +37,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from proxy.aiohttp_compat import basic_credentials
-from proxy.server.app import CONFIG
+from proxy.server.keys import CONFIG
 from proxy.simulator import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,

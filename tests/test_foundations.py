@@ -22,7 +22,7 @@ from aiohttp import web
 from proxy.cli import main as cli
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError, TokenEndpointUnavailable
-from proxy.server.app import FORWARDERS, SUPERVISOR
+from proxy.server.keys import FORWARDERS, SUPERVISOR
 from proxy.server.reload import Reloader
 from proxy.server.serve import RunningProxy, start
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, SIMULATOR_STATE

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from proxy.config import load_config
-from proxy.server.app import METRICS
+from proxy.server.keys import METRICS
 
 from .conftest import Gateway, GatewayFactory, Proxy, ProxyFactory
 

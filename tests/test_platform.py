@@ -29,7 +29,7 @@ from proxy.config import load_config
 from proxy.errors import ConfigError
 from proxy.server import serve as server
 from proxy.server import signals
-from proxy.server.app import TOKEN_CLIENTS
+from proxy.server.keys import TOKEN_CLIENTS
 from proxy.server.reload import Reloader
 from proxy.server.serve import StartupError, start, wait_for_signal
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET

@@ -16,7 +16,7 @@ import pytest
 from proxy.aiohttp_compat import basic_credentials
 from proxy.config import load_config
 from proxy.errors import ConfigError
-from proxy.server.app import TOKENS
+from proxy.server.keys import TOKENS
 from proxy.server.reload import Reloader
 from proxy.server.serve import RunningProxy, start
 

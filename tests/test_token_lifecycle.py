@@ -27,7 +27,7 @@ from proxy.gateway import LOGIN_PATH
 from proxy.observe.background import Supervisor
 from proxy.observe.metrics import Metrics
 from proxy.server import serve as server
-from proxy.server.app import CONFIG, SUPERVISOR
+from proxy.server.keys import CONFIG, SUPERVISOR
 from proxy.server.reload import Reloader
 from proxy.tokens.flow import send_with_token
 from proxy.tokens.manager import TokenManager

@@ -6,13 +6,13 @@ Requests:
     /-/ready                200 while at least one profile holds a valid token, else 503
     /-/ready/<profile>      the same, for one profile
     /-/status               JSON: version, upstream, uptime, token state (status.py)
-    /-/metrics              Prometheus text format (metrics.py)
-    /-/relay/<id>           with object_relay: an object from storage (object_relay.py)
+    /-/metrics              Prometheus text format (observe/metrics.py)
+    /-/relay/<id>           with object_relay: an object from storage (sharing/relay.py)
     /-/...                  reserved for the proxy: anything else here is 404, never forwarded
     everything else         read once (routing.py), admitted (guard.py), then
       POST [/<p>]/ids/auth/login   the local token endpoint (login.py)
       anything else                forwarded to its profile's gateway (forward.py), within
-                                   the rate limits, or answered from the cache (sharing.py)
+                                   the rate limits, or answered from the cache (sharing/)
 
 The ``/-/`` endpoints pass the Host and browser checks too; with inbound authentication,
 status and metrics need a key, and readiness shows gateway-provided text only to callers
@@ -20,7 +20,7 @@ with one.
 
 Each profile (credential set) has its own token manager and forwarder; they share one
 upstream ``ClientSession`` (a keep-alive pool per host). All live for the life of the app,
-opened and closed in ``cleanup_ctx``, reached through typed ``AppKey``s, never globals.
+opened and closed in ``cleanup_ctx``, reached through typed ``AppKey``s (keys.py).
 """
 
 from __future__ import annotations
@@ -69,20 +69,7 @@ from .keys import (
 )
 from .status import ready, status
 
-__all__ = [
-    "ACCESS",
-    "ACCESS_LOG",
-    "CONFIG",
-    "FORWARDERS",
-    "LOCAL_TOKENS",
-    "METRICS",
-    "RELAY",
-    "SHARING",
-    "SUPERVISOR",
-    "TOKENS",
-    "TOKEN_CLIENTS",
-    "create_app",
-]
+__all__ = ["create_app"]
 
 log = logging.getLogger("proxy.app")
 

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from ..config import Config, Profile
 from ..errors import ConfigError
-from .app import ACCESS, SUPERVISOR, TOKEN_CLIENTS, TOKENS
+from .keys import ACCESS, SUPERVISOR, TOKEN_CLIENTS, TOKENS
 
 __all__ = ["Reloader", "restart_needed"]
 

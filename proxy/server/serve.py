@@ -20,7 +20,8 @@ from ..config import Config, ListenAddress
 from ..errors import CredentialsRejected, TokenEndpointUnavailable
 from ..observe.logs import AccessLog, AccessLogger, BufferedAccessLog
 from .aiohttp_support import UnsupportedAiohttp
-from .app import ACCESS_LOG, METRICS, SUPERVISOR, TOKENS, create_app
+from .app import create_app
+from .keys import ACCESS_LOG, METRICS, SUPERVISOR, TOKENS
 from .protocol import ProxyRunner
 from .reload import Reloader
 from .signals import wait_for_signal

@@ -36,6 +36,7 @@ import re
 import secrets
 
 from aiohttp import hdrs, web
+from multidict import istr
 
 from ..aiohttp_compat import RequestKey
 from ..config import Policy
@@ -55,6 +56,9 @@ _ENCODED_SEPARATORS = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
 # (%25 is "%") or read as a path parameter (";") by something behind the gateway.
 _AMBIGUOUS = re.compile(r"%25|;")
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
+# Header names looked up on every request, as istr: no case folding per lookup.
+_REQUEST_ID = istr(REQUEST_ID_HEADER)
+_SEC_FETCH_SITE = istr("Sec-Fetch-Site")
 # A client's own request id is kept when it is plain and short; otherwise one is made.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _NEEDS_KEY = (
@@ -68,7 +72,7 @@ def _path_problem(path: str) -> str | None:
         return "the request target must be a path (origin-form), not a URL"
     if path.startswith("//"):
         return "the path must not start with //"
-    if "\\" in path or _ENCODED_SEPARATORS.search(path):
+    if "\\" in path or ("%" in path and _ENCODED_SEPARATORS.search(path)):
         return "the path must not contain \\ or an encoded '.', '/', '\\' or NUL"
     if "/." in path and any(
         segment.partition(";")[0] in (".", "..") for segment in path.split("/")
@@ -138,7 +142,7 @@ class Guard:
         self._ids = itertools.count(1)
 
     def _tag(self, request: web.Request) -> str:
-        request_id = request.headers.get(REQUEST_ID_HEADER)
+        request_id = request.headers.get(_REQUEST_ID)
         if request_id is None or not _VALID_REQUEST_ID.fullmatch(request_id):
             request_id = f"{self._id_prefix}-{next(self._ids):x}"
         request[REQUEST_ID] = request_id
@@ -162,7 +166,7 @@ class Guard:
                     request_id=request_id,
                 )
         origin = headers.get(hdrs.ORIGIN)
-        if origin is not None or headers.get("Sec-Fetch-Site") in _CROSS_SITE:
+        if origin is not None or headers.get(_SEC_FETCH_SITE) in _CROSS_SITE:
             if origin is None or origin not in self._origins:
                 return error_response(
                     403,
@@ -184,16 +188,19 @@ class Guard:
         An address that presented too many wrong credentials is not even checked for a
         while (``None``, and ``refuse_unknown`` answers 429)."""
         authorization = request.headers.get(hdrs.AUTHORIZATION)
-        address = request.remote or "local"
-        throttled = self._access.required and authorization is not None
-        wait = self._throttle.shut_out(f"bearer@{address}", address) if throttled else 0.0
-        if wait > 0:
-            request[_SHUT_OUT] = wait
-            caller = None
-        else:
+        if not (self._access.required and authorization is not None):
+            # Nothing presented that could be a guess: nothing to throttle.
             caller = self._access.identify(authorization)
-            if caller is None and throttled:
-                self._throttle.failed(f"bearer@{address}", address)
+        else:
+            address = request.remote or "local"
+            wait = self._throttle.shut_out(f"bearer@{address}", address)
+            if wait > 0:
+                request[_SHUT_OUT] = wait
+                caller = None
+            else:
+                caller = self._access.identify(authorization)
+                if caller is None:
+                    self._throttle.failed(f"bearer@{address}", address)
         request[CALLER] = caller
         return caller
 

@@ -20,7 +20,7 @@ never reaches the gateway with another institution's token.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..config import Profile
 from ..gateway import GATEWAY_ROOTS, LOGIN_PATH
@@ -37,11 +37,13 @@ def is_local_login(method: str, path: str) -> bool:
     return method == "POST" and path == LOGIN_PATH
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """A request's target, read once: the profile its path prefix names (``prefixed``), the
     path and query as they would be forwarded, and whether it is the local login.
-    ``known`` is False for an unknown profile: such a request is answered 404."""
+    ``known`` is False for an unknown profile: such a request is answered 404.
+
+    A named tuple, read-only as a frozen dataclass is, and made in a quarter of the time
+    (one per request)."""
 
     prefixed: str | None
     path: str

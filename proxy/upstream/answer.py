@@ -52,14 +52,16 @@ async def relay_answer(
     # connection is released and how it ended can no longer be asked.
     closed = _closing(answer)
     await response.prepare(request)
+    reader = answer.content
     sent = 0  # body bytes, for the access line of a client that hangs up mid-way
+    last = b""  # a framed body's final chunk, sent with the end of the response
     try:
         if prefix:
             await response.write(prefix)
             sent = len(prefix)
         while True:
             try:
-                chunk = await answer.content.readany()
+                chunk = await reader.readany()
                 if not chunk and closed is not None and closed.done():
                     closed.result()  # raises if the connection ended by error (a reset)
             except UPSTREAM_READ_ERRORS as exc:  # headers are out: abort (the docstring says why)
@@ -73,11 +75,19 @@ async def relay_answer(
                 return response
             if not chunk:
                 break
+            if closed is None and reader.at_eof():
+                # A framed body is complete (its length or last chunk seen): its final
+                # bytes go out with the response's end, in one write. A small answer is
+                # one such chunk. (A close-delimited body ends only as checked above.)
+                last = chunk
+                break
             await response.write(chunk)
             sent += len(chunk)
     finally:
         request[BYTES_OUT] = sent
-    await response.write_eof()
+    await response.write_eof(last)
+    if last:
+        request[BYTES_OUT] = sent + len(last)
     return response
 
 

@@ -13,6 +13,7 @@ import math
 import uuid
 
 from aiohttp import web
+from multidict import istr
 
 from .errors import ProxyError
 
@@ -24,7 +25,7 @@ __all__ = [
     "proxy_error_response",
 ]
 
-REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_HEADER = istr("X-Request-Id")  # istr: looked up and set without case-folding
 
 
 def error_body(error_type: str, message: str, request_id: str = "") -> bytes:

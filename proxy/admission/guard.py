@@ -57,7 +57,6 @@ _ENCODED_SEPARATORS = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
 _AMBIGUOUS = re.compile(r"%25|;")
 _CROSS_SITE = frozenset({"cross-site", "same-site"})
 # Header names looked up on every request, as istr: no case folding per lookup.
-_REQUEST_ID = istr(REQUEST_ID_HEADER)
 _SEC_FETCH_SITE = istr("Sec-Fetch-Site")
 # A client's own request id is kept when it is plain and short; otherwise one is made.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -142,7 +141,7 @@ class Guard:
         self._ids = itertools.count(1)
 
     def _tag(self, request: web.Request) -> str:
-        request_id = request.headers.get(_REQUEST_ID)
+        request_id = request.headers.get(REQUEST_ID_HEADER)
         if request_id is None or not _VALID_REQUEST_ID.fullmatch(request_id):
             request_id = f"{self._id_prefix}-{next(self._ids):x}"
         request[REQUEST_ID] = request_id

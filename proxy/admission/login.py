@@ -43,13 +43,12 @@ class LoginHandler:
         access: AccessControl,
         router: ProfileRouter,
         scope: Callable[[str], str],
-        throttle: LoginThrottle | None = None,
     ) -> None:
         self._issuer = issuer
         self._access = access
         self._router = router
         self._scope = scope  # a profile's real scope, for tools that show it
-        self._throttle = throttle or LoginThrottle()
+        self._throttle = LoginThrottle()
 
     async def login(self, request: web.Request, prefixed: str | None = None) -> web.Response:
         request_id = request.get(REQUEST_ID)

@@ -144,8 +144,6 @@ def _trust(
         cert_file=environ.get("SSL_CERT_FILE") or None,
         cert_dir=environ.get("SSL_CERT_DIR") or None,
     )
-    if trust == TrustConfig():
-        return trust
     for name, path, is_dir in (
         ("ca_file", trust.ca_file, False),
         ("SSL_CERT_FILE", trust.cert_file, False),

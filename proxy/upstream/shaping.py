@@ -155,13 +155,10 @@ class Budget:
                 waiter.future.set_result(None)
         # Those who can no longer get a slot before their deadline (a pause moved the
         # slots later) are told now, with when one will free, rather than at the deadline.
-        keep: deque[_Waiter] = deque()
-        for waiter, slot in zip(list(waiters), self._slots(len(waiters), now), strict=True):
+        for waiter, slot in zip(waiters, self._slots(len(waiters), now), strict=True):
             if slot > waiter.deadline and not waiter.future.done():
                 waiter.future.set_exception(OverBudget(slot - now))
-            elif not waiter.future.done():
-                keep.append(waiter)
-        self._waiters = keep
+        self._waiters = deque(waiter for waiter in waiters if not waiter.future.done())
         self._schedule(now)
 
 

@@ -36,8 +36,7 @@ class LocalTokenIssuer:
     def issue(
         self, client_id: str, profile: str | None = None, grant: frozenset[str] | None = None
     ) -> str:
-        """A local JWT for ``client_id``; ``prof`` is the profile it chose, ``grt`` the
-        profiles it may use (absent: all)."""
+        """A local JWT for ``client_id``; without a ``grant``, no ``grt``: every profile."""
         now = int(self.now())
         claims: dict[str, Any] = {"iss": _ISSUER, "sub": client_id, "iat": now}
         claims["exp"] = now + self.lifetime

@@ -3,7 +3,6 @@
 Tools such as the official ``dap`` CLI always log in before their first call and decode the
 JWT they get back. Pointed at the proxy, they log in here: they receive a local token
 (local_tokens.py), never the gateway's token, and their own credentials go nowhere.
-Whatever they later send as ``Authorization`` is replaced upstream.
 
 The client id chooses the profile (routing.py) unless the path does; with inbound
 authentication configured, the credentials must be known to access.py, and failed attempts

@@ -57,10 +57,8 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 # Read at scrape time from the layers above, which this module never imports: the token
 # managers (tokens/manager.py), the shaper (upstream/shaping.py), the cache (sharing/cache.py).
 class TokenFigures(Protocol):
-    @property
-    def refreshes(self) -> Mapping[str, int]: ...  # token requests by outcome
-    @property
-    def relayed_401s(self) -> int: ...
+    refreshes: dict[str, int]  # token requests by outcome
+    relayed_401s: int
 
     def expires_in(self) -> float | None: ...
 
@@ -73,10 +71,8 @@ class ShapingFigures(Protocol):
 
 
 class CacheFigures(Protocol):
-    @property
-    def hits(self) -> Mapping[tuple[str, str], int]: ...
-    @property
-    def misses(self) -> Mapping[tuple[str, str], int]: ...
+    hits: dict[tuple[str, str], int]
+    misses: dict[tuple[str, str], int]
 
 
 class _Histogram:

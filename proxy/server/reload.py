@@ -148,7 +148,6 @@ class Reloader:
             self._app[SUPERVISOR].clear(_TASK)  # a poll that went through: no problem now
 
     async def run(self) -> None:
-        """Watch files, and reload on SIGHUP where the platform has it, until cancelled."""
         loop = asyncio.get_running_loop()
         hangup = getattr(signal, "SIGHUP", None)  # not on Windows
         if hangup is not None:

@@ -15,6 +15,7 @@ is 2 % longer than the gateway's: a request let in one window after another is n
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -22,32 +23,21 @@ from dataclasses import dataclass
 __all__ = ["Budget", "OverBudget", "Shaper", "ShapingStats", "endpoint_class"]
 
 _SAFETY = 1.02  # our window, relative to the gateway's
+_CLASSES = (  # method, whole path, class; a segment in braces is any one segment
+    ("GET", "/dap/query/{ns}/table", "list_tables"),
+    ("GET", "/dap/query/{ns}/table/{t}/schema", "get_schema"),
+    ("POST", "/dap/query/{ns}/table/{t}/data", "create_job"),
+    ("GET", "/dap/job/{id}", "get_job"),
+    ("POST", "/dap/object/url", "object_urls"),
+)
+_PATTERNS = [
+    (method, re.compile(re.sub(r"\{\w+\}", "[^/]*", path)), name) for method, path, name in _CLASSES
+]
 
 
 def endpoint_class(method: str, path: str) -> str | None:
-    """The gateway's rate-limit class of a request (``path`` as forwarded), else ``None``.
-
-    ``GET /dap/query/{ns}/table`` list_tables, ``GET .../table/{t}/schema`` get_schema,
-    ``POST .../table/{t}/data`` create_job, ``GET /dap/job/{id}`` get_job,
-    ``POST /dap/object/url`` object_urls."""
-    if not path.startswith("/dap/"):
-        return None
-    parts = path.split("/")  # "", "dap", "query", ns, "table", t, "data"
-    count = len(parts)
-    if parts[2] == "query" and count >= 5 and parts[4] == "table":
-        if count == 5:
-            return "list_tables" if method == "GET" else None
-        if count == 7:
-            if parts[6] == "schema" and method == "GET":
-                return "get_schema"
-            if parts[6] == "data" and method == "POST":
-                return "create_job"
-        return None
-    if parts[2] == "job" and count == 4 and method == "GET":
-        return "get_job"
-    if path == "/dap/object/url" and method == "POST":
-        return "object_urls"
-    return None
+    """The gateway's rate-limit class of a request (``path`` as forwarded), else ``None``."""
+    return next((name for m, p, name in _PATTERNS if m == method and p.fullmatch(path)), None)
 
 
 class OverBudget(Exception):

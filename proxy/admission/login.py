@@ -50,9 +50,8 @@ class LoginHandler:
         self._throttle = LoginThrottle()
 
     async def login(self, request: web.Request, prefixed: str | None = None) -> web.Response:
-        request_id = request.get(REQUEST_ID)
-
         def refuse(status: int, error_type: str, message: str, **extra: Any) -> web.Response:
+            request_id = request.get(REQUEST_ID)
             return error_response(status, error_type, message, request_id=request_id, **extra)
 
         try:

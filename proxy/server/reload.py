@@ -137,7 +137,6 @@ class Reloader:
             self._app[SUPERVISOR].clear(_TASK)
 
     async def watch(self) -> None:
-        """Poll the watched files; reload when one changes. Runs until cancelled."""
         while True:
             await asyncio.sleep(self._interval)
             if changed := [p for p, stamp in self._stamps.items() if _stamp(p) != stamp]:

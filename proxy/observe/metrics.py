@@ -64,8 +64,7 @@ class TokenFigures(Protocol):
 
 
 class ShapingFigures(Protocol):
-    @property
-    def stats(self) -> Mapping[tuple[str, str], object]: ...  # (profile, class): counters
+    stats: dict[tuple[str, str], Any]  # (profile, class): counters
 
     def queued(self) -> Mapping[tuple[str, str], int]: ...
 

@@ -182,11 +182,10 @@ class Shaper:
 
     def budget(self, profile: str, endpoint: str) -> Budget:
         key = (profile, endpoint)
-        budget = self._budgets.get(key)
-        if budget is None:
-            budget = self._budgets[key] = Budget(self.limits[endpoint], self.window, self._clock)
+        if key not in self._budgets:
+            self._budgets[key] = Budget(self.limits[endpoint], self.window, self._clock)
             self.stats[key] = ShapingStats()
-        return budget
+        return self._budgets[key]
 
     async def acquire(self, profile: str, endpoint: str, max_wait: float | None = None) -> float:
         """Seconds waited for a slot; raises ``OverBudget`` (counted as a local 429)."""

@@ -28,19 +28,18 @@ __all__ = [
 REQUEST_ID_HEADER = istr("X-Request-Id")  # istr: looked up and set without case-folding
 
 
+def _compact(data: object) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
 def error_body(error_type: str, message: str, request_id: str = "") -> bytes:
     """The gateway's error shape, as compact JSON bytes."""
-    body = {"error": {"type": error_type, "uuid": request_id, "message": message}}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _compact({"error": {"type": error_type, "uuid": request_id, "message": message}})
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
     """A compact JSON response with the content type the official client requires."""
-    return web.Response(
-        status=status,
-        body=json.dumps(data, separators=(",", ":")).encode(),
-        content_type="application/json",
-    )
+    return web.Response(status=status, body=_compact(data), content_type="application/json")
 
 
 def error_response(
@@ -51,16 +50,11 @@ def error_response(
     retry_after: float | None = None,
     request_id: str | None = None,
 ) -> web.Response:
-    """``{"error": {"type", "uuid", "message"}}`` with ``status`` (and ``Retry-After``).
-
-    ``uuid`` is the request's id, also sent as ``X-Request-Id``, for quoting in a ticket.
-    """
+    """``error_body`` with ``status``, the request id also as ``X-Request-Id`` (and
+    ``Retry-After``)."""
     request_id = request_id or uuid.uuid4().hex
-    response = web.Response(
-        status=status,
-        body=error_body(error_type, message, request_id),
-        content_type="application/json",
-    )
+    body = error_body(error_type, message, request_id)
+    response = web.Response(status=status, body=body, content_type="application/json")
     response.headers[REQUEST_ID_HEADER] = request_id
     if retry_after is not None:
         # Whole seconds, rounded up: a client that waits that long is not too early.

@@ -91,8 +91,7 @@ class AccessControl:
         if scheme.lower() == "bearer" and credential:
             if self.required and (key := _match(credential, self._keys)) is not None:
                 return Caller(self._keys[key])
-            caller = self._local_token(credential)
-            if caller is not None:
+            if (caller := self._local_token(credential)) is not None:
                 return caller
         return None if self.required else ANYONE
 
@@ -105,10 +104,7 @@ class AccessControl:
             if claims is None:
                 return None
             grant = claims.get("grt")
-            cached = (
-                float(claims["exp"]),
-                Caller(frozenset(grant) if grant is not None else None, claims.get("prof")),
-            )
-            self._verified[credential] = cached
+            caller = Caller(frozenset(grant) if grant is not None else None, claims.get("prof"))
+            cached = self._verified[credential] = (float(claims["exp"]), caller)
         expires, caller = cached
         return caller if self._issuer.now() < expires else None

@@ -25,13 +25,8 @@ _ISSUER = "instructure-auth-proxy"
 class LocalTokenIssuer:
     """Signs and checks local tokens: ``issuer.issue("client-id")`` -> JWT string."""
 
-    def __init__(
-        self,
-        *,
-        lifetime: int = LOCAL_TOKEN_LIFETIME,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.lifetime = lifetime
+    def __init__(self, *, wall_clock: Callable[[], float] = time.time) -> None:
+        self.lifetime = LOCAL_TOKEN_LIFETIME
         self._key = secrets.token_bytes(32)  # per process: restarting revokes every local token
         self.now = wall_clock  # seconds since the epoch, as JWT exp
 
@@ -41,15 +36,10 @@ class LocalTokenIssuer:
     def issue(
         self, client_id: str, profile: str | None = None, grant: frozenset[str] | None = None
     ) -> str:
-        """A local JWT for ``client_id``; ``prof`` is the profile it chose, ``grt`` the
-        profiles it may use (absent: all)."""
+        """A local JWT for ``client_id``; without a ``grant``, no ``grt``: every profile."""
         now = int(self.now())
-        claims: dict[str, Any] = {
-            "iss": _ISSUER,
-            "sub": client_id,
-            "iat": now,
-            "exp": now + self.lifetime,
-        }
+        claims: dict[str, Any] = {"iss": _ISSUER, "sub": client_id, "iat": now}
+        claims["exp"] = now + self.lifetime
         if profile is not None:
             claims["prof"] = profile
         if grant is not None:

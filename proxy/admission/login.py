@@ -3,7 +3,6 @@
 Tools such as the official ``dap`` CLI always log in before their first call and decode the
 JWT they get back. Pointed at the proxy, they log in here: they receive a local token
 (local_tokens.py), never the gateway's token, and their own credentials go nowhere.
-Whatever they later send as ``Authorization`` is replaced upstream.
 
 The client id chooses the profile (routing.py) unless the path does; with inbound
 authentication configured, the credentials must be known to access.py, and failed attempts
@@ -43,18 +42,16 @@ class LoginHandler:
         access: AccessControl,
         router: ProfileRouter,
         scope: Callable[[str], str],
-        throttle: LoginThrottle | None = None,
     ) -> None:
         self._issuer = issuer
         self._access = access
         self._router = router
         self._scope = scope  # a profile's real scope, for tools that show it
-        self._throttle = throttle or LoginThrottle()
+        self._throttle = LoginThrottle()
 
     async def login(self, request: web.Request, prefixed: str | None = None) -> web.Response:
-        request_id = request.get(REQUEST_ID)
-
         def refuse(status: int, error_type: str, message: str, **extra: Any) -> web.Response:
+            request_id = request.get(REQUEST_ID)
             return error_response(status, error_type, message, request_id=request_id, **extra)
 
         try:

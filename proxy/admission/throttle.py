@@ -46,9 +46,8 @@ class LoginThrottle:
 
     def shut_out(self, client_id: str, address: str) -> float:
         """Seconds until this client id and address may try again; 0 when they may now."""
-        now = self._clock()
         until = max(self._entries.get(key, (0, 0.0))[1] for key in self._keys(client_id, address))
-        return max(0.0, until - now)
+        return max(0.0, until - self._clock())
 
     def failed(self, client_id: str, address: str) -> float:
         """Count a failure; returns how long the caller is now shut out (0: not yet)."""

@@ -43,18 +43,15 @@ MIN_ACCESS_KEY_LENGTH = 16
 
 def _policy(parsed: Mapping[str, Any], listen: ListenAddress, access: AccessConfig) -> Policy:
     hosts: tuple[str, ...] | None = parsed.get("allowed_hosts")
-    if hosts is None and access.required:
-        # A web page cannot present an access key or a local token, so with inbound
-        # authentication the Host check (against DNS rebinding) has nothing left to protect:
-        # any Host is admitted unless allowed_hosts says otherwise.
+    if "*" in (hosts or ()) or (hosts is None and access.required):
+        # Any Host: "*" says so, or inbound authentication does: a web page cannot present an
+        # access key or a local token, so the Host check (against DNS rebinding) protects nothing.
         allowed: frozenset[str] | None = None
     elif hosts is None:
         # Loopback names and the listen address: a web page reaching the proxy through a
         # DNS name it controls (DNS rebinding) sends that name as Host, and is refused.
         own = {listen.host} if listen.host and listen.host not in ("0.0.0.0", "::") else set()  # noqa: S104
         allowed = _LOOPBACK_NAMES | own
-    elif "*" in hosts:
-        allowed = None
     else:
         # Loopback names stay admitted: a page cannot rebind them (a Host of 127.0.0.1 comes
         # only from a page of that very origin), and health checks inside a container use them.
@@ -144,8 +141,6 @@ def _trust(
         cert_file=environ.get("SSL_CERT_FILE") or None,
         cert_dir=environ.get("SSL_CERT_DIR") or None,
     )
-    if trust == TrustConfig():
-        return trust
     for name, path, is_dir in (
         ("ca_file", trust.ca_file, False),
         ("SSL_CERT_FILE", trust.cert_file, False),

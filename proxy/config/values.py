@@ -141,10 +141,8 @@ def proxy_url(value: object) -> URL:
 
 def masked_proxy(proxy: URL) -> str:
     """``http://user:***@proxy.example:3128``: a proxy URL as shown, never its password."""
-    host = proxy.host or ""
-    where = f"[{host}]:{proxy.port}" if ":" in host else f"{host}:{proxy.port}"
     user = f"{proxy.user}:***@" if proxy.user else ""
-    return f"{proxy.scheme}://{user}{where}"
+    return f"{proxy.scheme}://{user}{ListenAddress(proxy.host or '', proxy.port or 0)}"
 
 
 def parse_listen(value: object) -> ListenAddress:

@@ -39,7 +39,6 @@ class Supervisor:
         self.problems: dict[str, BackgroundProblem] = {}
 
     def record(self, task: str, exc: BaseException) -> None:
-        """Keep ``exc`` for the status endpoints; an ERROR line only when it is news."""
         name = type(exc).__name__
         known = self.problems.get(task)
         self.problems[task] = BackgroundProblem(task, name, time.time())
@@ -50,7 +49,6 @@ class Supervisor:
         log.debug("%s failure", task, exc_info=exc)
 
     def clear(self, task: str) -> None:
-        """``task`` succeeded: its problem, if it had one, is over."""
         if self.problems.pop(task, None) is not None:
             log.info("%s recovered", task)
 
@@ -58,7 +56,7 @@ class Supervisor:
         while True:
             try:
                 await work()
-                self.clear(task)  # it ended well: any problem it had is over
+                self.clear(task)
                 return
             except Exception as exc:  # not CancelledError, a BaseException
                 self.record(task, exc)

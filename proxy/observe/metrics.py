@@ -32,8 +32,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import accumulate
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -53,32 +54,24 @@ _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-# What is read, at scrape time, from the layers above (which this module never imports):
-# the token managers (tokens/manager.py), the rate-limit shaper (upstream/shaping.py) and
-# the metadata cache (sharing/cache.py).
-
-
+# Read at scrape time from the layers above, which this module never imports: the token
+# managers (tokens/manager.py), the shaper (upstream/shaping.py), the cache (sharing/cache.py).
 class TokenFigures(Protocol):
-    @property
-    def refreshes(self) -> Mapping[str, int]: ...  # token requests by outcome
-    @property
-    def relayed_401s(self) -> int: ...
+    refreshes: dict[str, int]  # token requests by outcome
+    relayed_401s: int
 
     def expires_in(self) -> float | None: ...
 
 
 class ShapingFigures(Protocol):
-    @property
-    def stats(self) -> Mapping[tuple[str, str], object]: ...  # (profile, class): counters
+    stats: dict[tuple[str, str], Any]  # (profile, class): counters
 
     def queued(self) -> Mapping[tuple[str, str], int]: ...
 
 
 class CacheFigures(Protocol):
-    @property
-    def hits(self) -> Mapping[tuple[str, str], int]: ...
-    @property
-    def misses(self) -> Mapping[tuple[str, str], int]: ...
+    hits: dict[tuple[str, str], int]
+    misses: dict[tuple[str, str], int]
 
 
 class _Histogram:
@@ -95,18 +88,15 @@ class _Histogram:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        cumulative, running = [], 0
-        for bound, count in zip((*map(str, _BUCKETS), "+Inf"), self.counts, strict=True):
-            running += count
-            cumulative.append((bound, float(running)))
-        return cumulative
+        bounds = (*map(str, _BUCKETS), "+Inf")
+        return [(b, float(n)) for b, n in zip(bounds, accumulate(self.counts), strict=True)]
 
 
-class Metrics:
+class Metrics(Collector):
     """The proxy's metrics: ``metrics.observe_request(...)``, ``metrics.render()``."""
 
     def __init__(self, managers: Callable[[], Mapping[str, TokenFigures]]) -> None:
-        self._managers = managers
+        self.managers = managers
         self.requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.durations: defaultdict[str, _Histogram] = defaultdict(_Histogram)
         self.upstream_seconds: defaultdict[str, _Histogram] = defaultdict(_Histogram)
@@ -120,11 +110,10 @@ class Metrics:
         self.requests_served = 0
         self.shaper: ShapingFigures | None = None  # set when rate limits are shaped
         self.cache: CacheFigures | None = None  # set when the metadata cache is on
-        # Objects relayed from storage in full (object_relay.py), and their body bytes.
         self.relay_objects: defaultdict[str, int] = defaultdict(int)
         self.relay_bytes: defaultdict[str, int] = defaultdict(int)
         self.registry = CollectorRegistry()
-        self.registry.register(_Families(self))
+        self.registry.register(self)
 
     def observe_request(
         self,
@@ -151,65 +140,49 @@ class Metrics:
     def token_observer(self, profile: str) -> Callable[[str, float], None]:
         """The ``on_refresh`` hook for one profile's token manager."""
         latency = self.token_latency[profile]
-
-        def observe(outcome: str, seconds: float) -> None:
-            latency.observe(seconds)
-
-        return observe
-
-    def managers(self) -> Mapping[str, TokenFigures]:
-        return self._managers()
+        return lambda outcome, seconds: latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-class _Families(Collector):
-    """The numbers above as metric families, built at scrape time."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
     def collect(self) -> Iterator[Metric]:
-        m = self._metrics
-        requests = CounterMetricFamily(
+        """The numbers above as metric families, built at scrape time."""
+        yield _counter(
             "proxy_requests",
             "Requests answered, by method and status class.",
+            self.requests,
             labels=["method", "status_class", "profile"],
         )
-        for labels, count in sorted(m.requests.items()):
-            requests.add_metric(list(labels), count)
-        yield requests
         yield _histogram(
             "proxy_request_duration_seconds",
             "Time to answer a request, as the client sees it.",
-            m.durations,
+            self.durations,
         )
         yield _histogram(
             "proxy_upstream_duration_seconds",
             "Time from sending a request upstream to the gateway's response headers.",
-            m.upstream_seconds,
+            self.upstream_seconds,
         )
-        yield _counter("proxy_received_bytes", "Request body bytes from clients.", m.received)
-        yield _counter("proxy_sent_bytes", "Response body bytes to clients.", m.sent)
+        yield _counter("proxy_received_bytes", "Request body bytes from clients.", self.received)
+        yield _counter("proxy_sent_bytes", "Response body bytes to clients.", self.sent)
         yield _counter(
-            "proxy_relay_objects", "Object downloads relayed from storage.", m.relay_objects
+            "proxy_relay_objects", "Object downloads relayed from storage.", self.relay_objects
         )
         yield _counter(
-            "proxy_relay_bytes", "Object bytes relayed from storage to clients.", m.relay_bytes
+            "proxy_relay_bytes", "Object bytes relayed from storage to clients.", self.relay_bytes
         )
         yield GaugeMetricFamily(
-            "proxy_requests_in_flight", "Requests being forwarded now.", value=m.in_flight
+            "proxy_requests_in_flight", "Requests being forwarded now.", value=self.in_flight
         )
         yield GaugeMetricFamily(
             "proxy_replay_bytes_held",
             "Request body bytes held whole for a possible replay (bounded by replay_memory).",
-            value=m.replay_bytes_held,
+            value=self.replay_bytes_held,
         )
         yield _histogram(
             "proxy_token_request_duration_seconds",
             "Token endpoint latency, every outcome.",
-            m.token_latency,
+            self.token_latency,
         )
         expires = GaugeMetricFamily(
             "proxy_token_expires_in_seconds",
@@ -225,17 +198,15 @@ class _Families(Collector):
             "because of a 401.",
             labels=["profile"],
         )
-        for name, manager in m.managers().items():
+        for name, manager in self.managers().items():
             seconds = manager.expires_in()
             if seconds is not None:
                 expires.add_metric([name], seconds)
             for outcome, count in manager.refreshes.items():
                 refreshes.add_metric([name, outcome], count)
             relayed.add_metric([name], manager.relayed_401s)
-        yield expires
-        yield refreshes
-        yield relayed
-        yield from _sharing_families(m.shaper, m.cache)
+        yield from (expires, refreshes, relayed)
+        yield from _sharing_families(self.shaper, self.cache)
 
 
 def _histogram(name: str, documentation: str, by_profile: Mapping[str, _Histogram]) -> Metric:
@@ -245,24 +216,32 @@ def _histogram(name: str, documentation: str, by_profile: Mapping[str, _Histogra
     return family
 
 
-def _counter(name: str, documentation: str, by_profile: Mapping[str, int]) -> Metric:
-    family = CounterMetricFamily(name, documentation, labels=["profile"])
-    for profile, value in sorted(by_profile.items()):
-        family.add_metric([profile], value)
-    return family
+def _counter(
+    name: str,
+    documentation: str,
+    values: Mapping[Any, float],
+    labels: Sequence[str] = ("profile",),
+    family: type[CounterMetricFamily | GaugeMetricFamily] = CounterMetricFamily,
+) -> Metric:
+    """A family with one sample per key: a profile, or a tuple of ``labels``' values."""
+    built = family(name, documentation, labels=list(labels))
+    for key, value in sorted(values.items()):
+        built.add_metric([key] if isinstance(key, str) else list(key), value)
+    return built
 
 
 def _sharing_families(
     shaper: ShapingFigures | None, cache: CacheFigures | None
 ) -> Iterator[Metric]:
-    labels = ["profile", "endpoint"]
+    labels = ("profile", "endpoint")
     if shaper is not None:
-        queued = GaugeMetricFamily(
-            "proxy_rate_limit_queued", "Requests waiting for a rate-limit slot.", labels=labels
+        yield _counter(
+            "proxy_rate_limit_queued",
+            "Requests waiting for a rate-limit slot.",
+            shaper.queued(),
+            labels,
+            GaugeMetricFamily,
         )
-        for key, count in sorted(shaper.queued().items()):
-            queued.add_metric(list(key), count)
-        yield queued
         counters = {
             "held": ("proxy_rate_limit_held", "Requests that waited for a rate-limit slot."),
             "waited_seconds": (
@@ -276,16 +255,13 @@ def _sharing_families(
             "gateway_429": ("proxy_rate_limit_gateway_429", "429 answers from the gateway."),
         }
         for attribute, (name, documentation) in counters.items():
-            family = CounterMetricFamily(name, documentation, labels=labels)
-            for key, stats in sorted(shaper.stats.items()):
-                family.add_metric(list(key), getattr(stats, attribute))
-            yield family
+            values = {key: getattr(stats, attribute) for key, stats in shaper.stats.items()}
+            yield _counter(name, documentation, values, labels)
     if cache is not None:
-        for name, documentation, counts in (
-            ("proxy_cache_hits", "Answers from the metadata cache.", cache.hits),
-            ("proxy_cache_misses", "Cacheable requests the cache could not answer.", cache.misses),
-        ):
-            family = CounterMetricFamily(name, documentation, labels=labels)
-            for key, count in sorted(counts.items()):
-                family.add_metric(list(key), count)
-            yield family
+        yield _counter("proxy_cache_hits", "Answers from the metadata cache.", cache.hits, labels)
+        yield _counter(
+            "proxy_cache_misses",
+            "Cacheable requests the cache could not answer.",
+            cache.misses,
+            labels,
+        )

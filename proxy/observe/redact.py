@@ -25,12 +25,11 @@ _SCHEME_CREDENTIAL = re.compile(r"(?i)\b(basic|bearer)(\s+|=|:\s*)[A-Za-z0-9+/=.
 
 
 def _encodings(client_id: str, secret: str) -> set[str]:
-    pair = f"{client_id}:{secret}".encode()
-    forms = {secret, f"{client_id}:{secret}"}
-    for encoded in (base64.b64encode(pair), base64.urlsafe_b64encode(pair)):
-        text = encoded.decode()
-        forms |= {text, text.rstrip("=")}
-    for plain in (secret, f"{client_id}:{secret}"):
+    pair = f"{client_id}:{secret}"
+    forms = {secret, pair}
+    for encoded in (base64.b64encode(pair.encode()), base64.urlsafe_b64encode(pair.encode())):
+        forms |= {encoded.decode(), encoded.decode().rstrip("=")}
+    for plain in (secret, pair):
         forms |= {quote(plain, safe=""), quote_plus(plain), quote(plain)}
     return {form for form in forms if form}
 

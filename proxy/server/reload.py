@@ -137,7 +137,6 @@ class Reloader:
             self._app[SUPERVISOR].clear(_TASK)
 
     async def watch(self) -> None:
-        """Poll the watched files; reload when one changes. Runs until cancelled."""
         while True:
             await asyncio.sleep(self._interval)
             if changed := [p for p, stamp in self._stamps.items() if _stamp(p) != stamp]:
@@ -148,7 +147,6 @@ class Reloader:
             self._app[SUPERVISOR].clear(_TASK)  # a poll that went through: no problem now
 
     async def run(self) -> None:
-        """Watch files, and reload on SIGHUP where the platform has it, until cancelled."""
         loop = asyncio.get_running_loop()
         hangup = getattr(signal, "SIGHUP", None)  # not on Windows
         if hangup is not None:

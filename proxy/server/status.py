@@ -90,7 +90,6 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """``/-/status``: what the module docstring describes, and how connections leave."""
     app = request.app
     config, profiles, shaper = app[CONFIG], app[TOKENS], app[SHARING].shaper
     problems = sorted(app[SUPERVISOR].problems.values(), key=lambda p: p.at, reverse=True)

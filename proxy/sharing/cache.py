@@ -90,8 +90,7 @@ class MetadataCache:
 
 
 class CacheFill:
-    """The ``BodyFilter`` (body_filter.py) that keeps a complete 200 answer under ``key``;
-    the body goes on to the client unchanged."""
+    """The ``BodyFilter`` (body_filter.py) that keeps a complete 200 answer under ``key``."""
 
     def __init__(self, cache: MetadataCache, key: Key, endpoint: str) -> None:
         self._cache, self._key, self._endpoint = cache, key, endpoint

@@ -24,8 +24,6 @@ class BodyFilter(Protocol):
 
     def wants(self, status: int, headers: CIMultiDict[str]) -> bool:
         """Take this body whole? (``headers`` are those to be relayed.)"""
-        ...
 
     def apply(self, status: int, headers: CIMultiDict[str], body: bytes) -> bytes:
         """The body to send; ``headers`` may be changed (``Content-Length`` is set after)."""
-        ...

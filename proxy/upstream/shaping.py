@@ -15,6 +15,7 @@ is 2 % longer than the gateway's: a request let in one window after another is n
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -22,32 +23,21 @@ from dataclasses import dataclass
 __all__ = ["Budget", "OverBudget", "Shaper", "ShapingStats", "endpoint_class"]
 
 _SAFETY = 1.02  # our window, relative to the gateway's
+_CLASSES = (  # method, whole path, class; a segment in braces is any one segment
+    ("GET", "/dap/query/{ns}/table", "list_tables"),
+    ("GET", "/dap/query/{ns}/table/{t}/schema", "get_schema"),
+    ("POST", "/dap/query/{ns}/table/{t}/data", "create_job"),
+    ("GET", "/dap/job/{id}", "get_job"),
+    ("POST", "/dap/object/url", "object_urls"),
+)
+_PATTERNS = [
+    (method, re.compile(re.sub(r"\{\w+\}", "[^/]*", path)), name) for method, path, name in _CLASSES
+]
 
 
 def endpoint_class(method: str, path: str) -> str | None:
-    """The gateway's rate-limit class of a request (``path`` as forwarded), else ``None``.
-
-    ``GET /dap/query/{ns}/table`` list_tables, ``GET .../table/{t}/schema`` get_schema,
-    ``POST .../table/{t}/data`` create_job, ``GET /dap/job/{id}`` get_job,
-    ``POST /dap/object/url`` object_urls."""
-    if not path.startswith("/dap/"):
-        return None
-    parts = path.split("/")  # "", "dap", "query", ns, "table", t, "data"
-    count = len(parts)
-    if parts[2] == "query" and count >= 5 and parts[4] == "table":
-        if count == 5:
-            return "list_tables" if method == "GET" else None
-        if count == 7:
-            if parts[6] == "schema" and method == "GET":
-                return "get_schema"
-            if parts[6] == "data" and method == "POST":
-                return "create_job"
-        return None
-    if parts[2] == "job" and count == 4 and method == "GET":
-        return "get_job"
-    if path == "/dap/object/url" and method == "POST":
-        return "object_urls"
-    return None
+    """The gateway's rate-limit class of a request (``path`` as forwarded), else ``None``."""
+    return next((name for m, p, name in _PATTERNS if m == method and p.fullmatch(path)), None)
 
 
 class OverBudget(Exception):
@@ -155,13 +145,10 @@ class Budget:
                 waiter.future.set_result(None)
         # Those who can no longer get a slot before their deadline (a pause moved the
         # slots later) are told now, with when one will free, rather than at the deadline.
-        keep: deque[_Waiter] = deque()
-        for waiter, slot in zip(list(waiters), self._slots(len(waiters), now), strict=True):
+        for waiter, slot in zip(waiters, self._slots(len(waiters), now), strict=True):
             if slot > waiter.deadline and not waiter.future.done():
                 waiter.future.set_exception(OverBudget(slot - now))
-            elif not waiter.future.done():
-                keep.append(waiter)
-        self._waiters = keep
+        self._waiters = deque(waiter for waiter in waiters if not waiter.future.done())
         self._schedule(now)
 
 
@@ -195,11 +182,10 @@ class Shaper:
 
     def budget(self, profile: str, endpoint: str) -> Budget:
         key = (profile, endpoint)
-        budget = self._budgets.get(key)
-        if budget is None:
-            budget = self._budgets[key] = Budget(self.limits[endpoint], self.window, self._clock)
+        if key not in self._budgets:
+            self._budgets[key] = Budget(self.limits[endpoint], self.window, self._clock)
             self.stats[key] = ShapingStats()
-        return budget
+        return self._budgets[key]
 
     async def acquire(self, profile: str, endpoint: str, max_wait: float | None = None) -> float:
         """Seconds waited for a slot; raises ``OverBudget`` (counted as a local 429)."""

@@ -389,3 +389,17 @@ def test_serve_never_imports_the_simulator() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_new_default_secret_applies_live_and_asks_for_no_restart() -> None:
+    """Only the settings that cannot change live are named: a rotated secret of the default
+    profile is not one (a renamed Config field once made it look like one)."""
+    from proxy.server.reload import restart_needed
+
+    environ = {"DAP_CLIENT_ID": "us-east-1#a", "DAP_CLIENT_SECRET": "old-secret"}
+    running = load_config(None, environ)
+    rotated = load_config(None, environ | {"DAP_CLIENT_SECRET": "new-secret"})
+    assert running.default_profile != rotated.default_profile  # the change is seen...
+    assert restart_needed(running, rotated) == []  # ...and applies live
+    moved = load_config(None, environ | {"DAP_PROXY_UPSTREAM": "https://elsewhere.example"})
+    assert restart_needed(running, moved) == ["upstream", "token_url"]  # derived from it

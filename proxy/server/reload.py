@@ -36,9 +36,7 @@ log = logging.getLogger("proxy.reload")
 WATCH_INTERVAL = 5.0
 _TASK = "reload"
 # Config fields that apply live, or are not settings at all.
-_LIVE_OR_DERIVED = frozenset(
-    {"access", "default_profile", "profiles", "warnings", "watched_files"}
-)
+_LIVE_OR_DERIVED = frozenset({"access", "default_profile", "profiles", "warnings", "watched_files"})
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:

@@ -114,9 +114,8 @@ class Forwarder:
         held = self._hold(request)
         try:
             try:
-                body, replayable = await request_body(
-                    request, self._client_timeout, whole=held is not None
-                )
+                replayable = held is not None  # read whole, or no body at all
+                body = await request_body(request, self._client_timeout, whole=replayable)
                 answer = await self._send_within_limits(request, target, body, replayable, endpoint)
             except ProxyError as exc:
                 response = proxy_error_response(exc, request_id)

@@ -20,13 +20,14 @@ import asyncio
 import enum
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import CredentialsRejected, TokenEndpointUnavailable, TokenError
 from ..observe.background import Supervisor
-from .token import Clock, SystemClock, Token
+from .token import Clock, Token
 
 __all__ = ["SHUTTING_DOWN", "Phase", "Refresher", "State", "TokenSource"]
 
@@ -82,7 +83,7 @@ class Refresher:
     ) -> None:
         self._source = source
         self._margin = refresh_margin
-        self._clock = clock or SystemClock()
+        self._clock: Clock = clock or time
         self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
         self._rejected_retry_interval = rejected_retry_interval
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography

@@ -122,18 +122,6 @@ class Forwarder:
                 if isinstance(exc, MalformedBody):
                     response.force_close()  # what follows on the connection cannot be framed
                 return response
-            if answer.status < 200:
-                # aiohttp's client skips 100 and 103 itself; a 101 means the gateway switched
-                # protocols on a request that never asked to (Upgrade is not forwarded), and
-                # relaying it would leave the client waiting for a response that never comes.
-                answer.close()
-                what = "switch protocols" if answer.status == 101 else "answer with only a 1xx"
-                log.warning(
-                    "upstream answered %d: %s %s", answer.status, request.method, request.path
-                )
-                return proxy_error_response(
-                    UpstreamError(f"the gateway tried to {what}"), request_id
-                )
             try:
                 relayed = headers.to_client(answer.headers, self._upstream, request, local_prefix)
                 relayed[REQUEST_ID_HEADER] = request_id
@@ -249,4 +237,12 @@ class Forwarder:
         took = time.perf_counter() - started
         request[UPSTREAM_SECONDS] = took
         self._metrics.observe_upstream(took, self._profile)
+        if answer.status < 200:
+            # aiohttp's client skips 100 and 103 itself; a 101 means the gateway switched
+            # protocols on a request that never asked to (Upgrade is not forwarded), and
+            # relaying it would leave the client waiting for a response that never comes.
+            answer.close()
+            what = "switch protocols" if answer.status == 101 else "answer with only a 1xx"
+            log.warning("upstream answered %d: %s %s", answer.status, request.method, request.path)
+            raise UpstreamError(f"the gateway tried to {what}")
         return answer

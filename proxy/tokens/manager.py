@@ -3,8 +3,8 @@
 What callers get in each phase of the lifecycle (refresher.py draws it): with a usable
 token held (google-auth's fresh, or stale in REFRESHING) they get it at once, so no request
 waits while a valid token exists; without one they wait for the fetch in flight (FETCHING),
-or are answered at once with its error (BACKOFF, with a Retry-After; REJECTED). A gateway
-401 is handled in one place, tokens/flow.py, which asks ``replace`` for a new token.
+or are answered at once with its error (BACKOFF, with a Retry-After; REJECTED). Status
+reports read ``state`` itself (its token is never logged); flow.py's 401 rule asks ``replace``.
 """
 
 from __future__ import annotations
@@ -35,19 +35,10 @@ class TokenManager(Refresher):
             return False
         return not (token is self._refused and isinstance(state.error, CredentialsRejected))
 
-    @property
-    def current(self) -> Token | None:
-        """The token held now, usable or not (for status reports; never log its value)."""
-        return self.state.token
-
     def expires_in(self) -> float | None:
         """Seconds until the held token expires; ``None`` without one."""
         token = self.state.token
         return None if token is None else token.expires_at - self._now()
-
-    @property
-    def last_error(self) -> TokenError | None:
-        return self.state.error
 
     async def token(self) -> Token:
         """A usable token; waits only when none is held. Raises ``TokenError`` subclasses."""

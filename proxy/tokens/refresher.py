@@ -119,8 +119,6 @@ class Refresher:
             await asyncio.wait({worker})  # its own outcome is not ours to raise
         self._finish(TokenEndpointUnavailable(SHUTTING_DOWN))
 
-    # ------------------------------------------------------------------ the worker
-
     def _now(self) -> float:
         return self._clock.monotonic()
 

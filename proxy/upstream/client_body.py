@@ -35,7 +35,6 @@ async def request_body(request: web.Request, client_timeout: float, *, whole: bo
 
 
 async def _stream(request: web.Request, client_timeout: float) -> AsyncIterator[bytes]:
-    """The client's body as it arrives; a client silent too long is given up on."""
     body = request.content
     received = 0
     try:

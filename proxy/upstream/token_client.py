@@ -173,14 +173,10 @@ class TokenClient:
         if not _HEADER_SAFE.fullmatch(access_token):  # it goes in an Authorization header
             raise _invalid("an access_token with characters a header cannot carry")
         scope = data.get("scope")
+        scope = scope if isinstance(scope, str) else ""
         # However long it claims to live, it is refreshed at least daily.
         lifetime = min(MAX_LIFETIME, self._lifetime(data.get("expires_in"), access_token))
-        return Token(
-            access_token=access_token,
-            obtained_at=sent_at,
-            expires_at=sent_at + lifetime,
-            scope=scope if isinstance(scope, str) else "",
-        )
+        return Token(access_token, obtained_at=sent_at, expires_at=sent_at + lifetime, scope=scope)
 
     def _lifetime(self, expires_in: object, access_token: str) -> float:
         """Seconds the token lives: ``expires_in``, else the JWT's ``exp``, else one hour.

@@ -81,7 +81,7 @@ async def test_list_schema_snapshot_incremental(
     assert gateway.state.token_requests == 1
     api = [r for r in gateway.state.requests if r.route not in ("login", "object", None)]
     assert api
-    upstream_token = proxy.tokens.current
+    upstream_token = proxy.tokens.state.token
     assert upstream_token is not None
     for recorded in api:
         assert recorded.headers["Authorization"] == f"Bearer {upstream_token.access_token}"
@@ -123,7 +123,7 @@ async def test_the_client_never_receives_the_secret_or_the_real_token(
 ) -> None:
     result = ok(await dap(proxy, "--loglevel debug list --namespace canvas", tmp_path))
     received = result.stdout + result.stderr
-    upstream_token = proxy.tokens.current
+    upstream_token = proxy.tokens.state.token
     assert upstream_token is not None
     assert DEMO_CLIENT_SECRET not in received
     assert upstream_token.access_token not in received

@@ -212,7 +212,7 @@ async def test_wrong_egress_credentials_are_an_egress_problem_not_rejected_crede
         _through(egress_proxy, gateway),
         DAP_PROXY_EGRESS_PROXY=egress_proxy.url_with("alice", wrong),
     )
-    error = proxy.tokens.last_error
+    error = proxy.tokens.state.error
     assert isinstance(error, TokenEndpointUnavailable)  # retried, never "rejected"
     expected = (
         f"the egress proxy 127.0.0.1:{egress_proxy.port} refused the credentials (407): "

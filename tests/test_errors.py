@@ -111,8 +111,8 @@ async def test_no_secret_or_token_in_logs_or_bodies(
         async with proxy.http.get(proxy.url + path) as resp:
             bodies.append(await resp.read())
             bodies.append(str(resp.headers).encode())
-        if proxy.tokens.current is not None:
-            tokens_seen.add(proxy.tokens.current.access_token)
+        if proxy.tokens.state.token is not None:
+            tokens_seen.add(proxy.tokens.state.token.access_token)
 
     await get(TABLES)
     gateway.state.faults.revoke_tokens()

@@ -84,9 +84,9 @@ class Sweep:
         """What each proxy of the test holds and would show: reprs and its last error."""
         for proxy in self.proxies:
             tokens = proxy.tokens
-            self.saw(repr(proxy.running.runner.app[CONFIG]), repr(tokens), repr(tokens.current))
-            if tokens.last_error is not None:
-                self.saw_exception(tokens.last_error)
+            self.saw(repr(proxy.running.runner.app[CONFIG]), repr(tokens), repr(tokens.state.token))
+            if tokens.state.error is not None:
+                self.saw_exception(tokens.state.error)
         self.proxies.clear()
 
     def leaks(self) -> list[str]:
@@ -589,7 +589,7 @@ async def test_token_that_is_not_a_jwt_still_works(
     proxy = await start_proxy(proxy_factory, upstream, DAP_PROXY_TOKEN_URL=gateway.token_url)
     await served(proxy)
     await served(proxy)
-    held = proxy.tokens.current
+    held = proxy.tokens.state.token
     assert held is not None
     assert abs(held.lifetime - lifetime) <= 2
     line = logged(caplog, "proxy.tokens", logging.INFO, "token refreshed")

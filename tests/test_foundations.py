@@ -115,12 +115,12 @@ async def test_a_source_raising_an_unexpected_error_fails_waiters_and_recovers(
             await asyncio.wait_for(tokens.token(), 10)  # a hang guard only
         assert "RuntimeError" in raised.value.message
         assert "a bug" not in raised.value.text, "the error's own text is not shown"
-        assert tokens.last_error is not None and "RuntimeError" in tokens.last_error.message
+        assert tokens.state.error is not None and "RuntimeError" in tokens.state.error.message
         await until(lambda: source.calls >= 2, "retried")
         source.broken = False
         token = await asyncio.wait_for(_token_eventually(tokens), 10)
         assert token.access_token.startswith("token-")
-        assert tokens.ready and tokens.last_error is None
+        assert tokens.ready and tokens.state.error is None
     finally:
         await tokens.close()
     for record in caplog.records:

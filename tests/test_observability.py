@@ -86,7 +86,7 @@ async def test_status_reports_the_token_state_but_never_the_token(
     assert profile["last_refresh"]["outcome"] == "success"
     assert profile["scope"]["region"] == "us-east-1"
     assert set(profile["scope"]) == {"service", "principal", "partner", "region"}
-    token = proxy.tokens.current
+    token = proxy.tokens.state.token
     assert token is not None and token.access_token.encode() not in raw
 
 

@@ -136,7 +136,7 @@ async def test_a_crash_is_reported_once_then_cleared_by_the_next_success(
         assert "token refresh (yale)" in supervisor.problems
         broken[0] = False
         await until(lambda: tokens.ready, "recovered")
-        assert tokens.last_error is None and tokens.state.phase is Phase.VALID
+        assert tokens.state.error is None and tokens.state.phase is Phase.VALID
         assert supervisor.problems == {}
     finally:
         await tokens.close()
@@ -223,7 +223,7 @@ async def test_a_token_arriving_too_late_to_use_is_a_failed_fetch() -> None:
     try:
         with pytest.raises(TokenEndpointUnavailable, match="expires in 4 s: too soon to use"):
             await tokens.token()
-        assert tokens.refreshes["unavailable"] == 1 and tokens.current is None
+        assert tokens.refreshes["unavailable"] == 1 and tokens.state.token is None
         assert tokens.state.phase is Phase.BACKOFF
     finally:
         await tokens.close()

@@ -81,7 +81,7 @@ async def test_an_untrusted_certificate_says_why_and_what_to_change(
     caplog.set_level(logging.WARNING)
     gateway = await tls_gateway("127.0.0.1")
     proxy = await proxy_factory(gateway)
-    error = proxy.tokens.last_error
+    error = proxy.tokens.state.error
     assert isinstance(error, TokenEndpointUnavailable)
     where = f"the token endpoint at 127.0.0.1:{URL(gateway).port} could not be reached"
     message = await _ready_message(proxy)

@@ -236,7 +236,7 @@ def _refuse(request: web.Request, status: int, error_type: str, message: str) ->
 
 def _scope(app: web.Application, profile: str) -> str:
     tokens = app[TOKENS].get(profile)
-    token = tokens.current if tokens is not None else None
+    token = tokens.state.token if tokens is not None else None
     return token.scope if token is not None and token.scope else "instructure-auth-proxy"
 
 

@@ -42,7 +42,7 @@ def _utc(at: float) -> str:
 
 
 def _profile(tokens: TokenManager, upstream: str | None, shaper: Shaper | None) -> dict[str, Any]:
-    token = tokens.current
+    token = tokens.state.token
     expires_in = tokens.expires_in()
     last: dict[str, Any] | None = None
     if tokens.last_refresh is not None:
@@ -83,7 +83,7 @@ async def ready(request: web.Request) -> web.Response:
     trusted = not app[ACCESS].required or app[GUARD].identify(request) is not None
     reasons = []
     for profile, tokens in managers.items():
-        error = tokens.last_error
+        error = tokens.state.error
         why = "no token yet" if error is None else error.text if trusted else error.message
         reasons.append(f"{profile}: {why}")
     return error_response(503, "NotReady", "; ".join([*reasons, *problems]))

@@ -3,65 +3,47 @@
 What callers get in each phase of the lifecycle (refresher.py draws it): with a usable
 token held (google-auth's fresh, or stale in REFRESHING) they get it at once, so no request
 waits while a valid token exists; without one they wait for the fetch in flight (FETCHING),
-or are answered at once with its error (BACKOFF, with a Retry-After; REJECTED). A gateway
-401 is handled in one place, tokens/flow.py, which asks ``replace`` for a new token.
+or are answered at once with its error (BACKOFF, with a Retry-After; REJECTED). Status
+reports read ``state`` itself (its token is never logged); flow.py's 401 rule asks ``replace``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 from ..errors import CredentialsRejected, TokenEndpointUnavailable, TokenError
-from .refresher import SHUTTING_DOWN, Phase, Refresher, State
+from .refresher import SHUTTING_DOWN, Phase, Refresher
 from .token import Token
 
 __all__ = ["TokenManager"]
 
 
 class TokenManager(Refresher):
-    """Keeps one credential set's token fresh: ``token = await manager.token()``.
-
-    ``source`` fetches a token (``TokenClient.fetch``, or a fake in tests). A token fetched
-    for a gateway 401 (``replace``) is not replaced again for ``rejection_holdoff`` seconds:
-    a gateway that refuses every token then costs a couple of token requests a minute, not
-    one per request, and its 401s are relayed."""
+    """Keeps one credential set's token fresh: ``token = await manager.token()``; ``source``
+    fetches one (``TokenClient.fetch``, or a fake in tests)."""
 
     def __repr__(self) -> str:
-        return f"TokenManager(name={self.name!r}, phase={self._state.phase.value})"
-
-    @property
-    def state(self) -> State:
-        return self._state
+        return f"TokenManager(name={self.name!r}, phase={self.state.phase.value})"
 
     @property
     def ready(self) -> bool:
         """True while a usable token is held, unless the gateway refused it and then our
         credentials too (then nothing this profile sends can succeed)."""
-        state = self._state
+        state = self.state
         token = state.token
         if state.phase is Phase.CLOSED or token is None or not token.usable(self._now()):
             return False
         return not (token is self._refused and isinstance(state.error, CredentialsRejected))
 
-    @property
-    def current(self) -> Token | None:
-        """The token held now, usable or not (for status reports; never log its value)."""
-        return self._state.token
-
     def expires_in(self) -> float | None:
         """Seconds until the held token expires; ``None`` without one."""
-        token = self._state.token
+        token = self.state.token
         return None if token is None else token.expires_at - self._now()
-
-    @property
-    def last_error(self) -> TokenError | None:
-        return self._state.error
 
     async def token(self) -> Token:
         """A usable token; waits only when none is held. Raises ``TokenError`` subclasses."""
         now = self._now()
-        state = self._state
+        state = self.state
         token = state.token
         if token is not None and token.usable(now):
             if state.phase in (Phase.VALID, Phase.REJECTED) and now >= state.until:
@@ -84,23 +66,20 @@ class TokenManager(Refresher):
         refuses our credentials: that, not the 401, is what the client needs to know.
         The held token stays in use until its replacement is in hand."""
         now = self._now()
-        state = self._state
-        if refused is state.token:
+        state = self.state
+        held = refused is state.token
+        if held:
             self._refused = refused
         if state.phase is Phase.REJECTED and now < state.until:
             assert state.error is not None  # noqa: S101
             raise state.error
-        if refused is state.token:
-            if now < state.holdoff:  # fetched for a 401 moments ago: relay this one
-                self.relayed_401s += 1
-                return None
-            attempt = self._start(for_401=True)
-        elif state.token is not None and state.token.usable(now):
+        if held and now < state.holdoff:  # fetched for a 401 moments ago: relay this one
+            self.relayed_401s += 1
+            return None
+        if not held and state.token is not None and state.token.usable(now):
             return state.token  # another request's 401 already brought a new one
-        else:
-            attempt = self._start()
         try:
-            return await asyncio.shield(attempt)
+            return await asyncio.shield(self._start(for_401=held))
         except CredentialsRejected:
             raise
         except TokenError:
@@ -109,8 +88,8 @@ class TokenManager(Refresher):
     def credentials_changed(self) -> None:
         """The source now uses new credentials: fetch with them soon, keeping the held token
         in use meanwhile (and if the new ones are refused)."""
-        if self._state.phase is Phase.REJECTED:
-            self._state = replace(self._state, until=self._now())
+        if self.state.phase is Phase.REJECTED:
+            self._enter(Phase.REJECTED, until=self._now())
         self._again = True  # a fetch in flight used the old credentials
         self._start()
 

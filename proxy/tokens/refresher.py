@@ -8,11 +8,10 @@ The lifecycle is one ``State`` at a time, a frozen record replaced on every tran
               └── credentials refused (400/401/403) ─▶ REJECTED: no fetch before ``until``
     any ── close() ──▶ CLOSED
 
-FETCHING and REFRESHING differ in whether a usable token is held meanwhile (manager.py says
-what callers get in each). One worker task runs the fetches, so however many requests
-arrive, one token request is in flight at a time. A crash (the source raising something
-unforeseen, or a bug in taking the token in) backs off like an outage and is reported
-once through the ``Supervisor``, which clears it on the next success.
+One worker task runs the fetches, so however many requests arrive, one token request is in
+flight at a time. A crash (the source raising something unforeseen, or a bug in taking the
+token in) backs off like an outage and is reported once through the ``Supervisor``, which
+clears it on the next success.
 """
 
 from __future__ import annotations
@@ -21,19 +20,23 @@ import asyncio
 import enum
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import CredentialsRejected, TokenEndpointUnavailable, TokenError
 from ..observe.background import Supervisor
-from .token import Clock, SystemClock, Token
+from .token import Clock, Token
 
 __all__ = ["SHUTTING_DOWN", "Phase", "Refresher", "State", "TokenSource"]
 
 log = logging.getLogger("proxy.tokens")
 
 SHUTTING_DOWN = "the proxy is shutting down"
+# A token fetched for a gateway 401 is not replaced for this long (seconds): a gateway that
+# refuses every token then costs a couple of token requests a minute, not one per request.
+HOLDOFF = 30.0
 
 TokenSource = Callable[[], Awaitable[Token]]
 
@@ -72,7 +75,6 @@ class Refresher:
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
         rejected_retry_interval: float = 60.0,
-        rejection_holdoff: float = 30.0,
         rng: random.Random | None = None,
         name: str = "default",
         on_refresh: Callable[[str, float], None] | None = None,
@@ -81,10 +83,9 @@ class Refresher:
     ) -> None:
         self._source = source
         self._margin = refresh_margin
-        self._clock = clock or SystemClock()
+        self._clock: Clock = clock or time
         self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
         self._rejected_retry_interval = rejected_retry_interval
-        self._holdoff = rejection_holdoff
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.name = name
         self._label = "" if name == "default" else f" ({name})"  # in log lines
@@ -95,7 +96,7 @@ class Refresher:
         self._one_shot = one_shot
         self._supervisor = supervisor or Supervisor()
 
-        self._state = State(Phase.NEW)
+        self.state = State(Phase.NEW)  # read-only outside: each transition replaces it
         self._attempt: asyncio.Future[Token] | None = None  # the fetch in flight's outcome
         self._worker: asyncio.Task[None] | None = None  # fetch, back off, fetch again...
         self._timer: asyncio.TimerHandle | None = None  # wakes the worker when VALID ends
@@ -118,22 +119,19 @@ class Refresher:
             await asyncio.wait({worker})  # its own outcome is not ours to raise
         self._finish(TokenEndpointUnavailable(SHUTTING_DOWN))
 
-    # ------------------------------------------------------------------ the worker
-
     def _now(self) -> float:
         return self._clock.monotonic()
 
     def _enter(self, phase: Phase, **changes: Any) -> None:
-        self._state = replace(self._state, phase=phase, **changes)
+        self.state = replace(self.state, phase=phase, **changes)
 
     def _start(self, *, for_401: bool = False) -> asyncio.Future[Token]:
         """Start the worker unless it runs; the outcome of its current attempt."""
-        self._for_401 = self._for_401 or for_401
-        worker = self._worker
-        if self._attempt is not None and worker is not None and not worker.done():
+        self._for_401 |= for_401
+        if self._attempt is not None and self._worker is not None and not self._worker.done():
             return self._attempt
         self._attempt = attempt = asyncio.get_running_loop().create_future()
-        if self._state.phase is Phase.CLOSED:
+        if self.state.phase is Phase.CLOSED:
             self._finish(TokenEndpointUnavailable(SHUTTING_DOWN))
             return attempt
         self._enter_fetch()
@@ -143,7 +141,7 @@ class Refresher:
 
     def _enter_fetch(self) -> None:
         """─▶ FETCHING, or REFRESHING while a usable token is held."""
-        token = self._state.token
+        token = self.state.token
         held = token is not None and token.usable(self._now())
         self._enter(Phase.REFRESHING if held else Phase.FETCHING)
 
@@ -182,11 +180,9 @@ class Refresher:
         spread = self._rng.uniform(0, (token.expires_at - due) / 10)
         took = now - started
         self._record("success", took)  # first: a hook that raises fails the attempt
-        holdoff = token.obtained_at + self._holdoff if self._for_401 else 0.0
-        self._state = State(Phase.VALID, token, None, due, holdoff=holdoff)
+        holdoff = token.obtained_at + HOLDOFF if self._for_401 else 0.0
+        self.state = State(Phase.VALID, token, None, due, holdoff=holdoff)
         self._for_401 = False
-        if self._timer is not None:
-            self._timer.cancel()
         delay = max(0.0, due - spread - now)
         self._timer = asyncio.get_running_loop().call_later(delay, self._start)
         if self._one_shot:
@@ -206,8 +202,6 @@ class Refresher:
         """─▶ REJECTED: the credentials are not tried again before ``until``."""
         now = self._now()
         self._record("rejected", now - started, exc)
-        if self._timer is not None:  # no refresh left over from VALID before ``until``
-            self._timer.cancel()
         self._enter(Phase.REJECTED, error=exc, until=now + self._rejected_retry_interval)
         if not self._one_shot:
             log.error("token refresh failed%s: %s; not retrying", self._label, exc.text)
@@ -221,17 +215,15 @@ class Refresher:
         self._record("unavailable", now - started, exc)
         if crash is not None:
             self._supervisor.record(self.task, crash)
-        if self._timer is not None:
-            self._timer.cancel()
         if self._one_shot:
             self._enter(Phase.BACKOFF, error=exc, until=now)
             self._finish(exc)
             return None
-        failures = self._state.failures + 1
+        failures = self.state.failures + 1
         ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** (failures - 1))
         jittered = ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter"
         delay = max(jittered, exc.retry_after or 0.0)
-        held = self._state.token
+        held = self.state.token
         error = exc.again(max(1.0, delay))  # callers learn when the next attempt starts
         self._enter(Phase.BACKOFF, error=error, until=now + delay, failures=failures)
         log.warning(
@@ -248,7 +240,7 @@ class Refresher:
     def _worker_ended(self, task: asyncio.Task[None]) -> None:
         """The last line of defence: a worker that died of a bug (or of a cancellation that
         was not close()'s) backs off like any failure and leaves no one waiting."""
-        if self._state.phase is Phase.CLOSED:
+        if self.state.phase is Phase.CLOSED:
             return
         exc = asyncio.CancelledError() if task.cancelled() else task.exception()
         if exc is None:
@@ -259,8 +251,11 @@ class Refresher:
         self._finish(error)
 
     def _record(self, outcome: str, took: float, error: TokenError | None = None) -> None:
-        """Count a token request's outcome and tell the hook. A hook that raises fails a
+        """A token request ended: drop the refresh timer left from VALID (the outcome sets
+        what follows), count the outcome and tell the hook. A hook that raises fails a
         success (a crash: reported); after a failure it is only logged."""
+        if self._timer is not None:
+            self._timer.cancel()
         if self._on_refresh is not None:
             try:
                 self._on_refresh(outcome, took)

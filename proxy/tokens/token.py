@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "Token"]
+__all__ = ["Clock", "Token"]
 
 
 class Clock(Protocol):
-    """Where time comes from; tests pass a fake instead of patching ``time``."""
+    """Where time comes from: the ``time`` module itself, or a fake in tests (never a patch).
+    ``monotonic`` is for expiry arithmetic, ``time`` only to read a JWT's ``exp``."""
 
     def monotonic(self) -> float: ...
 
     def time(self) -> float: ...
-
-
-class SystemClock:
-    """The real clocks: ``monotonic`` for expiry arithmetic, ``time`` only to read JWT ``exp``."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,10 @@ __all__ = ["request_body"]
 _TOO_SLOW = "the client stopped sending its request body"
 
 
-async def request_body(
-    request: web.Request, client_timeout: float, *, whole: bool
-) -> tuple[Any, bool]:
-    """The body to send and whether it can be sent twice (``whole``: read it first)."""
+async def request_body(request: web.Request, client_timeout: float, *, whole: bool) -> Any:
+    """The body to send: read first when ``whole`` (so it can be sent twice), else streamed."""
     if not request.body_exists:
-        return None, True
+        return None
     if whole:
         try:
             async with asyncio.timeout(client_timeout):
@@ -32,12 +30,11 @@ async def request_body(
         except TimeoutError:
             raise ClientTooSlow(_TOO_SLOW) from None
         request[BYTES_IN] = len(body)
-        return body, True
-    return _stream(request, client_timeout), False
+        return body
+    return _stream(request, client_timeout)
 
 
 async def _stream(request: web.Request, client_timeout: float) -> AsyncIterator[bytes]:
-    """The client's body as it arrives; a client silent too long is given up on."""
     body = request.content
     received = 0
     try:

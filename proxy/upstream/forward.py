@@ -114,27 +114,14 @@ class Forwarder:
         held = self._hold(request)
         try:
             try:
-                body, replayable = await request_body(
-                    request, self._client_timeout, whole=held is not None
-                )
+                replayable = held is not None  # read whole, or no body at all
+                body = await request_body(request, self._client_timeout, whole=replayable)
                 answer = await self._send_within_limits(request, target, body, replayable, endpoint)
             except ProxyError as exc:
                 response = proxy_error_response(exc, request_id)
                 if isinstance(exc, MalformedBody):
                     response.force_close()  # what follows on the connection cannot be framed
                 return response
-            if answer.status < 200:
-                # aiohttp's client skips 100 and 103 itself; a 101 means the gateway switched
-                # protocols on a request that never asked to (Upgrade is not forwarded), and
-                # relaying it would leave the client waiting for a response that never comes.
-                answer.close()
-                what = "switch protocols" if answer.status == 101 else "answer with only a 1xx"
-                log.warning(
-                    "upstream answered %d: %s %s", answer.status, request.method, request.path
-                )
-                return proxy_error_response(
-                    UpstreamError(f"the gateway tried to {what}"), request_id
-                )
             try:
                 relayed = headers.to_client(answer.headers, self._upstream, request, local_prefix)
                 relayed[REQUEST_ID_HEADER] = request_id
@@ -250,4 +237,12 @@ class Forwarder:
         took = time.perf_counter() - started
         request[UPSTREAM_SECONDS] = took
         self._metrics.observe_upstream(took, self._profile)
+        if answer.status < 200:
+            # aiohttp's client skips 100 and 103 itself; a 101 means the gateway switched
+            # protocols on a request that never asked to (Upgrade is not forwarded), and
+            # relaying it would leave the client waiting for a response that never comes.
+            answer.close()
+            what = "switch protocols" if answer.status == 101 else "answer with only a 1xx"
+            log.warning("upstream answered %d: %s %s", answer.status, request.method, request.path)
+            raise UpstreamError(f"the gateway tried to {what}")
         return answer

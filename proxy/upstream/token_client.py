@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 
 import aiohttp
 import jwt
@@ -20,7 +21,7 @@ from ..aiohttp_compat import basic_credentials
 from ..config import Credentials
 from ..errors import CredentialsRejected, TokenEndpointUnavailable
 from ..observe.redact import redact
-from ..tokens.token import Clock, SystemClock, Token
+from ..tokens.token import Clock, Token
 from .egress import host_port
 from .failures import connection_failure
 from .headers import retry_after_seconds
@@ -74,7 +75,7 @@ class TokenClient:
         self._url = token_url
         self.credentials = credentials  # replaced by a reload: used from the next fetch on
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._clock = clock or SystemClock()
+        self._clock: Clock = clock or time
         self._proxy = proxy
         self._margin = refresh_margin  # a token whose own exp falls inside it is refused
 
@@ -172,14 +173,10 @@ class TokenClient:
         if not _HEADER_SAFE.fullmatch(access_token):  # it goes in an Authorization header
             raise _invalid("an access_token with characters a header cannot carry")
         scope = data.get("scope")
+        scope = scope if isinstance(scope, str) else ""
         # However long it claims to live, it is refreshed at least daily.
         lifetime = min(MAX_LIFETIME, self._lifetime(data.get("expires_in"), access_token))
-        return Token(
-            access_token=access_token,
-            obtained_at=sent_at,
-            expires_at=sent_at + lifetime,
-            scope=scope if isinstance(scope, str) else "",
-        )
+        return Token(access_token, obtained_at=sent_at, expires_at=sent_at + lifetime, scope=scope)
 
     def _lifetime(self, expires_in: object, access_token: str) -> float:
         """Seconds the token lives: ``expires_in``, else the JWT's ``exp``, else one hour.
@@ -192,7 +189,11 @@ class TokenClient:
         stated = _seconds(expires_in)
         if stated is not None and not (math.isfinite(stated) and stated > 0):
             stated = None
-        left = self._exp_left(access_token)
+        try:
+            exp = _seconds(jwt.decode(access_token, options={"verify_signature": False}).get("exp"))
+        except jwt.PyJWTError:  # no JWT
+            exp = None
+        left = None if exp is None or math.isnan(exp) else exp - self._clock.time()
         if left is not None and left <= 0:
             raise _invalid(
                 f"the token has already expired (its exp was {-left:.0f} s ago; "
@@ -208,15 +209,6 @@ class TokenClient:
                 f"stated), within the {self._margin:g} s refresh margin"
             )
         return left
-
-    def _exp_left(self, access_token: str) -> float | None:
-        """Seconds until the JWT's ``exp``; ``None`` if it is no JWT or has none."""
-        try:
-            claims = jwt.decode(access_token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            return None
-        exp = _seconds(claims.get("exp"))
-        return None if exp is None or math.isnan(exp) else exp - self._clock.time()
 
 
 def _invalid(why: str) -> TokenEndpointUnavailable:

@@ -663,6 +663,26 @@ async def test_a_hostile_token_endpoint_gets_a_named_failure(
             await client.fetch()
 
 
+async def test_a_refusal_with_a_deeply_nested_body_is_a_refusal_not_a_crash(
+    aiohttp_server: Any,
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.Response(status=401, body=b"[" * 60_000, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/ids/auth/login", refuse)
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        client = TokenClient(
+            session,
+            URL(str(server.make_url("/ids/auth/login"))),
+            Credentials("us-east-1#id", "s3cr3t-value"),
+            timeout=5,
+        )
+        with pytest.raises(CredentialsRejected, match="HTTP 401"):
+            await client.fetch()
+
+
 async def test_a_source_cancelled_from_within_backs_off_and_fails_the_waiters() -> None:
     """A cancellation that is not close()'s (a library's timeout gone wrong) must not leave
     callers waiting on an attempt no one will finish."""

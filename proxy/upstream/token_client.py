@@ -41,7 +41,7 @@ def _gateway_message(body: bytes, credentials: Credentials) -> str:
     """The gateway's own error message, if it gave one, cleaned of every credential form."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting: RecursionError
         return ""
     message: object = None
     if isinstance(data, dict):

@@ -70,12 +70,6 @@ TEXT_NO_HOST = "missing 'host'"  # 3.14: "Missing 'Host' header in request."
 TEXT_HEADER = "header"  # "Invalid header value char", "Invalid HTTP header", ...
 
 
-def _server() -> object:
-    # web.Server has no __slots__: its attributes exist only on an instance. Its
-    # constructor only stores what it is given, so stand-ins are enough.
-    return web.Server(cast(Any, None), loop=cast(asyncio.AbstractEventLoop, object()))
-
-
 def _on(
     owner: str, *items: tuple[str, ...], lookup: Callable[[], object] | None = None
 ) -> list[Internal]:
@@ -134,13 +128,15 @@ INTERNALS: tuple[Internal, ...] = (
         parameters=("self", "request", "status", "exc", "message"),
         tested_by=_MALFORMED,
     ),
+    # web.Server has no __slots__: its attributes exist only on an instance. Its constructor
+    # only stores what it is given, so stand-ins are enough.
     *_on(
         "web.Server instance",
         ("_kwargs", "the handler's settings, passed on to our handler class", _MALFORMED),
         ("_loop", "passed on to our handler class", _MALFORMED),
         ("__call__", "overridden: makes our handler class (the class is swapped)", _MALFORMED),
         ("connections", "the open connections: the connection limit counts them", _LIMIT),
-        lookup=_server,
+        lookup=lambda: web.Server(cast(Any, None), loop=cast(asyncio.AbstractEventLoop, object())),
     ),
     *_on(
         "web_runner.AppRunner",

@@ -82,7 +82,6 @@ def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     return 400, "BadRequest", "a malformed HTTP request"
 
 
-_HTTP_1 = frozenset({HttpVersion10, HttpVersion11})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -94,17 +93,15 @@ async def refuse_unroutable(request: web.Request, handler: _Handler) -> web.Stre
     empty path), ``OPTIONS *``; aiohttp 3.13 and 3.14 both run the middlewares on a request no
     route matched. aiohttp's parser takes ``GET /x`` with no version for HTTP/0.9 and
     ``HTTP/2.0`` as a version like any."""
-    if request.version not in _HTTP_1:
-        return error_response(
-            505, "HTTPVersionNotSupported", "only HTTP/1.1 and HTTP/1.0 are supported"
-        )
-    if request.method == "CONNECT":
-        return error_response(405, "MethodNotAllowed", "CONNECT is not supported")
-    if request.match_info.http_exception is not None:
-        return error_response(
-            400, "BadRequest", "the request target must be a path (origin-form), not a URL"
-        )
-    return await handler(request)
+    if request.version not in (HttpVersion10, HttpVersion11):
+        refusal = 505, "HTTPVersionNotSupported", "only HTTP/1.1 and HTTP/1.0 are supported"
+    elif request.method == "CONNECT":
+        refusal = 405, "MethodNotAllowed", "CONNECT is not supported"
+    elif request.match_info.http_exception is not None:
+        refusal = 400, "BadRequest", "the request target must be a path (origin-form), not a URL"
+    else:
+        return await handler(request)
+    return error_response(*refusal)
 
 
 class _ProxyRequestHandler(web_protocol.RequestHandler):
@@ -156,14 +153,12 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         queued = len(self._messages)
         super().data_received(data)
         current = self._current_request
-        if len(self._messages) <= queued or current is None:
+        if current is None or len(self._messages) <= queued or current.content.is_eof():
             return
-        message, _ = self._messages[-1]
-        body = current.content
-        if isinstance(message, web_protocol._ErrInfo) and not body.is_eof():
+        if isinstance(self._messages[-1][0], web_protocol._ErrInfo):
             self._messages.pop()
             # A fixed text: the parser's own quotes the client's bytes.
-            set_exception(body, http_exceptions.TransferEncodingError(BROKEN_CHUNK))
+            set_exception(current.content, http_exceptions.TransferEncodingError(BROKEN_CHUNK))
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's
         """Let the request in flight finish, its body still read, within ``timeout``; then
@@ -178,7 +173,6 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
-            self._head_timer = None
         if not self._refused:  # a refused connection was never set up
             super().connection_lost(exc)
 

@@ -136,15 +136,13 @@ def _exposure(config: Config) -> str:
 def _running_on() -> str:
     """``instructure-auth-proxy 0.1.0 on uvloop 0.21.0``: what a bug report needs first (uvloop
     is markedly faster; on Windows the loop class decides what works: signals, subprocesses)."""
-    loop = asyncio.get_running_loop()
-    module = type(loop).__module__.partition(".")[0]
-    if module == "uvloop":
+    loop = type(asyncio.get_running_loop())
+    name = loop.__module__.partition(".")[0]
+    if name == "uvloop":
         version = getattr(sys.modules.get("uvloop"), "__version__", "")
         name = f"uvloop {version}".rstrip()
     elif sys.platform == "win32":
-        name = f"{module} {type(loop).__name__}"  # ProactorEventLoop or SelectorEventLoop
-    else:
-        name = module
+        name = f"{name} {loop.__name__}"  # ProactorEventLoop or SelectorEventLoop
     return f"instructure-auth-proxy {__version__} on {name}"
 
 

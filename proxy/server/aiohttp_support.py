@@ -50,13 +50,13 @@ class UnsupportedAiohttp(RuntimeError):
 
 @dataclass(frozen=True)
 class Internal:
-    """``Internal("RequestHandler", "_close", "why", lambda: RequestHandler)``: an
-    attribute ``name`` that ``lookup()`` must have."""
+    """``Internal("web_runner.AppRunner", "_make_server", "why")``: an attribute ``name`` that
+    ``lookup()`` must have, by default the aiohttp module or class ``owner`` names."""
 
     owner: str  # as the error names it
     name: str
     why: str
-    lookup: Callable[[], object]
+    lookup: Callable[[], object] | None = None
     parameters: tuple[str, ...] | None = None  # those of a method aiohttp calls positionally
     tested_by: str | None = None  # the test of what a name cannot show (see above)
 
@@ -73,11 +73,9 @@ TEXT_HEADER = "header"  # "Invalid header value char", "Invalid HTTP header", ..
 def _on(
     owner: str, *items: tuple[str, ...], lookup: Callable[[], object] | None = None
 ) -> list[Internal]:
-    """``(name, why)`` or ``(name, why, tested_by)`` items on one owner: by default the
-    aiohttp module or class ``owner`` names, looked up when checked."""
-    find = lookup or (lambda: pkgutil.resolve_name(f"aiohttp.{owner}"))
+    """``(name, why)`` or ``(name, why, tested_by)`` items on one owner."""
     return [
-        Internal(owner, item[0], item[1], find, tested_by=item[2] if item[2:] else None)
+        Internal(owner, item[0], item[1], lookup, tested_by=item[2] if item[2:] else None)
         for item in items
     ]
 
@@ -98,6 +96,7 @@ _MALFORMED = "test_each_malformed_request_gets_the_gateway_shape"
 _LOOP_DIES = "test_connect_to_a_url_neither_hangs_nor_logs_it"
 _NO_BYTES_LOGGED = "test_connect_followed_by_tunnel_bytes_logs_none_of_them"
 _WORDS = "test_each_parser_message_is_told_apart"
+_RESET = "test_faults.py::test_upstream_reset_of_a_read_until_close_body_aborts_the_client"
 
 INTERNALS: tuple[Internal, ...] = (
     # RequestHandler declares __slots__ (3.12 on), so its instance attributes show on the class.
@@ -123,7 +122,6 @@ INTERNALS: tuple[Internal, ...] = (
         "web_protocol.RequestHandler",
         "handle_error",
         "overridden: malformed requests answered in the gateway's shape",
-        lambda: pkgutil.resolve_name("aiohttp.web_protocol.RequestHandler"),
         # aiohttp calls handle_error(request, status, exc, message) positionally.
         parameters=("self", "request", "status", "exc", "message"),
         tested_by=_MALFORMED,
@@ -146,7 +144,6 @@ INTERNALS: tuple[Internal, ...] = (
         "http_writer.StreamWriter",
         "output_size",
         "whether an answer had started when its handler failed (no second one written)",
-        lambda: pkgutil.resolve_name("aiohttp.http_writer.StreamWriter"),
         tested_by="test_a_failure_after_the_answer_started_cuts_the_connection",
     ),
     *_on(
@@ -182,8 +179,7 @@ INTERNALS: tuple[Internal, ...] = (
         "client_proto.ResponseHandler",
         "closed",
         "answer.py: a future that tells a reset from a clean close of such an answer",
-        lambda: pkgutil.resolve_name("aiohttp.client_proto.ResponseHandler"),
-        tested_by="test_faults.py::test_upstream_reset_of_a_read_until_close_body_aborts_the_client",
+        tested_by=_RESET,
     ),
     Internal(
         "aiohttp.ClientError",
@@ -201,7 +197,7 @@ def check_aiohttp(internals: Iterable[Internal] | None = None) -> None:
     missing = []
     for item in INTERNALS if internals is None else internals:
         try:
-            owner = item.lookup()
+            owner = item.lookup() if item.lookup else pkgutil.resolve_name(f"aiohttp.{item.owner}")
         except Exception as exc:  # a changed constructor, a removed module member
             missing.append(f"{item.owner} ({type(exc).__name__}: {exc})")
             continue

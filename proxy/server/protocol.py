@@ -46,10 +46,11 @@ log = logging.getLogger("proxy.protocol")
 _DRAIN_POLL = 0.05  # seconds between looks at a draining connection
 _CUT = 0.01  # what aiohttp's shutdown is left to wait once our drain is over
 
+_BUSY = error_body("TooManyConnections", "the proxy is at its connection limit; retry shortly")
 _TOO_BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
-)
+) % (len(_BUSY), _BUSY)
 
 # The line LineTooLong quotes is the request line's: the C parser quotes the target, the
 # Python parser the whole line. Anything else it quotes is a header's (with the C parser, a
@@ -115,11 +116,8 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
         if manager is not None and len(manager.connections) >= self._max_connections:
-            body = error_body(
-                "TooManyConnections", "the proxy is at its connection limit; retry shortly"
-            )
             assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP and Unix both
-            transport.write(_TOO_BUSY % (len(body), body))
+            transport.write(_TOO_BUSY)
             transport.close()
             self._refused = True
             log.warning("refused a connection: at the limit of %d", self._max_connections)

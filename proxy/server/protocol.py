@@ -22,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, http_exceptions, web, web_protocol
 from aiohttp.helpers import set_exception
-from aiohttp.web_request import BaseRequest
+from aiohttp.typedefs import Handler
 
 from ..errors import BROKEN_CHUNK
 from ..responses import error_body, error_response
@@ -83,11 +82,8 @@ def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     return 400, "BadRequest", "a malformed HTTP request"
 
 
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 @web.middleware
-async def refuse_unroutable(request: web.Request, handler: _Handler) -> web.StreamResponse:
+async def refuse_unroutable(request: web.Request, handler: Handler) -> web.StreamResponse:
     """CONNECT (405), a target no route can place (400) and a request line of another HTTP
     than 1.0 or 1.1 (505), in the gateway's shape. Every path has a route (app.py's
     catch-all), so what matches none is not a path: ``CONNECT host:port`` (aiohttp gives it an
@@ -202,7 +198,7 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
 
     def handle_error(
         self,
-        request: BaseRequest,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,

@@ -170,7 +170,6 @@ INTERNALS: tuple[Internal, ...] = (
         ("_ErrInfo", "how a parse error is queued (a broken chunk mid-body)", _BROKEN_CHUNK),
     ),
     *_on("helpers", ("set_exception", "ends a request body with an error", _BROKEN_CHUNK)),
-    # The client (upstream/): the proxy's own requests to the gateway.
     *_on(
         "connector.Connection",
         ("protocol", "answer.py: the connection a close-delimited answer arrives on"),

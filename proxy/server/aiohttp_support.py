@@ -17,21 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
-from aiohttp import (
-    client_proto,
-    connector,
-    helpers,
-    http_exceptions,
-    http_writer,
-    web,
-    web_protocol,
-    web_runner,
-)
+from aiohttp import http_exceptions, web
 
 __all__ = [
     "INTERNALS",
@@ -58,13 +50,13 @@ class UnsupportedAiohttp(RuntimeError):
 
 @dataclass(frozen=True)
 class Internal:
-    """``Internal("RequestHandler", "_close", "why", lambda: RequestHandler)``: an
-    attribute ``name`` that ``lookup()`` must have."""
+    """``Internal("web_runner.AppRunner", "_make_server", "why")``: an attribute ``name`` that
+    ``lookup()`` must have, by default the aiohttp module or class ``owner`` names."""
 
     owner: str  # as the error names it
     name: str
     why: str
-    lookup: Callable[[], object]
+    lookup: Callable[[], object] | None = None
     parameters: tuple[str, ...] | None = None  # those of a method aiohttp calls positionally
     tested_by: str | None = None  # the test of what a name cannot show (see above)
 
@@ -78,17 +70,9 @@ TEXT_NO_HOST = "missing 'host'"  # 3.14: "Missing 'Host' header in request."
 TEXT_HEADER = "header"  # "Invalid header value char", "Invalid HTTP header", ...
 
 
-async def _never_called(request: web.BaseRequest) -> web.StreamResponse:
-    raise NotImplementedError  # pragma: no cover - a probe's handler is never called
-
-
-def _server() -> object:
-    # web.Server has no __slots__: its attributes exist only on an instance. Its
-    # constructor only stores what it is given, so a stand-in loop is enough.
-    return web.Server(_never_called, loop=cast(asyncio.AbstractEventLoop, object()))
-
-
-def _on(owner: str, lookup: Callable[[], object], *items: tuple[str, ...]) -> list[Internal]:
+def _on(
+    owner: str, *items: tuple[str, ...], lookup: Callable[[], object] | None = None
+) -> list[Internal]:
     """``(name, why)`` or ``(name, why, tested_by)`` items on one owner."""
     return [
         Internal(owner, item[0], item[1], lookup, tested_by=item[2] if item[2:] else None)
@@ -112,12 +96,12 @@ _MALFORMED = "test_each_malformed_request_gets_the_gateway_shape"
 _LOOP_DIES = "test_connect_to_a_url_neither_hangs_nor_logs_it"
 _NO_BYTES_LOGGED = "test_connect_followed_by_tunnel_bytes_logs_none_of_them"
 _WORDS = "test_each_parser_message_is_told_apart"
+_RESET = "test_faults.py::test_upstream_reset_of_a_read_until_close_body_aborts_the_client"
 
 INTERNALS: tuple[Internal, ...] = (
     # RequestHandler declares __slots__ (3.12 on), so its instance attributes show on the class.
     *_on(
         "web_protocol.RequestHandler",
-        lambda: web_protocol.RequestHandler,
         ("connection_made", "overridden: the connection limit, the head timer", _LIMIT),
         ("data_received", "overridden: a body keeps being read while draining", _DRAIN),
         ("shutdown", "overridden: the drain", _DRAIN),
@@ -138,34 +122,32 @@ INTERNALS: tuple[Internal, ...] = (
         "web_protocol.RequestHandler",
         "handle_error",
         "overridden: malformed requests answered in the gateway's shape",
-        lambda: web_protocol.RequestHandler,
         # aiohttp calls handle_error(request, status, exc, message) positionally.
         parameters=("self", "request", "status", "exc", "message"),
         tested_by=_MALFORMED,
     ),
+    # web.Server has no __slots__: its attributes exist only on an instance. Its constructor
+    # only stores what it is given, so stand-ins are enough.
     *_on(
         "web.Server instance",
-        _server,
         ("_kwargs", "the handler's settings, passed on to our handler class", _MALFORMED),
         ("_loop", "passed on to our handler class", _MALFORMED),
         ("__call__", "overridden: makes our handler class (the class is swapped)", _MALFORMED),
         ("connections", "the open connections: the connection limit counts them", _LIMIT),
+        lookup=lambda: web.Server(cast(Any, None), loop=cast(asyncio.AbstractEventLoop, object())),
     ),
     *_on(
         "web_runner.AppRunner",
-        lambda: web_runner.AppRunner,
         ("_make_server", "overridden: where the server class is swapped", _MALFORMED),
     ),
     Internal(
         "http_writer.StreamWriter",
         "output_size",
         "whether an answer had started when its handler failed (no second one written)",
-        lambda: http_writer.StreamWriter,
         tested_by="test_a_failure_after_the_answer_started_cuts_the_connection",
     ),
     *_on(
         "http_exceptions",
-        lambda: http_exceptions,
         ("HttpProcessingError", "what aiohttp raises for a malformed request"),
         ("LineTooLong", "a line over max_line_size or max_field_size (414 or 431)"),
         ("BadHttpMethod", "a request that is not HTTP"),
@@ -185,26 +167,18 @@ INTERNALS: tuple[Internal, ...] = (
     _text("BadHttpMessage", TEXT_HEADER, "an invalid header name or value"),
     *_on(
         "web_protocol",
-        lambda: web_protocol,
         ("_ErrInfo", "how a parse error is queued (a broken chunk mid-body)", _BROKEN_CHUNK),
     ),
-    *_on(
-        "helpers",
-        lambda: helpers,
-        ("set_exception", "ends a request body with an error", _BROKEN_CHUNK),
-    ),
-    # The client (upstream/): the proxy's own requests to the gateway.
+    *_on("helpers", ("set_exception", "ends a request body with an error", _BROKEN_CHUNK)),
     *_on(
         "connector.Connection",
-        lambda: connector.Connection,
         ("protocol", "answer.py: the connection a close-delimited answer arrives on"),
     ),
     Internal(
         "client_proto.ResponseHandler",
         "closed",
         "answer.py: a future that tells a reset from a clean close of such an answer",
-        lambda: client_proto.ResponseHandler,
-        tested_by="test_faults.py::test_upstream_reset_of_a_read_until_close_body_aborts_the_client",
+        tested_by=_RESET,
     ),
     Internal(
         "aiohttp.ClientError",
@@ -222,7 +196,7 @@ def check_aiohttp(internals: Iterable[Internal] | None = None) -> None:
     missing = []
     for item in INTERNALS if internals is None else internals:
         try:
-            owner = item.lookup()
+            owner = item.lookup() if item.lookup else pkgutil.resolve_name(f"aiohttp.{item.owner}")
         except Exception as exc:  # a changed constructor, a removed module member
             missing.append(f"{item.owner} ({type(exc).__name__}: {exc})")
             continue

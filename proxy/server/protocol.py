@@ -22,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, http_exceptions, web, web_protocol
 from aiohttp.helpers import set_exception
-from aiohttp.web_request import BaseRequest
+from aiohttp.typedefs import Handler
 
 from ..errors import BROKEN_CHUNK
 from ..responses import error_body, error_response
@@ -46,10 +45,11 @@ log = logging.getLogger("proxy.protocol")
 _DRAIN_POLL = 0.05  # seconds between looks at a draining connection
 _CUT = 0.01  # what aiohttp's shutdown is left to wait once our drain is over
 
+_BUSY = error_body("TooManyConnections", "the proxy is at its connection limit; retry shortly")
 _TOO_BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
-)
+) % (len(_BUSY), _BUSY)
 
 # The line LineTooLong quotes is the request line's: the C parser quotes the target, the
 # Python parser the whole line. Anything else it quotes is a header's (with the C parser, a
@@ -82,29 +82,23 @@ def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     return 400, "BadRequest", "a malformed HTTP request"
 
 
-_HTTP_1 = frozenset({HttpVersion10, HttpVersion11})
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 @web.middleware
-async def refuse_unroutable(request: web.Request, handler: _Handler) -> web.StreamResponse:
+async def refuse_unroutable(request: web.Request, handler: Handler) -> web.StreamResponse:
     """CONNECT (405), a target no route can place (400) and a request line of another HTTP
     than 1.0 or 1.1 (505), in the gateway's shape. Every path has a route (app.py's
     catch-all), so what matches none is not a path: ``CONNECT host:port`` (aiohttp gives it an
     empty path), ``OPTIONS *``; aiohttp 3.13 and 3.14 both run the middlewares on a request no
     route matched. aiohttp's parser takes ``GET /x`` with no version for HTTP/0.9 and
     ``HTTP/2.0`` as a version like any."""
-    if request.version not in _HTTP_1:
-        return error_response(
-            505, "HTTPVersionNotSupported", "only HTTP/1.1 and HTTP/1.0 are supported"
-        )
-    if request.method == "CONNECT":
-        return error_response(405, "MethodNotAllowed", "CONNECT is not supported")
-    if request.match_info.http_exception is not None:
-        return error_response(
-            400, "BadRequest", "the request target must be a path (origin-form), not a URL"
-        )
-    return await handler(request)
+    if request.version not in (HttpVersion10, HttpVersion11):
+        refusal = 505, "HTTPVersionNotSupported", "only HTTP/1.1 and HTTP/1.0 are supported"
+    elif request.method == "CONNECT":
+        refusal = 405, "MethodNotAllowed", "CONNECT is not supported"
+    elif request.match_info.http_exception is not None:
+        refusal = 400, "BadRequest", "the request target must be a path (origin-form), not a URL"
+    else:
+        return await handler(request)
+    return error_response(*refusal)
 
 
 class _ProxyRequestHandler(web_protocol.RequestHandler):
@@ -118,11 +112,8 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
         if manager is not None and len(manager.connections) >= self._max_connections:
-            body = error_body(
-                "TooManyConnections", "the proxy is at its connection limit; retry shortly"
-            )
             assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP and Unix both
-            transport.write(_TOO_BUSY % (len(body), body))
+            transport.write(_TOO_BUSY)
             transport.close()
             self._refused = True
             log.warning("refused a connection: at the limit of %d", self._max_connections)
@@ -156,14 +147,12 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         queued = len(self._messages)
         super().data_received(data)
         current = self._current_request
-        if len(self._messages) <= queued or current is None:
+        if current is None or len(self._messages) <= queued or current.content.is_eof():
             return
-        message, _ = self._messages[-1]
-        body = current.content
-        if isinstance(message, web_protocol._ErrInfo) and not body.is_eof():
+        if isinstance(self._messages[-1][0], web_protocol._ErrInfo):
             self._messages.pop()
             # A fixed text: the parser's own quotes the client's bytes.
-            set_exception(body, http_exceptions.TransferEncodingError(BROKEN_CHUNK))
+            set_exception(current.content, http_exceptions.TransferEncodingError(BROKEN_CHUNK))
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's
         """Let the request in flight finish, its body still read, within ``timeout``; then
@@ -178,7 +167,6 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
-            self._head_timer = None
         if not self._refused:  # a refused connection was never set up
             super().connection_lost(exc)
 
@@ -210,7 +198,7 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
 
     def handle_error(
         self,
-        request: BaseRequest,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,

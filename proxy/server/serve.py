@@ -97,16 +97,15 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
     except UnsupportedAiohttp as exc:  # names the version, what is missing and the range
         raise StartupError(str(exc), exit_status.FAILED) from None
     await runner.setup()
-    listen = config.listen
     try:
-        url = await _listen(runner, listen)
+        url = await _listen(runner, config.listen)
     except (OSError, NotImplementedError) as exc:
         await runner.cleanup()
         raise StartupError(
-            f"cannot listen on {listen}: {listen_failure(exc)}", exit_status.CANNOT_LISTEN
+            f"cannot listen on {config.listen}: {listen_failure(exc)}", exit_status.CANNOT_LISTEN
         ) from None
-    if not listen.is_loopback:
-        log.warning("LISTENING ON %s, WHICH IS NOT LOOPBACK: %s", listen, _exposure(config))
+    if not config.listen.is_loopback:
+        log.warning("LISTENING ON %s, WHICH IS NOT LOOPBACK: %s", config.listen, _exposure(config))
     software = _running_on()
     for name, profile in config.profiles.items():
         prefix = "" if name == "default" else f"/{name}/..."
@@ -136,15 +135,13 @@ def _exposure(config: Config) -> str:
 def _running_on() -> str:
     """``instructure-auth-proxy 0.1.0 on uvloop 0.21.0``: what a bug report needs first (uvloop
     is markedly faster; on Windows the loop class decides what works: signals, subprocesses)."""
-    loop = asyncio.get_running_loop()
-    module = type(loop).__module__.partition(".")[0]
-    if module == "uvloop":
+    loop = type(asyncio.get_running_loop())
+    name = loop.__module__.partition(".")[0]
+    if name == "uvloop":
         version = getattr(sys.modules.get("uvloop"), "__version__", "")
         name = f"uvloop {version}".rstrip()
     elif sys.platform == "win32":
-        name = f"{module} {type(loop).__name__}"  # ProactorEventLoop or SelectorEventLoop
-    else:
-        name = module
+        name = f"{name} {loop.__name__}"  # ProactorEventLoop or SelectorEventLoop
     return f"instructure-auth-proxy {__version__} on {name}"
 
 

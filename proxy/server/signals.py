@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from typing import Any
 
 __all__ = ["STOP_SIGNALS", "wait_for_signal"]
 
@@ -20,24 +19,16 @@ async def wait_for_signal() -> None:
     """Return on SIGTERM or SIGINT (and Ctrl-Break on Windows)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
-    previous: dict[int, Any] = {}
-    for signum in STOP_SIGNALS:
-        try:
-            loop.add_signal_handler(signum, stop.set)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            # Windows: no loop signal handlers. signal.signal runs the handler in the main
-            # thread between bytecodes; hand the event to the loop from there.
-            # (Not from another thread: ValueError; the embedding program decides then.)
-            with contextlib.suppress(ValueError):
-                previous[signum] = signal.signal(
-                    signum, lambda *_: loop.call_soon_threadsafe(stop.set)
-                )
-    try:
+    with contextlib.ExitStack() as restore:
+        for signum in STOP_SIGNALS:
+            try:
+                loop.add_signal_handler(signum, stop.set)
+                restore.callback(loop.remove_signal_handler, signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                # Windows: no loop signal handlers. signal.signal runs the handler in the main
+                # thread between bytecodes; hand the event to the loop from there.
+                # (Not from another thread: ValueError; the embedding program decides then.)
+                with contextlib.suppress(ValueError):
+                    old = signal.signal(signum, lambda *_: loop.call_soon_threadsafe(stop.set))
+                    restore.callback(signal.signal, signum, old)
         await stop.wait()
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -131,7 +131,8 @@ class LocalTokenIssuer:
         self._retired: dict[str, tuple[_Key, float]] = {}  # kid -> (key, when replaced)
 
     def __repr__(self) -> str:
-        return f"LocalTokenIssuer(lifetime={self.lifetime}, keys={len(self.kids())})"
+        keys = len(self._current) + len(self._retired)
+        return f"LocalTokenIssuer(lifetime={self.lifetime}, keys={keys})"
 
     def rekey(self, signing: Mapping[str | None, bytes]) -> None:
         """Sign with ``signing`` from now on; replaced keys verify for one more lifetime."""

@@ -6,6 +6,7 @@ secret). Pure apart from reading the files it is told about: only ``cli.py`` pas
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -17,6 +18,7 @@ from yarl import URL
 from ..errors import ConfigError
 from ..gateway import RATE_LIMITS, token_url_for
 from . import values
+from .inbound import MIN_SECRET_LENGTH, local_token_key, short_secrets
 from .profiles import named_profiles, profile_sources
 from .records import (
     DEFAULT_TTLS,
@@ -37,13 +39,7 @@ from .values import ListenAddress
 __all__ = ["MIN_ACCESS_KEY_LENGTH", "MIN_SECRET_LENGTH", "load_config"]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-# An access key or a local client's secret is a password that a network caller can guess
-# at (throttle.py slows one address, not many): shorter ones are refused. One rule for both.
-MIN_SECRET_LENGTH = MIN_ACCESS_KEY_LENGTH = 16
-_MAKE_ONE = (
-    "make a random one of 128 bits with: "
-    'python -c "import secrets; print(secrets.token_urlsafe(16))" or openssl rand -base64 16'
-)
+MIN_ACCESS_KEY_LENGTH = MIN_SECRET_LENGTH  # the one rule: inbound.short_secrets
 
 
 def _policy(parsed: Mapping[str, Any], listen: ListenAddress, access: AccessConfig) -> Policy:
@@ -69,38 +65,10 @@ def _policy(parsed: Mapping[str, Any], listen: ListenAddress, access: AccessConf
     )
 
 
-def _set_by(raw: Mapping[str, Raw], *names: str) -> str:
-    """Which of ``names`` gave the value in use, and where: ``local_clients_file, from ...``."""
-    given = sorted((raw[name].rank, name) for name in names if name in raw)
-    return f"{given[-1][1]}, from {raw[given[-1][1]].source}" if given else names[0]
-
-
-def _short_secrets(access: AccessConfig, raw: Mapping[str, Raw]) -> list[str]:
-    """The one rule for inbound secrets: ``MIN_SECRET_LENGTH`` characters, keys and local
-    clients' secrets alike. The messages never repeat a secret; a client is named by its id."""
-    problems = []
-    short = sum(1 for key in access.keys if len(key) < MIN_SECRET_LENGTH)
-    if short:
-        keys_set_by = _set_by(raw, "access_keys", "access_keys_file")
-        problems.append(
-            f"access_keys: {short} key(s) shorter than {MIN_SECRET_LENGTH} characters; a "
-            f"network caller could guess them (set by {keys_set_by}): {_MAKE_ONE}"
-        )
-    clients_set_by = _set_by(raw, "local_clients", "local_clients_file")
-    for client_id, (secret, _) in sorted(access.clients.items()):
-        if len(secret) < MIN_SECRET_LENGTH:
-            problems.append(
-                f"local_clients: the secret of local client {client_id!r} is shorter than "
-                f"{MIN_SECRET_LENGTH} characters; a network caller could guess it (set by "
-                f"{clients_set_by}): {_MAKE_ONE}"
-            )
-    return problems
-
-
 def _check_access(
     access: AccessConfig, known_profiles: set[str], raw: Mapping[str, Raw], problems: list[str]
 ) -> None:
-    problems += _short_secrets(access, raw)
+    problems += short_secrets(access, raw)
     for grant in (*access.keys.values(), *(grant for _, grant in access.clients.values())):
         if grant is not None and (unknown := sorted(grant - known_profiles)):
             problems.append(f"access: grants unknown profiles: {', '.join(unknown)}")
@@ -217,7 +185,7 @@ def load_config(
     sources = profile_sources(profiles_tree, path, environ, problems)
     # With named profiles, top-level credentials are optional: they make a "default".
     top_credentials = credentials(reader, require_credentials and not sources)
-    access = access_config(reader)
+    access = dataclasses.replace(access_config(reader), token_key=local_token_key(reader))
     problems += reader.problems
     named = named_profiles(sources, parsed, problems, reader) if "upstream" in parsed else {}
     known = set(named) | ({"default"} if top_credentials else set())

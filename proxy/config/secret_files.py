@@ -107,27 +107,7 @@ def credentials(reader: SecretReader, required: bool) -> Credentials | None:
     return None
 
 
-# The local token key file's secret: as long as a 192-bit random value in base64.
-MIN_TOKEN_KEY_LENGTH = 32
-
-
-def _token_key(reader: SecretReader) -> str | None:
-    """``local_token_key_file``'s secret, at least ``MIN_TOKEN_KEY_LENGTH`` characters."""
-    if "local_token_key_file" not in reader.raw:
-        return None
-    text = reader.private_file("local_token_key_file")
-    if text is not None and len(text) < MIN_TOKEN_KEY_LENGTH:
-        reader.problems.append(
-            f"local_token_key_file: {reader.parsed['local_token_key_file']} holds "
-            f"{len(text)} characters, fewer than {MIN_TOKEN_KEY_LENGTH} "
-            f"(from {reader.raw['local_token_key_file'].source}); anyone who guesses it can "
-            "sign local tokens: write a random one with: openssl rand -base64 32 > FILE"
-        )
-        return None
-    return text
-
-
 def access_config(reader: SecretReader) -> AccessConfig:
     keys = reader.one_of("access_keys", "access_keys_file") or {}
     clients = reader.one_of("local_clients", "local_clients_file") or {}
-    return AccessConfig(dict(keys), dict(clients), _token_key(reader))
+    return AccessConfig(dict(keys), dict(clients))

@@ -294,7 +294,7 @@ def test_a_short_local_token_key_file_is_refused(tmp_path: Path) -> None:
 # ====================================================================== a reload, for real
 
 
-async def test_a_reload_removing_a_key_ends_its_sessions_only(
+async def test_a_reload_ends_a_removed_keys_sessions_only_and_a_rotation_none(
     gateway: Gateway, tmp_path: Path
 ) -> None:
     from proxy.server.serve import start
@@ -321,6 +321,17 @@ async def test_a_reload_removing_a_key_ends_its_sessions_only(
             status, body = await get(http, running.url + TABLES, tokens[0])
             assert status == 401 and "log in again" in body and tokens[0] not in body
             assert (await get(http, running.url + TABLES, tokens[1]))[0] == 200
+            # A rotated client secret: new tokens get the new key; the previous key's stay.
+            env["DAP_CLIENT_SECRET"] = "a-rotated-secret-0123456789"
+            done = reloader.reload()
+            assert (await done) if inspect.isawaitable(done) else done
+            assert (await get(http, running.url + TABLES, tokens[1]))[0] == 200
+            fresh = await login(http, running.url, "anyone", KEY_B)
+            assert (
+                jwt.get_unverified_header(fresh)["kid"]
+                != (jwt.get_unverified_header(tokens[1])["kid"])
+            )
+            assert (await get(http, running.url + TABLES, fresh))[0] == 200
     finally:
         await running.stop()
 

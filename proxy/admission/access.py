@@ -174,7 +174,7 @@ class AccessControl:
             if isinstance(checked, str):
                 if not self._issuer.is_ours(credential):
                     return None  # some other bearer token: not ours to explain
-                return _local_refusal(checked, guess=checked is not EXPIRED)
+                return _local_refusal(checked, guess=checked != EXPIRED)
             claims = self._verified[credential] = checked
         elif claims.expires <= self._issuer.now():
             return _local_refusal(EXPIRED, guess=False)

@@ -17,7 +17,7 @@ from proxy.server.serve import start
 from .conftest import Gateway, ProxyFactory, proxy_config
 
 KEY = "key-8c1d-for-curl"
-TOOL_ID, TOOL_SECRET = "dap-cli", "tool-secret-42"
+TOOL_ID, TOOL_SECRET = "dap-cli", "tool-secret-42-0123456789"
 TABLES = "/dap/query/canvas/table"
 
 

@@ -638,39 +638,50 @@ def test_throttle_doubles_caps_and_clears_on_success() -> None:
     clock = FakeClock()
     throttle = LoginThrottle(free=5, base=1.0, cap=30.0, clock=clock.monotonic)
     for _ in range(5):
-        assert throttle.failed("tool", "10.0.0.1") == 0
-        assert throttle.shut_out("tool", "10.0.0.1") == 0
+        assert throttle.failed("10.0.0.1") == 0
+        assert throttle.shut_out("10.0.0.1") == 0
     waits = []
     for _ in range(8):
-        waits.append(throttle.failed("tool", "10.0.0.1"))
-        assert throttle.shut_out("tool", "10.0.0.1") == waits[-1]
+        waits.append(throttle.failed("10.0.0.1"))
+        assert throttle.shut_out("10.0.0.1") == waits[-1]
         clock.advance(waits[-1])
-        assert throttle.shut_out("tool", "10.0.0.1") == 0
+        assert throttle.shut_out("10.0.0.1") == 0
     assert waits == [1, 2, 4, 8, 16, 30, 30, 30]
-    # The address is shut out whatever client id it presents, and the id from any address.
-    throttle.failed("tool", "10.0.0.1")
-    assert throttle.shut_out("other", "10.0.0.1") == 30
-    assert throttle.shut_out("tool", "10.0.0.2") == 30
-    assert throttle.shut_out("other", "10.0.0.2") == 0
-    throttle.succeeded("tool", "10.0.0.1")
-    assert throttle.shut_out("tool", "10.0.0.1") == 0
-    assert throttle.failed("tool", "10.0.0.1") == 0, "a success starts the count again"
+    # The address is shut out, and only the address.
+    throttle.failed("10.0.0.1")
+    assert throttle.shut_out("10.0.0.1") == 30
+    assert throttle.shut_out("10.0.0.2") == 0
+    throttle.succeeded("10.0.0.1")
+    assert throttle.shut_out("10.0.0.1") == 0
+    assert throttle.failed("10.0.0.1") == 0, "a success starts the count again"
+
+
+def test_throttle_counts_an_ipv6_address_by_its_64() -> None:
+    clock = FakeClock()
+    throttle = LoginThrottle(free=1, cap=10.0, clock=clock.monotonic)
+    throttle.failed("2001:db8:1:2::1")
+    assert throttle.failed("2001:db8:1:2:ffff::9") == 1, "the same /64: one count"
+    assert throttle.shut_out("2001:db8:1:2::7") == 1
+    assert throttle.shut_out("2001:db8:1:3::1") == 0, "another /64"
+    throttle.failed("::ffff:10.0.0.1")
+    assert throttle.failed("10.0.0.1") == 1, "an IPv4-mapped address is its IPv4 address"
+    assert throttle.shut_out("local") == 0
 
 
 def test_throttle_forgets_after_a_quiet_spell() -> None:
     clock = FakeClock()
     throttle = LoginThrottle(free=1, cap=10.0, clock=clock.monotonic)
-    throttle.failed("a", "x")
-    assert throttle.failed("a", "x") == 1
+    throttle.failed("x")
+    assert throttle.failed("x") == 1
     clock.advance(101)
-    assert throttle.failed("a", "x") == 0
+    assert throttle.failed("x") == 0
 
 
 def test_throttle_memory_is_bounded() -> None:
     clock = FakeClock()
     throttle = LoginThrottle(maxsize=100, clock=clock.monotonic)
     for n in range(5000):
-        throttle.failed(f"made-up-{n}", f"10.0.{n // 256}.{n % 256}")
+        throttle.failed(f"10.0.{n // 256}.{n % 256}")
     assert len(throttle._entries) <= 100  # private: the cache is the thing being bounded
 
 

@@ -3,7 +3,8 @@
 What a campaign against issues 10 and 11 found, kept: odd methods and encodings on the
 login path and ``/-/``, absolute-form targets, malformed ``Host`` headers, ``Origin: null``,
 profile prefixes in disguise, oversized credentials, odd Basic credentials, and throttle
-evasion. Everything listens on 127.0.0.1.
+evasion. Issue 19's: a lockout of a client by others' failures, and forged, tampered and
+expired local tokens. Everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -11,14 +12,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import os
+from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 
+from proxy.admission.local_tokens import signing_secrets
 from proxy.aiohttp_compat import basic_credentials
+from proxy.server.keys import CONFIG
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 
 from .conftest import Gateway, Proxy, ProxyFactory
+from .test_sessions import ETL, ETL_SECRET, KEY_A, LOGIN, TABLES, get, login
 
 KEY = "hostile-key-0123456789ab"
 AIOHTTP_VERSION = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
@@ -372,3 +380,72 @@ async def test_guessing_keys_as_bearer_values_is_throttled(
     # Without credentials there is nothing to guess: still the plain 401.
     async with proxy.http.get(proxy.url + ECHO) as resp:
         assert resp.status == 401
+
+
+# ---------------------------------------------------------------- no lockout by others (issue 19)
+
+
+async def test_others_failures_for_a_client_id_never_lock_it_out(
+    gateway: Gateway, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(gateway.url, DAP_PROXY_LOCAL_CLIENTS=f"{ETL}:{ETL_SECRET}")
+
+    async def login_from(address: str, secret: str) -> int:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.post(
+                proxy.url + LOGIN,
+                data={"grant_type": "client_credentials"},
+                headers={"Authorization": basic_credentials(ETL, secret)},
+            ) as resp,
+        ):
+            return resp.status
+
+    statuses = [await login_from(f"127.0.1.{n}", f"guess-{n}-0123456789") for n in range(1, 51)]
+    assert statuses == [401] * 50
+    assert await login_from("127.0.2.1", ETL_SECRET) == 200, "etl from a fresh address"
+    # The guessing address itself is still shut out after its own failures.
+    for _ in range(6):
+        await login_from("127.0.3.1", "guess-again-0123456789")
+    assert await login_from("127.0.3.1", ETL_SECRET) == 429
+
+
+# ----------------------------------------------------------------- forged local tokens (issue 18)
+
+
+def _b64json(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+async def test_forged_and_expired_tokens_get_401_and_never_their_text_back(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    proxy = await proxy_factory(gateway.url, DAP_PROXY_ACCESS_KEYS=KEY_A)
+    real = await login(proxy.http, proxy.url, "anyone", KEY_A)
+    header = jwt.get_unverified_header(real)
+    claims = jwt.decode(real, options={"verify_signature": False})
+    random_key = jwt.encode(
+        claims, os.urandom(32), algorithm="HS256", headers={"kid": header["kid"]}
+    )
+    alg_none = (
+        f"{_b64json({'alg': 'none', 'typ': 'JWT', 'kid': header['kid']})}.{_b64json(claims)}."
+    )
+    head, payload, signature = real.split(".")
+    tampered_kid = f"{_b64json({**header, 'kid': 'A' * 16})}.{payload}.{signature}"
+    tampered_claims = f"{head}.{_b64json({**claims, 'sub': 'admin'})}.{signature}"
+    expired = jwt.encode(
+        {**claims, "iat": claims["iat"] - 7200, "exp": claims["exp"] - 7200},
+        signing_secrets(proxy.running.runner.app[CONFIG].profiles, None)["default"],
+        algorithm="HS256",
+        headers={"kid": header["kid"]},
+    )
+    for forged in (random_key, alg_none, tampered_kid, tampered_claims, expired):
+        status, body = await get(proxy.http, proxy.url + TABLES, forged)
+        assert status == 401, forged
+        error = json.loads(body)["error"]
+        assert error["type"] == "AuthenticationError" and "log in again" in error["message"]
+        for part in forged.split("."):
+            assert not part or (part not in body and part not in caplog.text)
+    assert (await get(proxy.http, proxy.url + TABLES, real))[0] == 200

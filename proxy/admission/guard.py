@@ -18,8 +18,9 @@ order, each refusal a gateway-shaped error and nothing sent upstream:
    its origin is configured for CORS; preflights for allowed origins are answered here.
 5. ``Transfer-Encoding`` other than ``chunked`` (501).
 6. Who is calling (access.py): with inbound authentication configured, unknown callers
-   get 401. Only the local login (``routing.is_local_login``) skips this: it checks the
-   credentials it is sent. The ``Caller`` is kept on the request for the profile checks.
+   get 401; a local token refused (expired, its key or grant gone) gets a 401 saying why
+   and to log in again. Only the local login (``routing.is_local_login``) skips this: it
+   checks the credentials it is sent. The ``Caller`` is kept on the request for the profile checks.
    Wrong credentials are throttled per address as failed logins are (429, ``Retry-After``),
    so keys cannot be guessed as ``Bearer`` values at network speed either.
 7. Method and path allow-lists (405, 403), on the path as it will be forwarded.
@@ -42,7 +43,7 @@ from ..aiohttp_compat import RequestKey
 from ..config import Policy
 from ..observe.logs import REQUEST_ID
 from ..responses import REQUEST_ID_HEADER, error_response
-from .access import ANYONE, AccessControl, Caller
+from .access import ANYONE, AccessControl, Caller, Refusal
 from .routing import Route
 from .throttle import LoginThrottle
 
@@ -50,6 +51,7 @@ __all__ = ["CALLER", "Guard", "cors_headers"]
 
 CALLER: RequestKey[Caller | None] = RequestKey("caller")  # the admitted Caller
 _SHUT_OUT = RequestKey("shut_out", float)  # how long a guessing address must wait
+_REFUSED = RequestKey("refused", str)  # why a credential was refused, when it says
 _REFUSED_METHODS = frozenset({"CONNECT", "TRACE"})
 _ENCODED_SEPARATORS = re.compile(r"%(?:2[eEfF]|5[cC]|00)")
 # With allowed_paths, also what could be decoded into a separator by a second decoding
@@ -133,7 +135,7 @@ class Guard:
         self._paths = policy.allowed_paths
         self._access = access
         # Keys presented as Bearer values are guessed at as easily as at the login: wrong
-        # ones are throttled per address in the same way (login_throttle.py).
+        # ones are throttled per address in the same way (throttle.py).
         self._throttle = LoginThrottle()
         # Request ids: a random prefix per process and a counter. Unique, and cheaper than
         # a UUID a request; they identify, they do not authorise.
@@ -187,24 +189,27 @@ class Guard:
         An address that presented too many wrong credentials is not even checked for a
         while (``None``, and ``refuse_unknown`` answers 429)."""
         authorization = request.headers.get(hdrs.AUTHORIZATION)
-        if not (self._access.required and authorization is not None):
-            # Nothing presented that could be a guess: nothing to throttle.
-            caller = self._access.identify(authorization)
+        # Without authentication nothing is a guess; without credentials nothing is either.
+        guessable = self._access.required and authorization is not None
+        address = request.remote or "local"
+        wait = self._throttle.shut_out(address) if guessable else 0.0
+        caller: Caller | None = None
+        if wait > 0:
+            request[_SHUT_OUT] = wait
         else:
-            address = request.remote or "local"
-            wait = self._throttle.shut_out(f"bearer@{address}", address)
-            if wait > 0:
-                request[_SHUT_OUT] = wait
-                caller = None
+            outcome = self._access.admit(authorization)
+            if isinstance(outcome, Refusal):
+                request[_REFUSED] = outcome.message
+                if guessable and outcome.guess:
+                    self._throttle.failed(address)
             else:
-                caller = self._access.identify(authorization)
-                if caller is None:
-                    self._throttle.failed(f"bearer@{address}", address)
+                caller = outcome
         request[CALLER] = caller
         return caller
 
     def refuse_unknown(self, request: web.Request, request_id: str) -> web.Response:
-        """401 for a caller ``identify`` did not know; 429 while its address is shut out."""
+        """401 for a caller ``identify`` did not know (saying why, when a local token was
+        refused: to log in again); 429 while its address is shut out."""
         wait = request.get(_SHUT_OUT)
         if wait is not None:
             return error_response(
@@ -214,7 +219,8 @@ class Guard:
                 retry_after=wait,
                 request_id=request_id,
             )
-        return error_response(401, "AuthenticationError", _NEEDS_KEY, request_id=request_id)
+        message = request.get(_REFUSED) or _NEEDS_KEY
+        return error_response(401, "AuthenticationError", message, request_id=request_id)
 
     def admit_endpoint(self, request: web.Request, *, private: bool) -> web.StreamResponse | None:
         """Admission for the proxy's own ``/-/`` endpoints: Host and browser checks; for

@@ -6,7 +6,8 @@ JWT they get back. Pointed at the proxy, they log in here: they receive a local 
 
 The client id chooses the profile (routing.py) unless the path does; with inbound
 authentication configured, the credentials must be known to access.py, and failed attempts
-are throttled (throttle.py).
+are throttled per address (throttle.py). The token is signed with the chosen profile's key
+and names the grant it came from (local_tokens.py).
 """
 
 from __future__ import annotations
@@ -66,19 +67,19 @@ class LoginHandler:
         if not basic.login:
             return refuse(401, "AuthenticationError", "the client id must not be empty")
         address = request.remote or "local"
-        wait = self._throttle.shut_out(basic.login, address)
+        wait = self._throttle.shut_out(address)
         if wait > 0:
             return refuse(
                 429,
                 "TooManyRequests",
-                f"too many failed logins for this client id or address; retry in {wait:.0f} s",
+                f"too many failed logins from this address; retry in {wait:.0f} s",
                 retry_after=wait,
             )
         caller = self._access.login(basic.login, basic.password)
         if caller is None:
-            self._throttle.failed(basic.login, address)
+            self._throttle.failed(address)
             return refuse(401, "AuthenticationError", "unknown local client id or secret")
-        self._throttle.succeeded(basic.login, address)
+        self._throttle.succeeded(address)
         profile = self._router.for_login(prefixed, basic.login)
         if profile is None:
             return refuse(
@@ -114,7 +115,7 @@ class LoginHandler:
             )
         return json_response(
             {
-                "access_token": self._issuer.issue(basic.login, profile, caller.grant),
+                "access_token": self._issuer.issue(basic.login, profile, caller.via),
                 "expires_in": self._issuer.lifetime,
                 "scope": self._scope(profile),
                 "token_type": "bearer",

@@ -6,6 +6,7 @@ secret). Pure apart from reading the files it is told about: only ``cli.py`` pas
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -17,6 +18,7 @@ from yarl import URL
 from ..errors import ConfigError
 from ..gateway import RATE_LIMITS, token_url_for
 from . import values
+from .inbound import MIN_SECRET_LENGTH, local_token_key, short_secrets
 from .profiles import named_profiles, profile_sources
 from .records import (
     DEFAULT_TTLS,
@@ -31,14 +33,13 @@ from .records import (
     TrustConfig,
 )
 from .secret_files import SecretReader, access_config, credentials
-from .sources import KEYS, collect, parse_all
+from .sources import KEYS, Raw, collect, parse_all
 from .values import ListenAddress
 
-__all__ = ["MIN_ACCESS_KEY_LENGTH", "load_config"]
+__all__ = ["MIN_ACCESS_KEY_LENGTH", "MIN_SECRET_LENGTH", "load_config"]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-# An access key is a password that a network caller can guess at: shorter ones are refused.
-MIN_ACCESS_KEY_LENGTH = 16
+MIN_ACCESS_KEY_LENGTH = MIN_SECRET_LENGTH  # the one rule: inbound.short_secrets
 
 
 def _policy(parsed: Mapping[str, Any], listen: ListenAddress, access: AccessConfig) -> Policy:
@@ -64,14 +65,10 @@ def _policy(parsed: Mapping[str, Any], listen: ListenAddress, access: AccessConf
     )
 
 
-def _check_access(access: AccessConfig, known_profiles: set[str], problems: list[str]) -> None:
-    short = sum(1 for key in access.keys if len(key) < MIN_ACCESS_KEY_LENGTH)
-    if short:
-        problems.append(
-            f"access_keys: {short} key(s) shorter than {MIN_ACCESS_KEY_LENGTH} characters; "
-            f"a network caller could guess them (make one with: "
-            f"python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
-        )
+def _check_access(
+    access: AccessConfig, known_profiles: set[str], raw: Mapping[str, Raw], problems: list[str]
+) -> None:
+    problems += short_secrets(access, raw)
     for grant in (*access.keys.values(), *(grant for _, grant in access.clients.values())):
         if grant is not None and (unknown := sorted(grant - known_profiles)):
             problems.append(f"access: grants unknown profiles: {', '.join(unknown)}")
@@ -188,10 +185,11 @@ def load_config(
     sources = profile_sources(profiles_tree, path, environ, problems)
     # With named profiles, top-level credentials are optional: they make a "default".
     top_credentials = credentials(reader, require_credentials and not sources)
-    access = access_config(reader)
+    access = dataclasses.replace(access_config(reader), token_key=local_token_key(reader))
     problems += reader.problems
     named = named_profiles(sources, parsed, problems, reader) if "upstream" in parsed else {}
-    _check_access(access, set(named) | ({"default"} if top_credentials else set()), problems)
+    known = set(named) | ({"default"} if top_credentials else set())
+    _check_access(access, known, raw, problems)
     for name, profile in named.items():
         for client_id in profile.local_client_ids:
             if client_id in named and client_id != name:

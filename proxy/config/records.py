@@ -74,6 +74,9 @@ class AccessConfig:
 
     keys: Mapping[str, Grant] = field(default_factory=dict, repr=False)
     clients: Mapping[str, tuple[str, Grant]] = field(default_factory=dict, repr=False)
+    # local_token_key_file's text: signs every local token instead of the profiles' own
+    # derived keys (admission/local_tokens.py).
+    token_key: str | None = field(default=None, repr=False)
 
     @property
     def required(self) -> bool:

@@ -68,6 +68,8 @@ KEYS = {
         Key("access_keys_file", values.text),
         Key("local_clients", values.client_pairs, secret=True),
         Key("local_clients_file", values.text),
+        # A secret that signs local tokens instead of keys derived from the client secrets.
+        Key("local_token_key_file", values.text),
         Key("allowed_hosts", values.text_list),
         Key("allowed_origins", values.text_list),
         Key("allowed_methods", values.methods),

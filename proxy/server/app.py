@@ -84,7 +84,7 @@ def create_app(
     if not config.profiles:
         raise ValueError("create_app needs credentials; load_config reports them missing")
     issuer = LocalTokenIssuer()
-    access = AccessControl(config.access, issuer)
+    access = AccessControl(config.access, issuer, config.profiles)  # signs with their keys
     router = ProfileRouter(config.profiles)
     app = web.Application(
         # Replayable bodies are read whole, so the server must accept that much.

@@ -112,9 +112,10 @@ class Reloader:
                 managers[name].credentials_changed()
                 applied[name] = dataclasses.replace(profile, credentials=fresh.credentials)
                 log.info("profile %s: new credentials; fetching a token with them", name)
-        if new.access != running.access:
-            self._app[ACCESS].update(new.access)
-            log.info("access keys and local clients reloaded")
+        if new.access != running.access or applied != running.profiles:
+            # New keys, clients, or local token signing keys (derived from the credentials).
+            self._app[ACCESS].update(new.access, applied)
+            log.info("access keys, local clients and local token keys reloaded")
         if pending := restart_needed(running, new):
             log.warning("changed settings need a restart to apply: %s", ", ".join(pending))
         self._running = dataclasses.replace(

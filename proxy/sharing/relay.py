@@ -180,7 +180,10 @@ class ObjectRelay:
             failure = verdict(answer.status, answer.headers, url.host or "", via)
             if failure is not None:
                 log.warning("relay: %s", failure.message)
-                return refuse(failure.status, failure.type, failure.message, failure.hop)
+                response = refuse(failure.status, failure.type, failure.message, failure.hop)
+                if failure.status == 416 and "Content-Range" in answer.headers:
+                    response.headers["Content-Range"] = answer.headers["Content-Range"]  # size
+                return response
             return await relay_answer(
                 request,
                 answer,

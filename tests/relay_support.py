@@ -44,6 +44,7 @@ class Storage:
     origin: str = ""  # the URLs' scheme://host:port; default https://storage.invalid:<port>
     status: int = 200  # storage's answer (anything else: a page of its own)
     chunked: bool = False  # the gateway's object-URL answer without a Content-Length
+    truncate: bool = False  # storage cuts its connection halfway through the object
 
     def url(self, number: int = 0) -> str:
         query = SIGNED_QUERY.format(date=self.signed_at, expires=900)
@@ -73,6 +74,13 @@ async def start_storage(aiohttp_server: Any, tmp_path: Path) -> Storage:
                 content_type="text/html",
                 headers={"Server": "AmazonS3", "Via": "1.1 storage-edge"},
             )
+        if stored.truncate:
+            response = web.StreamResponse(headers={"Content-Length": str(len(DATA))})
+            await response.prepare(request)
+            await response.write(DATA[: len(DATA) // 2])
+            assert request.transport is not None
+            request.transport.abort()
+            return response
         # FileResponse answers Range (206) and HEAD as S3 does.
         return web.FileResponse(path, headers={"Set-Cookie": "storage=1", "Server": "AmazonS3"})
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -194,3 +195,22 @@ async def test_storage_errors_are_said_in_the_gateways_shape(
         assert await response.read() == DATA
     async with proxy.http.get(url, headers={"If-None-Match": etag}) as response:
         assert response.status == 304
+
+
+async def test_storage_cutting_the_object_short_resets_the_client(
+    gateway_factory: GatewayFactory,
+    proxy_factory: ProxyFactory,
+    storage: Storage,
+    egress_proxy: ConnectProxy,
+) -> None:
+    """Headers are out: a truncated object must never look whole (upstream/answer.py)."""
+    _, proxy = await relay_proxy(gateway_factory, proxy_factory, storage, egress_proxy)
+    _, url = await object_url(proxy)
+    storage.truncate = True
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with proxy.http.get(url) as response:
+            assert response.status == 200
+            await response.read()
+    async with proxy.http.get(proxy.url + "/-/metrics") as response:
+        metrics = await response.text()
+    assert 'proxy_relay_objects_total{profile="default"}' not in metrics  # not counted

@@ -169,3 +169,24 @@ async def test_a_900_kb_chunked_schema_reaches_the_cache_whole(
     assert bodies == [schema, schema]
     assert asked == [SCHEMA_PATH]  # the second from the cache
     assert age is not None
+
+
+async def test_a_long_storage_url_relays_and_one_too_long_to_request_is_refused(
+    gateway_factory: GatewayFactory,
+    proxy_factory: ProxyFactory,
+    storage: Storage,
+    egress_proxy: ConnectProxy,
+) -> None:
+    """A relay URL's request line must fit the server's limit: a storage URL that would not
+    is a 502 naming its length, rather than a URL that could only ever get a 414."""
+    storage.pad = 3000  # a session token's worth and more
+    _, proxy = await relay_proxy(gateway_factory, proxy_factory, storage, egress_proxy)
+    _, url = await object_url(proxy)
+    assert len(url) > 4000
+    async with proxy.http.get(url) as response:
+        assert response.status == 200 and await response.read() == DATA
+    storage.pad = 6000
+    status, _, error = await error_of(
+        proxy, "POST", proxy.url + "/dap/object/url", json=[{"id": OBJECT_ID}]
+    )
+    assert status == 502 and "too long to relay" in error["message"]

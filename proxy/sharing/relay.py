@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ..config import Config
-from ..observe.logs import PROFILE, REQUEST_ID, UPSTREAM_FAILED
+from ..observe.logs import PROFILE, REQUEST_ID, UPSTREAM_FAILED, UPSTREAM_SECONDS
 from ..observe.metrics import Metrics
 from ..paths import RELAY
 from ..responses import error_response
@@ -50,6 +50,9 @@ log = logging.getLogger("proxy.relay")
 # The only client headers storage is sent: what a download needs to resume or revalidate.
 _TO_STORAGE = ("Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since")
 _ASK_AGAIN = "ask for the object's URL again (POST /dap/object/url)"
+# A relay URL's request line must fit the server's 8190 bytes (server/protocol.py) with the
+# method, the host's part and the file name: a longer id would only ever get a 414.
+MAX_ID = 7000
 Clients = Callable[[], Mapping[str, TokenClient] | None]
 
 
@@ -121,7 +124,13 @@ class ObjectRelay:
                 f"({_origin(target)}): {problem}"
             )
         now = self._wall_clock()
-        return self._keys.seal(Sealed(url, profile, int(now + url_lifetime(target, now))))
+        relay_id = self._keys.seal(Sealed(url, profile, int(now + url_lifetime(target, now))))
+        if len(relay_id) > MAX_ID:
+            raise BodyRefused(
+                f"the gateway handed out an object URL of {len(url)} characters, too long to "
+                f"relay: a relay URL holds storage URLs of about {MAX_ID * 3 // 4 - 100} at most"
+            )
+        return relay_id
 
     @property
     def _hosts(self) -> tuple[str, ...]:
@@ -162,6 +171,7 @@ class ObjectRelay:
             (name, value) for name in _TO_STORAGE for value in request.headers.getall(name, ())
         )
         via = host_port(egress) if egress is not None else None
+        started = time.monotonic()
         try:
             answer = await session.request(
                 request.method, url, headers=outgoing, proxy=egress, allow_redirects=False
@@ -176,6 +186,7 @@ class ObjectRelay:
             return refuse(502, "BadGateway", message, f"egress:{exc.status}")
         except aiohttp.ClientError as exc:
             return refuse(502, "BadGateway", *_unreachable(exc, url, via))
+        request[UPSTREAM_SECONDS] = time.monotonic() - started  # to storage's headers
         try:
             failure = verdict(answer.status, answer.headers, url.host or "", via)
             if failure is not None:

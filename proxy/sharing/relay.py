@@ -40,7 +40,7 @@ from ..upstream.session import upstream_session
 from ..upstream.token_client import TokenClient
 from .relay_filter import RelayFilter, url_lifetime
 from .relay_seal import KeyRing, Sealed, SealExpired, SealUnknown
-from .relay_storage import passed_headers, verdict
+from .relay_storage import egress_refused, passed_headers, verdict
 from .relay_targets import GuardedResolver, RefusedAddress, same_origin, target_problem
 
 __all__ = ["ObjectRelay"]
@@ -180,16 +180,15 @@ class ObjectRelay:
             return refuse(
                 504, "GatewayTimeout", f"object storage at {url.host} timed out", "storage:timeout"
             )
-        except aiohttp.ClientHttpProxyError as exc:
-            message = f"the egress proxy at {via} refused to reach {url.host}: HTTP {exc.status}"
-            log.warning("relay: %s", message)
-            return refuse(502, "BadGateway", message, f"egress:{exc.status}")
+        except aiohttp.ClientHttpProxyError as exc:  # its answer to CONNECT: never relayed
+            refused = egress_refused(exc.status, via or "?", url.host or "")
+            log.warning("relay: %s", refused.message)
+            return refuse(refused.status, refused.type, refused.message, refused.hop)
         except aiohttp.ClientError as exc:
             return refuse(502, "BadGateway", *_unreachable(exc, url, via))
         request[UPSTREAM_SECONDS] = time.monotonic() - started  # to storage's headers
         try:
-            failure = verdict(answer.status, answer.headers, url.host or "", via)
-            if failure is not None:
+            if (failure := verdict(answer.status, answer.headers, url.host or "", via)) is not None:
                 log.warning("relay: %s", failure.message)
                 response = refuse(failure.status, failure.type, failure.message, failure.hop)
                 if failure.status == 416 and "Content-Range" in answer.headers:
@@ -229,5 +228,7 @@ def _unreachable(exc: aiohttp.ClientError, url: URL, via: str | None) -> tuple[s
 
 def _origin(url: URL) -> str:
     """``https://host:port``: what a message may show of a storage URL (never its query)."""
+    host = url.raw_host or ""
+    host = f"[{host}]" if ":" in host else host
     port = f":{url.port}" if url.port is not None and not url.is_default_port() else ""
-    return f"{url.scheme}://{url.raw_host or ''}{port}"
+    return f"{url.scheme}://{host}{port}"

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["PASSED", "PASSED_HEADERS", "Failure", "passed_headers", "verdict"]
+__all__ = [
+    "PASSED",
+    "PASSED_HEADERS",
+    "Failure",
+    "egress_refused",
+    "passed_headers",
+    "verdict",
+]
 
 PASSED = frozenset({200, 206, 304})
 # What a download needs of storage's headers: type, size, range, validators, caching.
@@ -69,6 +76,17 @@ def passed_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() in PASSED_HEADERS)
 
 
+def egress_refused(status: int, egress: str, host: str) -> Failure:
+    """The egress proxy answered ``status`` itself (to a ``CONNECT``, or with its own page)."""
+    return Failure(
+        502,
+        "BadGateway",
+        f"the egress proxy at {egress} refused to fetch from object storage at {host}: "
+        f"HTTP {status}" + (": check the credentials configured for it" if status == 407 else ""),
+        f"egress:{status}",
+    )
+
+
 def verdict(
     status: int, headers: CIMultiDictProxy[str], host: str, egress: str | None
 ) -> Failure | None:
@@ -77,14 +95,7 @@ def verdict(
     if status in PASSED:
         return None
     if egress is not None and (status == 407 or "X-Squid-Error" in headers):
-        return Failure(
-            502,
-            "BadGateway",
-            f"the egress proxy at {egress} refused to fetch from object storage at {host}: "
-            f"HTTP {status}"
-            + (": check the credentials configured for it" if status == 407 else ""),
-            f"egress:{status}",
-        )
+        return egress_refused(status, egress, host)
     if status in _SAID:
         error_type, message = _SAID[status]
         return Failure(status, error_type, message, f"storage:{status}")

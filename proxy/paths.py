@@ -8,7 +8,16 @@ RELAY   an object relayed from storage: ``/-/relay/<id>[/<name>]`` (sharing/rela
 
 from __future__ import annotations
 
-__all__ = ["OWN", "RELAY"]
+__all__ = ["OWN", "RELAY", "masked_path"]
 
 OWN = "/-/"
 RELAY = OWN + "relay/"
+
+
+def masked_path(path: str) -> str:
+    """``path`` fit for a log line: a relay id, a credential for its object, masked
+    (``/-/relay/[id]/part-00000.tsv.gz``)."""
+    if not path.startswith(RELAY):
+        return path
+    rest = path[len(RELAY) :]
+    return f"{RELAY}[id]/{rest.partition('/')[2]}" if "/" in rest else f"{RELAY}[id]"

@@ -242,6 +242,7 @@ def load_config(
         egress=egress,
         trust=trust,
         object_relay=parsed["object_relay"],
+        relay_hosts=parsed.get("relay_hosts") or (),
         warnings=(*warnings, *reader.warnings),
         watched_files=tuple(dict.fromkeys([*([str(path)] if path else []), *reader.files])),
     )

@@ -167,6 +167,7 @@ class Config:
     egress: EgressConfig = field(default_factory=EgressConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     object_relay: bool = False  # rewrite object URLs to the proxy's /-/relay/ (sharing/relay.py)
+    relay_hosts: tuple[str, ...] = ()  # storage host suffixes the relay may fetch (all if empty)
     # Problems worth a warning at startup but not a refusal (a secret file others can read).
     warnings: tuple[str, ...] = ()
     # Every credential set in use, by name: ``default`` (if it has credentials), named ones.

@@ -87,6 +87,7 @@ KEYS = {
         Key("egress_proxy_credentials_file", values.text),
         Key("ca_file", values.text),
         Key("object_relay", values.boolean, _DEFAULT["object_relay"]),
+        Key("relay_hosts", values.host_suffixes),
     )
 }
 

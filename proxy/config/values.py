@@ -7,6 +7,7 @@ typed value, or raises ``ValueError`` saying what is wrong, never repeating a se
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from dataclasses import dataclass
 
@@ -206,6 +207,14 @@ def text_list(value: object) -> tuple[str, ...]:
     if not texts:
         raise ValueError("must not be empty")
     return texts
+
+
+def host_suffixes(value: object) -> tuple[str, ...]:
+    """Host names or suffixes (``.s3.amazonaws.com``): lower case, no scheme, port or path."""
+    found = tuple(item.strip().lower().rstrip(".") for item in text_list(value))
+    if bad := [h for h in found if not re.fullmatch(r"\.?[a-z0-9-]+(\.[a-z0-9-]+)*", h)]:
+        raise ValueError(f"not host names or suffixes: {', '.join(bad)} (e.g. .s3.amazonaws.com)")
+    return found
 
 
 def methods(value: object) -> frozenset[str]:

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from ..aiohttp_compat import RequestKey
-from ..paths import OWN, RELAY
+from ..paths import OWN, RELAY, masked_path
 from .metrics import Metrics
 
 __all__ = [
@@ -44,6 +44,8 @@ PROFILE = RequestKey("profile", str)
 BYTES_OUT = RequestKey("bytes_out", int)  # body bytes sent so far, for a client that hangs up
 HELD_SECONDS = RequestKey("held_seconds", float)  # waited for a rate-limit slot (shaping.py)
 CACHE = RequestKey("cache", str)  # "hit", "miss" or "refresh", for the metadata cache's answers
+# Which hop failed and how, shown as ``up=`` (``egress:407``, ``storage:503``): sharing/relay.py
+UPSTREAM_FAILED = RequestKey("upstream_failed", str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -191,8 +193,7 @@ def record_request(
         if path.startswith(RELAY):
             # An object download through the relay is real work: logged as a request, but
             # its id, a short-lived credential for the object, is not.
-            rest = path[len(RELAY) :]
-            path = f"{RELAY}[id]/{rest.partition('/')[2]}" if "/" in rest else f"{RELAY}[id]"
+            path = masked_path(path)
         else:  # probes and scrapes every few seconds would drown the requests that matter
             level = logging.DEBUG
     if not access_log.enabled(level):
@@ -200,6 +201,8 @@ def record_request(
     upstream = request[UPSTREAM_SECONDS] if UPSTREAM_SECONDS in keys else None
     request_id = request[REQUEST_ID] if REQUEST_ID in keys else "-"
     up = f"{upstream * 1000:.1f}ms" if upstream is not None else "-"
+    if UPSTREAM_FAILED in keys:
+        up = request[UPSTREAM_FAILED]
     named = "" if profile == "default" else f" profile={profile}"
     held = request[HELD_SECONDS] if HELD_SECONDS in keys else None
     cache = request[CACHE] if CACHE in keys else None

@@ -102,9 +102,14 @@ def create_app(
     app[ACCESS_LOG] = access_log or AccessLog()
     app[LOGIN] = LoginHandler(issuer, access, router, scope=lambda name: _scope(app, name))
     app[SUPERVISOR] = Supervisor()
-    relay = ObjectRelay(config.egress, app[METRICS], access) if config.object_relay else None
+    relay = (
+        ObjectRelay(config, app[METRICS], clients=lambda: app.get(TOKEN_CLIENTS))
+        if config.object_relay
+        else None
+    )
     if relay is not None:
         app[RELAY] = relay
+        app.cleanup_ctx.append(relay.lifecycle)  # its own session for storage reached directly
     app[SHARING] = sharing = Sharing(config, relay)
     app[METRICS].shaper, app[METRICS].cache = sharing.shaper, sharing.cache
     app.cleanup_ctx.append(_upstream(clock))
@@ -117,11 +122,11 @@ def create_app(
     app.router.add_get("/-/status", _endpoint(status, private=True))
     app.router.add_get("/-/metrics", _endpoint(_metrics, private=True))
     if relay is not None:
-        # Private: with inbound authentication, only the caller the object's URL was given to.
-        # The object's file name may follow the id; it is decoration for clients that save
-        # under the URL's last segment.
+        # Not private: a relay URL is a capability, like the pre-signed URL it stands for
+        # (sharing/relay.py). The object's file name may follow the id; it is decoration for
+        # clients that save under the URL's last segment.
         relay_route = paths.RELAY + "{relay_id:[A-Za-z0-9_-]+}{name:(/[^/]*)?}"
-        app.router.add_get(relay_route, _endpoint(relay.serve, private=True))
+        app.router.add_get(relay_route, _endpoint(relay.serve))
     app.router.add_route("*", "/-/{tail:.*}", _endpoint(_reserved))
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     return app

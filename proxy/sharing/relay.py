@@ -1,267 +1,234 @@
 """Object downloads through the proxy, for clients that cannot reach object storage.
 
 Off unless ``object_relay: true``. Then each pre-signed URL in a ``POST /dap/object/url``
-answer (``{"urls": {"<id>": {"url": ...}}}``) becomes ``<scheme>://<host the client
-used>/-/relay/<rid>`` on the way back (``RelayFilter``, a body_filter.py hook), the rest of
-the document unchanged; and ``GET``/``HEAD /-/relay/<rid>`` (``ObjectRelay.serve``) fetches
-the object from storage by the same egress path as everything else and streams it back byte
-for byte, ``Range`` passed through, in bounded memory.
+answer becomes a URL of the proxy's own (``RelayFilter``, relay_filter.py), and ``GET``/
+``HEAD /-/relay/<id>`` (``ObjectRelay.serve``) fetches that one object from storage by the
+same egress path as everything else and streams it back byte for byte (upstream/answer.py),
+``Range`` passed through, in bounded memory.
 
-A relay id (32 random bytes) stands for one URL a gateway answer handed out: the proxy never
-fetches a URL a client names, so it is no open relay. An id expires with its signed URL,
-lives in a bounded cache, and is bound to the profile and the caller that asked for it.
-Storage is sent only the request's range and validator headers: never a gateway token, nor
-anything a client sent to prove who it is (``Authorization``, cookies).
+A relay id is the storage URL, its profile and its expiry, sealed (relay_seal.py): the proxy
+keeps nothing per id, so ids open on any replica with the same credentials and after a
+restart, and a client asking for URLs it never fetches costs no memory. An id is a
+capability, as the pre-signed URL it stands for is: whoever holds it may fetch that one
+object until the URL expires, with no key (the ``dap`` CLI sends none for downloads). The
+proxy never fetches a URL a client names, only one a gateway answer handed out, and only
+where relay_targets.py allows. Storage is sent only the request's range and validator
+headers: never a gateway token, nor anything a client sent to prove who it is.
 """
 
 from __future__ import annotations
 
-import calendar
-import json
 import logging
-import math
-import secrets
 import time
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
-from cachetools import TLRUCache
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..admission.access import ANYONE, AccessControl, Caller
-from ..admission.guard import CALLER
-from ..config.records import EgressConfig
-from ..observe.logs import BYTES_OUT, PROFILE, REQUEST_ID
+from ..config import Config
+from ..observe.logs import PROFILE, REQUEST_ID, UPSTREAM_FAILED, UPSTREAM_SECONDS
 from ..observe.metrics import Metrics
 from ..paths import RELAY
 from ..responses import error_response
-from ..upstream.answer import UPSTREAM_READ_ERRORS
-from ..upstream.body_filter import MAX_FILTERED_BODY
-from ..upstream.egress import proxy_for
-from ..upstream.failures import describe
-from ..upstream.headers import HOP_BY_HOP
+from ..upstream.answer import relay_answer
+from ..upstream.body_filter import BodyRefused
+from ..upstream.egress import host_port, proxy_for
+from ..upstream.failures import connection_failure, describe
+from ..upstream.session import upstream_session
+from ..upstream.token_client import TokenClient
+from .relay_filter import RelayFilter, url_lifetime
+from .relay_seal import KeyRing, Sealed, SealExpired, SealUnknown
+from .relay_storage import egress_refused, passed_headers, verdict
+from .relay_targets import GuardedResolver, RefusedAddress, same_origin, target_problem
 
-__all__ = ["DEFAULT_LIFETIME", "ObjectRelay", "RelayFilter", "url_lifetime"]
+__all__ = ["ObjectRelay"]
 
 log = logging.getLogger("proxy.relay")
 
-DEFAULT_LIFETIME = 15 * 60.0  # S3's usual pre-signed lifetime, when a URL does not say
-MAX_LIFETIME = 7 * 24 * 3600.0  # S3's longest; a URL claiming more is held no longer
-MAX_GRANTS = 100_000  # ids held at once (a few hundred bytes each); the oldest go first
 # The only client headers storage is sent: what a download needs to resume or revalidate.
 _TO_STORAGE = ("Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since")
-# Storage's cookies and CORS are for its own origin, never for the proxy's clients.
-_FROM_STORAGE_DROPPED = HOP_BY_HOP | {"set-cookie", "access-control-allow-origin"}
-
-
-@dataclass(frozen=True)
-class _Grant:
-    """What a relay id stands for. The URL carries storage's signature: never shown."""
-
-    url: str = field(repr=False)
-    profile: str
-    caller: Caller
-    expires_at: float  # monotonic seconds
-
-
-def url_lifetime(url: URL, now: float) -> float:
-    """Seconds a pre-signed URL stays valid, from its query: ``X-Amz-Expires`` (seconds from
-    ``X-Amz-Date``), or any ``...Expires`` parameter (epoch seconds when it looks like a
-    date, else seconds); ``DEFAULT_LIFETIME`` when none says. ``now`` is wall-clock time."""
-    query = {name.lower(): value for name, value in url.query.items()}
-    for name, value in query.items():
-        if not name.endswith("expires"):
-            continue
-        try:
-            number = float(value)
-        except ValueError:
-            continue
-        if not math.isfinite(number):
-            continue
-        if number > 1e9:  # an epoch time (S3 v2 "Expires", CloudFront, the simulator)
-            lifetime = number - now
-        elif name == "x-amz-expires" and "x-amz-date" in query:
-            signed: float
-            try:
-                signed = calendar.timegm(time.strptime(query["x-amz-date"], "%Y%m%dT%H%M%SZ"))
-            except ValueError:
-                signed = now
-            lifetime = signed + number - now
-        else:
-            lifetime = number
-        return max(0.0, min(lifetime, MAX_LIFETIME))
-    return DEFAULT_LIFETIME
+_ASK_AGAIN = "ask for the object's URL again (POST /dap/object/url)"
+# A relay URL's request line must fit the server's 8190 bytes (server/protocol.py) with the
+# method, the host's part and the file name: a longer id would only ever get a 414.
+MAX_ID = 7000
+Clients = Callable[[], Mapping[str, TokenClient] | None]
 
 
 class ObjectRelay:
     """``relay.filter(request, profile)`` rewrites an object-URL answer; ``await
-    relay.serve(request)`` answers ``/-/relay/<rid>``. Give it the session once it exists."""
+    relay.serve(request)`` answers ``/-/relay/<id>``. Give it the session once it exists,
+    and run ``relay.lifecycle`` with the app (its own connector for direct storage)."""
 
     def __init__(
         self,
-        egress: EgressConfig,
+        config: Config,
         metrics: Metrics,
-        access: AccessControl,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clients: Clients = lambda: None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._egress = egress
+        self._config = config
         self._metrics = metrics
-        self._access = access
-        self._clock = clock
+        # The token clients hold each profile's current secret (a reload replaces it there).
+        self._clients = clients
         self._wall_clock = wall_clock
-        # Each id expires with its own URL (TLRU: a time to use per entry), and the cache is
-        # bounded: a client asking for URLs it never fetches cannot grow it without end.
-        self._grants: TLRUCache[str, _Grant] = TLRUCache(
-            maxsize=MAX_GRANTS, ttu=lambda _id, grant, _now: grant.expires_at, timer=clock
-        )
+        self._keys = KeyRing(self._secrets())
         self.session: aiohttp.ClientSession | None = None  # set at startup (app.py)
+        self._direct: aiohttp.ClientSession | None = None  # storage reached directly
 
     def __repr__(self) -> str:
-        return f"ObjectRelay(ids={len(self._grants)})"
+        return f"ObjectRelay({self._keys!r})"
 
-    def register(self, url: str, profile: str, caller: Caller) -> str:
-        """A new relay id for ``url``, valid as long as the URL is."""
-        lifetime = url_lifetime(URL(url, encoded=True), self._wall_clock())
-        relay_id = secrets.token_urlsafe(32)
-        self._grants[relay_id] = _Grant(url, profile, caller, self._clock() + lifetime)
-        return relay_id
+    def held(self) -> int:
+        """Entries the relay holds, all structures together: its keys, never per id."""
+        return len(self._keys)
+
+    def _secrets(self) -> dict[str, str]:
+        found = {
+            name: profile.credentials.client_secret
+            for name, profile in self._config.profiles.items()
+            if profile.credentials is not None
+        }
+        for name, client in (self._clients() or {}).items():
+            found[name] = client.credentials.client_secret
+        return found
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """For ``app.cleanup_ctx``: the session for storage reached without an egress proxy,
+        whose resolver refuses names that resolve to non-public addresses."""
+        resolver = GuardedResolver()
+        self._direct = upstream_session(self._config, resolver=resolver)
+        try:
+            yield
+        finally:
+            await self._direct.close()
+            await resolver.close()
 
     def filter(self, request: web.Request, profile: str) -> RelayFilter:
         """The body filter for one ``POST /dap/object/url`` on its way back. Its URLs have no
         profile prefix: the proxy's own endpoints live at ``/-/`` only (guard.py refuses
-        them under a prefix), and the id is bound to the profile."""
-        base = f"{request.scheme}://{request.host}{RELAY}"
-        return RelayFilter(self, base, profile, self._caller(request))
+        them under a prefix), and the id carries the profile."""
+        self._keys.refresh(self._secrets())
+        return RelayFilter(self._seal, f"{request.scheme}://{request.host}{RELAY}", profile)
 
-    def _caller(self, request: web.Request) -> Caller:
-        """Whom an id is bound to: with inbound authentication, the admitted caller; without
-        it, anyone (a tool's local token says nothing then, and its downloads carry none)."""
-        return (request.get(CALLER) or ANYONE) if self._access.required else ANYONE
+    def _seal(self, url: str, profile: str) -> str:
+        """The relay id for ``url``, valid as long as the URL is; ``BodyRefused`` for a URL
+        the relay will not fetch (decided at sealing, so no client is handed such a URL)."""
+        target = URL(url, encoded=True)
+        problem = target_problem(target, self._config.profiles[profile].url, self._hosts)
+        if problem is not None:
+            raise BodyRefused(
+                f"the gateway handed out an object URL the relay will not fetch "
+                f"({_origin(target)}): {problem}"
+            )
+        now = self._wall_clock()
+        relay_id = self._keys.seal(Sealed(url, profile, int(now + url_lifetime(target, now))))
+        if len(relay_id) > MAX_ID:
+            raise BodyRefused(
+                f"the gateway handed out an object URL of {len(url)} characters, too long to "
+                f"relay: a relay URL holds storage URLs of about {MAX_ID * 3 // 4 - 100} at most"
+            )
+        return relay_id
+
+    @property
+    def _hosts(self) -> tuple[str, ...]:
+        return self._config.relay_hosts
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
-        """``GET``/``HEAD /-/relay/<rid>``: the object, streamed from storage."""
+        """``GET``/``HEAD /-/relay/<id>``: the object, streamed from storage."""
 
-        def refuse(status: int, kind: str, message: str) -> web.Response:
+        def refuse(status: int, kind: str, message: str, hop: str = "") -> web.Response:
+            if hop:
+                request[UPSTREAM_FAILED] = hop
             return error_response(status, kind, message, request_id=request.get(REQUEST_ID))
 
-        grant = self._grants.get(request.match_info["relay_id"])
-        caller = self._caller(request)
-        if grant is None or grant.caller != caller or not caller.may_use(grant.profile):
-            # Someone else's id is answered as an unknown one: ids are not to be probed.
+        self._keys.refresh(self._secrets())
+        try:
+            sealed = self._keys.open(request.match_info["relay_id"], self._wall_clock())
+        except SealExpired:
+            return refuse(410, "ObjectURLExpired", f"this relay URL has expired: {_ASK_AGAIN}")
+        except SealUnknown:
             return refuse(
                 404,
                 "ObjectNotFound",
-                "no such object to relay, or its URL has expired: ask for the object's URL "
-                "again (POST /dap/object/url)",
+                "no such object to relay: this relay URL was not made with this proxy's "
+                f"credentials, was changed, or predates two secret rotations; {_ASK_AGAIN}",
             )
-        request[PROFILE] = grant.profile
-        if self.session is None:
+        request[PROFILE] = sealed.profile
+        profile = self._config.profiles.get(sealed.profile)
+        url = URL(sealed.url, encoded=True)  # the signature's bytes exactly as signed
+        problem = target_problem(url, profile.url, self._hosts) if profile else "no profile"
+        if profile is None or problem is not None:  # another replica's settings, say
+            return refuse(502, "BadGateway", f"the relay will not fetch {_origin(url)}: {problem}")
+        egress = proxy_for(self._config.egress, url)
+        direct = egress is None and not same_origin(url, profile.url)
+        session = self._direct if direct else self.session
+        if session is None:
             return refuse(503, "NotReady", "the proxy is starting")
-        url = URL(grant.url, encoded=True)  # the signature's bytes exactly as signed
         outgoing = CIMultiDict(
             (name, value) for name in _TO_STORAGE for value in request.headers.getall(name, ())
         )
+        via = host_port(egress) if egress is not None else None
+        started = time.monotonic()
         try:
-            answer = await self.session.request(
-                request.method,
-                url,
-                headers=outgoing,
-                proxy=proxy_for(self._egress, url),
-                allow_redirects=False,
+            answer = await session.request(
+                request.method, url, headers=outgoing, proxy=egress, allow_redirects=False
             )
         except TimeoutError:
-            return refuse(504, "GatewayTimeout", "object storage did not answer in time")
-        except aiohttp.ClientError as exc:
-            why = describe(exc)
-            log.warning("relay: object storage at %s: %s", url.host, why)
             return refuse(
-                502, "BadGateway", f"object storage at {url.host} could not be reached: {why}"
+                504, "GatewayTimeout", f"object storage at {url.host} timed out", "storage:timeout"
             )
+        except aiohttp.ClientHttpProxyError as exc:  # its answer to CONNECT: never relayed
+            refused = egress_refused(exc.status, via or "?", url.host or "")
+            log.warning("relay: %s", refused.message)
+            return refuse(refused.status, refused.type, refused.message, refused.hop)
+        except aiohttp.ClientError as exc:
+            return refuse(502, "BadGateway", *_unreachable(exc, url, via))
+        request[UPSTREAM_SECONDS] = time.monotonic() - started  # to storage's headers
         try:
-            return await self._stream(request, answer, grant.profile)
+            if (failure := verdict(answer.status, answer.headers, url.host or "", via)) is not None:
+                log.warning("relay: %s", failure.message)
+                response = refuse(failure.status, failure.type, failure.message, failure.hop)
+                if failure.status == 416 and "Content-Range" in answer.headers:
+                    response.headers["Content-Range"] = answer.headers["Content-Range"]  # size
+                return response
+            return await relay_answer(
+                request,
+                answer,
+                passed_headers(answer.headers),
+                None,
+                on_complete=lambda sent: self._count(request, answer.status, sealed.profile, sent),
+            )
         finally:
             answer.release()
 
-    async def _stream(
-        self, request: web.Request, answer: aiohttp.ClientResponse, profile: str
-    ) -> web.StreamResponse:
-        relayed = CIMultiDict(
-            (name, value)
-            for name, value in answer.headers.items()
-            if name.lower() not in _FROM_STORAGE_DROPPED
-        )
-        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=relayed)
-        await response.prepare(request)
-        sent = 0
-        try:
-            if request.method != "HEAD":
-                while chunk := await answer.content.readany():
-                    await response.write(chunk)
-                    sent += len(chunk)
-        except UPSTREAM_READ_ERRORS as exc:
-            # Headers are out: cut the connection, so a truncated object never looks whole.
-            log.warning("relay: storage failed mid-object: %s", type(exc).__name__)
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        finally:
-            request[BYTES_OUT] = sent
-        await response.write_eof()
-        if answer.status in (200, 206) and request.method == "GET":
+    def _count(self, request: web.Request, status: int, profile: str, sent: int) -> None:
+        if status in (200, 206) and request.method == "GET":
             self._metrics.relay_objects[profile] += 1
             self._metrics.relay_bytes[profile] += sent
-        return response
 
 
-class RelayFilter:
-    """The ``BodyFilter`` that gives an object-URL answer the proxy's own URLs."""
-
-    def __init__(self, relay: ObjectRelay, base: str, profile: str, caller: Caller) -> None:
-        self._relay, self._base, self._profile, self._caller = relay, base, profile, caller
-
-    def wants(self, status: int, headers: CIMultiDict[str]) -> bool:
-        encoding = headers.get("Content-Encoding", "identity").strip().lower()
-        return status == 200 and encoding in ("identity", "gzip", "deflate")
-
-    def apply(self, status: int, headers: CIMultiDict[str], body: bytes) -> bytes:
-        encoding = headers.get("Content-Encoding", "identity").strip().lower()
-        try:
-            plain = _decoded(body, encoding)
-            document = json.loads(plain)
-        except (ValueError, zlib.error):
-            return body  # not the documented shape: relayed as it is
-        urls = document.get("urls") if isinstance(document, dict) else None
-        if not isinstance(urls, dict):
-            return body
-        rewritten = 0
-        for entry in urls.values():
-            url = entry.get("url") if isinstance(entry, dict) else None
-            if isinstance(url, str) and url.startswith(("https://", "http://")):
-                relay_id = self._relay.register(url, self._profile, self._caller)
-                # The file's name stays last: clients (the dap CLI) save under it.
-                name = URL(url, encoded=True).raw_name
-                entry["url"] = f"{self._base}{relay_id}/{name}" if name else self._base + relay_id
-                rewritten += 1
-        if not rewritten:
-            return body
-        # Sent uncompressed: its encoding was the gateway's, and the bytes are new.
-        for name in ("Content-Encoding", "ETag", "Content-MD5"):
-            headers.pop(name, None)
-        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+def _unreachable(exc: aiohttp.ClientError, url: URL, via: str | None) -> tuple[str, str]:
+    """The message and ``up=`` hop for a fetch that got no answer."""
+    error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else None
+    if isinstance(error, RefusedAddress):
+        message = f"object storage at {url.host} is not relayed: {error}"
+        log.warning("relay: %s", message)
+        return message, "storage:refused"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        message = f"the egress proxy at {via} could not be reached: {connection_failure(exc)}"
+        log.warning("relay: %s", message)
+        return message, "egress:unreachable"
+    why = describe(exc)
+    log.warning("relay: object storage at %s: %s", url.host, why)
+    return f"object storage at {url.host} could not be reached: {why}", "storage:unreachable"
 
 
-def _decoded(body: bytes, encoding: str) -> bytes:
-    if encoding == "identity":
-        return body
-    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    decompressor = zlib.decompressobj(wbits)
-    plain = decompressor.decompress(body, MAX_FILTERED_BODY)
-    if decompressor.unconsumed_tail:
-        raise ValueError("too large once decompressed")
-    return plain
+def _origin(url: URL) -> str:
+    """``https://host:port``: what a message may show of a storage URL (never its query)."""
+    host = url.raw_host or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{url.port}" if url.port is not None and not url.is_default_port() else ""
+    return f"{url.scheme}://{host}{port}"

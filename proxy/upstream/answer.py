@@ -14,6 +14,7 @@ import logging
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -21,8 +22,9 @@ from aiohttp import web
 
 from ..errors import UpstreamUnreachable
 from ..observe.logs import BYTES_OUT, REQUEST_ID
+from ..paths import masked_path
 from ..responses import proxy_error_response
-from .body_filter import MAX_FILTERED_BODY, BodyFilter
+from .body_filter import MAX_FILTERED_BODY, BodyFilter, BodyRefused, WholeBodyFilter
 from .failures import describe
 
 __all__ = ["UPSTREAM_READ_ERRORS", "abort", "relay_answer"]
@@ -39,18 +41,21 @@ async def relay_answer(
     answer: aiohttp.ClientResponse,
     relayed: Any,
     body_filter: BodyFilter | None,
+    *,
+    on_complete: Callable[[int], None] | None = None,
 ) -> web.StreamResponse:
-    """Send ``answer`` with the ``relayed`` headers (already chosen: headers.py)."""
+    """Send ``answer`` with the ``relayed`` headers (already chosen: headers.py).
+    ``on_complete(bytes)`` is called once the body went out whole (never after an abort)."""
+    # Taken before anything awaits: once a close-delimited body has ended, the
+    # connection is released and how it ended can no longer be asked.
+    closed = _closing(answer)
     prefix = b""  # what a filter read before finding the body too large to take whole
     if body_filter is not None and body_filter.wants(answer.status, relayed):
-        filtered = await _filtered(request, answer, relayed, body_filter)
+        filtered = await _filtered(request, answer, relayed, body_filter, closed)
         if not isinstance(filtered, bytes):
             return filtered
         prefix = filtered
     response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=relayed)
-    # Taken before anything awaits: once a close-delimited body has ended, the
-    # connection is released and how it ended can no longer be asked.
-    closed = _closing(answer)
     await response.prepare(request)
     reader = answer.content
     sent = 0  # body bytes, for the access line of a client that hangs up mid-way
@@ -68,7 +73,7 @@ async def relay_answer(
                 log.warning(
                     "upstream failed mid-response: %s %s: %s; aborting the client connection",
                     request.method,
-                    request.path,
+                    masked_path(request.path),
                     describe(exc),
                 )
                 abort(request)
@@ -86,8 +91,9 @@ async def relay_answer(
     finally:
         request[BYTES_OUT] = sent
     await response.write_eof(last)
-    if last:
-        request[BYTES_OUT] = sent + len(last)
+    request[BYTES_OUT] = sent = sent + len(last)
+    if on_complete is not None:
+        on_complete(sent)
     return response
 
 
@@ -96,29 +102,53 @@ async def _filtered(
     answer: aiohttp.ClientResponse,
     relayed: Any,
     body_filter: BodyFilter,
+    closed: asyncio.Future[None] | None,
 ) -> web.StreamResponse | bytes:
     """The answer read whole and filtered, as a response; or, when it is too large to
-    take whole, the bytes read so far (it streams on, unfiltered)."""
+    take whole, the bytes read so far (it streams on, unfiltered), unless the filter must
+    see every body (``WholeBodyFilter``): then its error."""
+    limit = MAX_FILTERED_BODY
+    must_filter = isinstance(body_filter, WholeBodyFilter)
     length = answer.content_length
-    if length is not None and length > MAX_FILTERED_BODY:
-        return b""
+    if length is not None and length > limit:
+        return _too_large(request, body_filter, limit) if must_filter else b""
+    # In a loop: one read(n) returns what has arrived so far, not n bytes.
+    chunks: list[bytes] = []
+    size = 0
     try:
-        body = await answer.content.read(MAX_FILTERED_BODY + 1)
-        complete = answer.content.at_eof()
+        while chunk := await answer.content.readany():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return _too_large(request, body_filter, limit) if must_filter else b"".join(chunks)
+        if closed is not None and closed.done():
+            closed.result()  # raises if the connection ended by error (a reset)
     except UPSTREAM_READ_ERRORS as exc:
         log.warning(
-            "upstream failed mid-response: %s %s: %s", request.method, request.path, describe(exc)
+            "upstream failed mid-response: %s %s: %s",
+            request.method,
+            masked_path(request.path),
+            describe(exc),
         )
         return proxy_error_response(
             UpstreamUnreachable("the gateway dropped the connection mid-answer"),
             request[REQUEST_ID],
         )
-    if not complete or len(body) > MAX_FILTERED_BODY:
-        return body
-    body = body_filter.apply(answer.status, relayed, body)
+    try:
+        body = body_filter.apply(answer.status, relayed, b"".join(chunks))
+    except BodyRefused as exc:
+        log.warning("%s %s: %s", request.method, masked_path(request.path), exc.message)
+        return proxy_error_response(exc, request[REQUEST_ID])
     relayed.pop("Content-Length", None)
     request[BYTES_OUT] = len(body)
     return web.Response(status=answer.status, reason=answer.reason, headers=relayed, body=body)
+
+
+def _too_large(request: web.Request, body_filter: BodyFilter, limit: int) -> web.Response:
+    assert isinstance(body_filter, WholeBodyFilter)  # noqa: S101 - only called for one
+    error = body_filter.too_large(limit)
+    log.warning("%s %s: %s", request.method, masked_path(request.path), error.message)
+    return proxy_error_response(error, request[REQUEST_ID])
 
 
 def _closing(answer: aiohttp.ClientResponse) -> asyncio.Future[None] | None:

@@ -9,6 +9,7 @@ environment.
 from __future__ import annotations
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from ..config import Config
 from .trust import ssl_context
@@ -16,12 +17,18 @@ from .trust import ssl_context
 __all__ = ["upstream_session"]
 
 
-def upstream_session(config: Config) -> aiohttp.ClientSession:
-    """The one session to the gateway: a keep-alive pool, shared by every request."""
+def upstream_session(
+    config: Config, *, resolver: AbstractResolver | None = None
+) -> aiohttp.ClientSession:
+    """The one session to the gateway: a keep-alive pool, shared by every request.
+    (With ``resolver``: the object relay's own, for storage it reaches directly.)"""
     timeouts = config.timeouts
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(
-            limit=config.pool_size, ttl_dns_cache=300, ssl=ssl_context(config.trust)
+            limit=config.pool_size,
+            ttl_dns_cache=300,
+            ssl=ssl_context(config.trust),
+            resolver=resolver,
         ),
         # A proxy relays cookies; it must not keep them, nor mix them between clients.
         cookie_jar=aiohttp.DummyCookieJar(),

@@ -100,7 +100,9 @@ async def simulate(listen: str, token_lifetime: int, rate_limits: bool) -> int:
         "Press Ctrl-C to stop."
     )
     await wait_for_signal()
+    log.info("stopping the simulator")
     await runner.cleanup()
+    log.info("stopped")
     return 0
 
 
@@ -162,6 +164,12 @@ Press Ctrl-C to stop.
 """
     )
     await wait_for_signal()
+    # As serve says it: a Ctrl-C that prints nothing looks like a hang.
+    log.info(
+        "shutting down: no new connections; up to %g s for requests in flight",
+        config.timeouts.shutdown,
+    )
     await proxy.stop()
     await simulator.cleanup()
+    log.info("stopped")
     return 0

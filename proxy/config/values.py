@@ -19,9 +19,11 @@ __all__ = [
     "boolean",
     "client_id",
     "client_pairs",
+    "kind",
     "log_format",
     "log_level",
     "masked_proxy",
+    "masked_text",
     "methods",
     "non_negative_number",
     "parse_listen",
@@ -62,9 +64,20 @@ class ListenAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def kind(value: object) -> str:
+    """What YAML gave, in words: ``a mapping``, ``a list``, ``true``..."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "nothing" if value is None else type(value).__name__
+
+
 def text(value: object) -> str:
     if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ValueError("expected a string")
+        raise ValueError(f"expected a string, got {kind(value)}")
     stripped = str(value).strip()
     if not stripped:
         raise ValueError("must not be empty")
@@ -117,25 +130,55 @@ def url(value: object) -> URL:
     return parsed.with_path(parsed.path.rstrip("/") or "/")
 
 
+def masked_text(given: object) -> str:
+    """A proxy URL as given, quoted, its user and password (everything before the last
+    ``@``) masked, even when it does not parse: ``'http://***@proxy.example:3128'``."""
+    scheme, sep, rest = str(given).strip().rpartition("://")
+    if "@" in rest or "@" in scheme:
+        rest = "***@" + rest.rpartition("@")[2]
+        scheme = scheme.rpartition("@")[2] if "@" in scheme else scheme
+    return repr(f"{scheme}{sep}{rest}")
+
+
+_PROXY_FORM = "expected http://[user:password@]host:port"
+# The characters that break a URL's userinfo, and what to do about them.
+_ENCODE_HINT = (
+    "; a user or password with @ : / ? # or % must be percent-encoded in the URL (@ as %40, "
+    ": as %3A, / as %2F, % as %25), or put user:password in egress_proxy_credentials_file "
+    "instead, where it needs no encoding"
+)
+
+
 def proxy_url(value: object) -> URL:
     """An egress proxy: ``http://[user:password@]host:port``; ``host:port`` alone means
-    http, as in curl. Errors never repeat the value: it can hold the proxy's password."""
+    http, as in curl. Errors show the value masked (``masked_text``): it can hold the
+    proxy's password. A port is required: tools disagree on the default (curl's is 1080)."""
     given = text(value)
+    shown = masked_text(given)
+    hint = _ENCODE_HINT if "@" in given else ""
     if "://" not in given:
         given = "http://" + given
     try:
         parsed = URL(given)
         parsed.port  # noqa: B018 - a bad port raises only when read
     except ValueError:
-        raise ValueError("expected http://[user:password@]host:port") from None
+        raise ValueError(f"{_PROXY_FORM}, got {shown}{hint}") from None
     if parsed.scheme != "http":
         # aiohttp speaks to proxies in plain HTTP; an https target's TLS goes through
         # CONNECT end to end, so the proxy never sees the gateway's traffic either way.
-        raise ValueError("expected an http:// proxy URL (https targets go through CONNECT)")
+        raise ValueError(
+            f"expected an http:// proxy URL (https targets go through CONNECT), got {shown}"
+        )
     if not parsed.host:
-        raise ValueError("expected http://[user:password@]host:port")
+        raise ValueError(f"{_PROXY_FORM}, got {shown}{hint}")
     if parsed.raw_path not in ("", "/") or parsed.query_string or parsed.fragment:
-        raise ValueError("expected http://[user:password@]host:port, without a path or query")
+        raise ValueError(f"{_PROXY_FORM}, without a path or query, got {shown}{hint}")
+    if parsed.explicit_port is None:
+        # curl would use 1080, others 80 or 3128: a guess would connect to the wrong port.
+        raise ValueError(
+            f"no port in {shown}: write the egress proxy's port, as in "
+            f"http://{parsed.host}:3128 (curl would use 1080, this proxy will not guess)"
+        )
     return parsed.with_path("")
 
 
@@ -154,8 +197,8 @@ def parse_listen(value: object) -> ListenAddress:
         if sys.platform == "win32":
             # asyncio's Windows event loops cannot serve on AF_UNIX sockets.
             raise ValueError(
-                "Unix sockets are not available on Windows; listen on a loopback HOST:PORT "
-                "such as 127.0.0.1:8080 instead"
+                f"Unix sockets are not available on Windows (got {given!r}); listen on a "
+                "loopback HOST:PORT such as 127.0.0.1:8080 instead"
             )
         path = given.removeprefix("unix:")
         if not path.startswith("/"):

@@ -166,6 +166,7 @@ def _upstream(
                 clock=clock,
                 proxy=token_proxy,
                 refresh_margin=config.refresh_margin,
+                egress=config.egress,
             )
             tokens = TokenManager(
                 clients[name].fetch,

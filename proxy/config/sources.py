@@ -20,6 +20,7 @@ import yaml
 
 from ..gateway import DEFAULT_UPSTREAM, RATE_LIMITS
 from . import values
+from .files import FileRefused, read_small_file
 from .records import DEFAULT_TTLS, CacheSettings, Config, RateLimits, Timeouts
 
 __all__ = [
@@ -157,9 +158,15 @@ def shown(value: object, key: Key | None = None) -> str:
 def _read_yaml(path: Path, problems: list[str]) -> tuple[dict[str, object], object]:
     """The file's keys, flattened (``timeouts.read``), and its ``profiles`` section."""
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = yaml.safe_load(read_small_file(path)[0])
     except OSError as exc:
         problems.append(f"config file {path}: cannot be read ({exc.strerror})")
+        return {}, None
+    except FileRefused as exc:
+        problems.append(f"config file {path}: {exc.reason}")
+        return {}, None
+    except UnicodeDecodeError:
+        problems.append(f"config file {path}: not UTF-8 text")
         return {}, None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

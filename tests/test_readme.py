@@ -157,7 +157,7 @@ def test_the_readme_command_runs_as_written(
 ) -> None:
     skipped = [why for why in map(verdict, block.commands) if why not in (RUN, None)]
     if skipped:
-        pytest.skip(f"README.md:{block.line} needs what a test cannot have: {skipped[0]}")
+        pytest.skip(f"README.md:{block.line} skipped by rule: {skipped[0]}")
     url, environ = demo
     if any(command.startswith("dap ") for command in block.commands) and not environ["HAS_DAP"]:
         pytest.skip(f"README.md:{block.line}: the dap CLI is not installed (set DAP_CLI)")

@@ -18,8 +18,8 @@ must be classified here, so that it runs or is skipped knowingly, never silently
 As written, with two substitutions: ``127.0.0.1:8080`` becomes the demo's address (8080 may
 be taken on the machine running the tests), and ``instructure-auth-proxy`` runs this
 checkout (a shim on ``PATH``: ``python -m proxy``). ``dap`` is the official CLI named by
-``DAP_CLI`` (or on ``PATH``); without it, its block is skipped, saying so. A block passes
-when it exits 0 and no command printed a gateway-shaped error body.
+``DAP_CLI`` (or on ``PATH``); without it (or without curl), its block is skipped, saying
+so. A block passes when it exits 0 and no command printed a gateway-shaped error body.
 """
 
 from __future__ import annotations
@@ -161,6 +161,8 @@ def test_the_readme_command_runs_as_written(
     url, environ = demo
     if any(command.startswith("dap ") for command in block.commands) and not environ["HAS_DAP"]:
         pytest.skip(f"README.md:{block.line}: the dap CLI is not installed (set DAP_CLI)")
+    if any(command.startswith("curl ") for command in block.commands) and not shutil.which("curl"):
+        pytest.skip(f"README.md:{block.line}: curl is not installed")
     script = block.script.replace("http://127.0.0.1:8080", url)
     done = subprocess.run(  # noqa: S603 - the README's own lines
         ["bash", "-ec", script],  # noqa: S607

@@ -136,3 +136,17 @@ def test_secret_files_are_read_within_a_bound(tmp_path: Path) -> None:
     assert read_small_file(big, limit=101)[0] == "k" * 101
     with pytest.raises(FileRefused, match="is a directory"):
         read_small_file(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
+def test_a_fifo_as_the_config_file_is_refused_at_once(tmp_path: Path) -> None:
+    from proxy.config import load_config
+    from proxy.errors import ConfigError
+
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as raised:
+        load_config(fifo, {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET": "s"})
+    assert raised.value.problems == [
+        f"config file {fifo}: is a FIFO (named pipe), not a regular file"
+    ]

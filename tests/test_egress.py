@@ -379,6 +379,15 @@ def test_credentials_in_the_url_and_the_file_are_refused(tmp_path: Path) -> None
     assert "environment variable DAP_PROXY_EGRESS_PROXY_CREDENTIALS_FILE" in problems
     assert "from environment variable HTTPS_PROXY" in problems
     assert PASSWORD not in problems
+    # An environment proxy that egress_proxy overrides is not in use: no conflict there.
+    config = _load(
+        {
+            "HTTPS_PROXY": f"http://alice:{PASSWORD}@proxy.example:3128",
+            "DAP_PROXY_EGRESS_PROXY": "http://egress.example:3128",
+            "DAP_PROXY_EGRESS_PROXY_CREDENTIALS_FILE": str(secret_file),
+        }
+    )
+    assert config.egress.proxy.user == "bob"
 
 
 def test_a_login_sent_in_clear_is_warned_about_naming_the_hop(tmp_path: Path) -> None:

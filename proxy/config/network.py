@@ -66,7 +66,9 @@ def egress(environ: Mapping[str, str], reader: SecretReader, problems: list[str]
             f"or HTTPS_PROXY in the environment) (from {file_source})"
         )
         return plain
-    if both := [names[field] for field, url in found.items() if url is not None and url.user]:
+    # egress_proxy wins for every target: the environment's proxies are then not in use.
+    in_use = {"proxy": found["proxy"]} if found["proxy"] is not None else found
+    if both := [names[field] for field, url in in_use.items() if url is not None and url.user]:
         # Fail closed: a silent winner would send credentials the operator did not mean.
         problems.append(
             f"egress_proxy_credentials_file and the user:password in {', '.join(both)}: "

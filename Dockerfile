@@ -1,6 +1,8 @@
 # instructure-auth-proxy as a container, e.g. a sidecar beside an application.
 #   podman/docker build -t instructure-auth-proxy .
 #   docker run -e DAP_CLIENT_ID -e DAP_CLIENT_SECRET -p 127.0.0.1:8080:8080 instructure-auth-proxy
+# The entrypoint is the proxy: to run anything else, give another one, e.g.
+#   docker run --rm --entrypoint python instructure-auth-proxy -c 'import proxy'
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

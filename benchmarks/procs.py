@@ -133,11 +133,33 @@ class Processes:
         self._procs.clear()
 
 
+# python -m benchmarks --ports FIRST-LAST: the ports still to try; None: any port.
+_chosen_ports: list[int] | None = None
+
+
+def use_ports(first: int, last: int) -> None:
+    """From now on, ``free_port`` takes ports from ``first``-``last`` only (a firewall or
+    another service may rule the rest out)."""
+    global _chosen_ports  # one setting for the whole run
+    _chosen_ports = list(range(first, last + 1))
+
+
 def free_port() -> int:
-    """A port free on 127.0.0.1 now (the process that uses it binds it a moment later)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 now (the process that uses it binds it a moment later):
+    the next free one of the chosen range, else one the OS picks."""
+    if _chosen_ports is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    while _chosen_ports:
+        port = _chosen_ports.pop(0)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken: the next one
+            return port
+    raise RuntimeError("no free port left in the range of --ports: give a wider one")
 
 
 def wait_for_port(port: int, proc: Proc | None, timeout: float = 20.0) -> None:

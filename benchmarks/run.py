@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from . import report, workloads
+from . import procs, report, workloads
 from .lab import REPO, VARIANTS, Endpoint, Lab, LabSettings, which
 
 __all__ = ["main"]
@@ -52,11 +52,30 @@ SLOW_POOL_SIZE = 1000
 INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y nginx wrk curl"
 
 
+def _port_range(value: str) -> tuple[int, int]:
+    first, _, last = value.partition("-")
+    try:
+        ports = (int(first), int(last or first))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST-LAST, got {value!r}") from None
+    if not 1024 <= ports[0] <= ports[1] <= 65535:
+        raise argparse.ArgumentTypeError(f"expected 1024 <= FIRST <= LAST <= 65535, got {value!r}")
+    return ports
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Benchmark the proxy against nginx and a minimal aiohttp proxy "
-        "(issue 6). Needs nginx, wrk and curl: " + INSTALL_HINT,
+        description="Benchmark the proxy against nginx and a minimal aiohttp proxy, side by "
+        "side (BENCHMARKS.md says how and what it found). Needs nginx, wrk and curl: "
+        + INSTALL_HINT,
+    )
+    parser.add_argument(
+        "--ports",
+        type=_port_range,
+        metavar="FIRST-LAST",
+        help="listen on 127.0.0.1 ports from this range only, e.g. 20000-20099 (default: "
+        "free ports the OS picks); a run needs about 12",
     )
     parser.add_argument("--quick", action="store_true", help="two short rounds (~2 minutes)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5; --quick: 2)")
@@ -323,6 +342,8 @@ def _meta(
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    if args.ports is not None:
+        procs.use_ports(*args.ports)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.seconds = args.seconds or (2.0 if args.quick else 5.0)
     args.refresh_seconds = args.refresh_seconds or (6.0 if args.quick else 12.0)

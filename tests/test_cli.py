@@ -442,4 +442,75 @@ def test_demo_without_the_simulator_says_where_to_get_it(
     monkeypatch.delitem(sys.modules, "proxy.cli.demo", raising=False)
     monkeypatch.delattr(proxy.cli, "demo", raising=False)  # so that it is imported anew
     assert cli.main(["demo"]) == 2
-    assert "leaves out (the container image does)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "leaves out (the container image does)" in err
+    # The README's install line, not a package name the README never shows (issue 20, 16).
+    assert "pip install -e . && instructure-auth-proxy demo" in err
+    assert "pip install instructure-auth-proxy" not in err
+
+
+# =========================================================== issue 20: the operator's words
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (
+            ["serve", "--prot", "22081"],
+            "unrecognized arguments: --prot 22081 (did you mean --port?)",
+        ),
+        (["--prot", "22081"], "unrecognized arguments: --prot 22081 (did you mean --port?)"),
+        (["serve", "--lsten=8080"], "(did you mean --listen?)"),
+        (["demo", "--simulator-lisen", "1"], "(did you mean --simulator-listen?)"),
+        (["simulate", "--token-lifetme", "5"], "(did you mean --token-lifetime?)"),
+        (["token", "--confg", "x.yaml"], "(did you mean --config?)"),
+    ],
+)
+def test_a_mistyped_flag_gets_a_suggestion(
+    argv: list[str], hint: str, clean_environ: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, err = run_main(argv, capsys)
+    assert status == 2
+    assert hint in err
+
+
+@pytest.mark.parametrize("columns", ["60", "80", "100"])
+@pytest.mark.parametrize("command", ["serve", "token"])
+def test_help_never_cuts_a_url(
+    command: str,
+    columns: str,
+    clean_environ: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", columns)
+    status, out, _ = run_main([command, "--help"], capsys)
+    assert status == 0
+    assert "https://api-gateway.instructure.com)" in out
+    assert not [line for line in out.splitlines() if line.rstrip().endswith("-")]
+
+
+def test_demo_help_offers_only_the_addresses_it_accepts(
+    clean_environ: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run_main(["demo", "--help"], capsys)
+    assert status == 0
+    assert "unix:" not in out
+    assert "HOST:PORT" in out
+    if sys.platform != "win32":
+        status, _, err = run_main(["demo", "--listen", "unix:/tmp/demo.sock"], capsys)
+        assert status == 2
+        assert "the demo listens on HOST:PORT only" in err
+
+
+async def test_demo_says_it_is_stopping_on_ctrl_c() -> None:
+    process = await run_proxy("demo", "--port", "0", env={})
+    assert process.stdout is not None
+    printed = ""
+    while "Press Ctrl-C" not in printed:
+        printed += (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+    process.send_signal(signal.SIGINT)
+    status, stderr = await finish(process)
+    assert status == 0
+    assert "shutting down: no new connections" in stderr
+    assert stderr.rstrip().endswith("stopped"), stderr

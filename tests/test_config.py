@@ -100,8 +100,15 @@ def test_errors_never_echo_a_secret(tmp_path: Path) -> None:
     path = write(tmp_path, f"client_id: id\nclient_secret: [{SECRET}]\nlisten: x\n")
     with pytest.raises(ConfigError) as raised:
         load_config(path, {})
-    assert "client_secret: invalid value" in str(raised.value)
+    assert "client_secret: expected a string, got a list (from config file" in str(raised.value)
     assert SECRET not in str(raised.value)
+    # A secret's value that a parser rejects is masked, the reason still said.
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, {"DAP_CLIENT_ID": "id", "DAP_PROXY_LOCAL_CLIENTS": SECRET})
+    message = str(raised.value)
+    assert "local_clients: item 1 is not client_id:secret[:profiles], got '***'" in message
+    assert "(from environment variable DAP_PROXY_LOCAL_CLIENTS)" in message
+    assert SECRET not in message
 
 
 def test_missing_credentials_name_the_variables() -> None:
@@ -157,3 +164,70 @@ def test_every_default_is_the_records_own() -> None:
     assert loaded.timeouts == Timeouts()
     assert loaded.rate_limits == RateLimits()
     assert loaded.cache == CacheSettings()
+
+
+# ====================================================================== issue 20: the words
+
+
+def test_a_section_given_a_value_says_what_it_should_be(tmp_path: Path) -> None:
+    path = write(tmp_path, "client_id: id\nclient_secret: s\ntimeouts: 5\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {})
+    assert raised.value.problems == [
+        "timeouts: expected a mapping of connect, read, token, shutdown, client, idle, got 5 "
+        "(write it as timeouts: followed by indented lines such as '  connect: ...') "
+        f"(from config file {path})"
+    ]
+
+
+def test_a_mapping_for_a_secret_is_one_error_about_that_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, "client_id: id\nclient_secret: {a: 1}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {})
+    assert raised.value.problems == [
+        f"client_secret: expected a string, got a mapping (from config file {path})"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        (
+            "DAP_PROXY_TIMEOUTS_READ",
+            "abc",
+            "timeouts.read: expected a number of seconds, got 'abc'",
+        ),
+        ("DAP_PROXY_POOL_SIZE", "-3", "pool_size: expected a positive whole number, got '-3'"),
+        ("DAP_PROXY_LOG_LEVEL", "loud", "log_level: expected debug, info, warning or error, got"),
+        ("DAP_PROXY_ALLOWED_METHODS", "GET,P0ST", "allowed_methods: not HTTP methods: P0ST, got"),
+    ],
+)
+def test_a_rejected_environment_value_is_shown(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET": "s", name: value})
+    assert raised.value.problems[0].startswith(expected), raised.value.problems
+    assert raised.value.problems[0].endswith(f"(from environment variable {name})")
+
+
+def test_a_bad_certificate_bundle_is_named_alone(tmp_path: Path) -> None:
+    good_dir = tmp_path / "certs"
+    good_dir.mkdir()
+    bad = write(tmp_path, "not a certificate\n")
+    environ = {
+        "DAP_CLIENT_ID": "id",
+        "DAP_CLIENT_SECRET": "s",
+        "DAP_PROXY_CA_FILE": str(bad),
+        "SSL_CERT_DIR": str(good_dir),
+    }
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, environ)
+    assert len(raised.value.problems) == 1
+    problem = raised.value.problems[0]
+    assert problem.startswith(f"ca_file: {bad} is not a PEM certificate bundle (OpenSSL: ")
+    assert "give the certificate authority's certificates in PEM form" in problem
+    assert problem.endswith("(from environment variable DAP_PROXY_CA_FILE)")
+    assert "SSL_CERT" not in problem
+    environ = {**environ, "DAP_PROXY_CA_FILE": "", "SSL_CERT_FILE": str(bad)}
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, environ)
+    assert raised.value.problems[0].startswith(f"SSL_CERT_FILE: {bad} is not a PEM")

@@ -216,7 +216,7 @@ async def test_wrong_egress_credentials_are_an_egress_problem_not_rejected_crede
     assert isinstance(error, TokenEndpointUnavailable)  # retried, never "rejected"
     expected = (
         f"the egress proxy 127.0.0.1:{egress_proxy.port} refused the credentials (407): "
-        "check egress_proxy's user and password"
+        "check the user and password in egress_proxy"
     )
     assert expected in error.message
     assert expected in caplog.text  # the startup warning
@@ -268,3 +268,159 @@ def test_api_requests_name_an_egress_failure_as_one() -> None:
     assert _name(refused) == "the egress proxy refused the connection (HTTP 407)"
     unreachable = aiohttp.ClientProxyConnectionError(Mock(), ConnectionRefusedError(111, "x"))
     assert _name(unreachable) == "the egress proxy could not be reached: connection refused"
+
+
+# ====================================================================== issue 20: the words
+
+
+async def test_a_407_names_only_the_settings_in_use(
+    gateway: Gateway, proxy_factory: ProxyFactory, egress_proxy: ConnectProxy, tmp_path: Path
+) -> None:
+    """Only HTTP_PROXY set, no login in it: the advice names HTTP_PROXY, not egress_proxy."""
+    proxy = await proxy_factory(_through(egress_proxy, gateway), HTTP_PROXY=egress_proxy.url)
+    message = proxy.tokens.state.error.message  # type: ignore[union-attr]
+    assert (
+        f"the egress proxy 127.0.0.1:{egress_proxy.port} refused the credentials (407): "
+        "HTTP_PROXY has no user and password: add them to its URL (percent-encoded), or put "
+        "user:password in egress_proxy_credentials_file"
+    ) in message
+    assert "egress_proxy's" not in message and "egress_proxy " not in message
+    # With the credentials file: that file is what to check, by its path.
+    wrong = tmp_path / "egress"
+    wrong.write_text("alice:not-the-password\n")
+    wrong.chmod(0o600)
+    proxy = await proxy_factory(
+        _through(egress_proxy, gateway),
+        http_proxy=egress_proxy.url,
+        DAP_PROXY_EGRESS_PROXY_CREDENTIALS_FILE=str(wrong),
+    )
+    message = proxy.tokens.state.error.message  # type: ignore[union-attr]
+    assert f"check the user:password in egress_proxy_credentials_file ({wrong})" in message
+    assert "not-the-password" not in message
+
+
+async def test_an_unreachable_proxy_from_the_environment_names_that_variable(
+    gateway: Gateway, proxy_factory: ProxyFactory, unused_tcp_port: int
+) -> None:
+    proxy = await proxy_factory(
+        "http://gateway.invalid:9", http_proxy=f"http://127.0.0.1:{unused_tcp_port}"
+    )
+    message = proxy.tokens.state.error.message  # type: ignore[union-attr]
+    assert "connection refused: check http_proxy, or exempt gateway.invalid with NO_PROXY" in (
+        message
+    )
+
+
+async def test_a_direct_failure_says_no_proxy_made_it_direct(
+    proxy_factory: ProxyFactory, unused_tcp_port: int
+) -> None:
+    proxy = await proxy_factory(
+        f"http://127.0.0.1:{unused_tcp_port}",
+        HTTP_PROXY="http://proxy.invalid:3128",
+        no_proxy="localhost,127.0.0.1",
+    )
+    async with proxy.http.get(proxy.url + "/-/ready") as response:
+        message = (await response.json())["error"]["message"]
+    assert (
+        f"the token endpoint at 127.0.0.1:{unused_tcp_port} could not be reached (connected "
+        "directly, not through HTTP_PROXY proxy.invalid:3128: no_proxy exempts 127.0.0.1): "
+        "connection refused"
+    ) in message
+
+
+def _problems(environ: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        _load(environ)
+    return "\n".join(caught.value.problems)
+
+
+def test_an_unencoded_password_gets_the_way_to_write_it() -> None:
+    raw = "p@ss:w0rd/Zq%"
+    problems = _problems({"HTTPS_PROXY": f"http://alice:{raw}@proxy.example:3128"})
+    assert (
+        "HTTPS_PROXY: expected http://[user:password@]host:port, got "
+        "'http://***@proxy.example:3128'; a user or password with @ : / ? # or % must be "
+        "percent-encoded in the URL (@ as %40"
+    ) in problems
+    assert "or put user:password in egress_proxy_credentials_file instead" in problems
+    assert "(from environment variable HTTPS_PROXY)" in problems
+    assert raw not in problems and "w0rd" not in problems
+    # Encoded as told, it works.
+    from urllib.parse import quote
+
+    config = _load({"HTTPS_PROXY": f"http://alice:{quote(raw, safe='')}@proxy.example:3128"})
+    assert config.egress.https_proxy.password == raw
+
+
+@pytest.mark.parametrize("name", ["HTTPS_PROXY", "DAP_PROXY_EGRESS_PROXY"])
+def test_a_proxy_without_a_port_is_refused_naming_curls_default(name: str) -> None:
+    problems = _problems({name: f"http://bob:{PASSWORD}@127.0.0.1"})
+    assert (
+        "no port in 'http://***@127.0.0.1': write the egress proxy's port, as in "
+        "http://127.0.0.1:3128 (curl would use 1080, this proxy will not guess)"
+    ) in problems
+    assert PASSWORD not in problems
+
+
+def test_credentials_in_the_url_and_the_file_are_refused(tmp_path: Path) -> None:
+    secret_file = tmp_path / "proxy-credentials"
+    secret_file.write_text(f"bob:{PASSWORD}\n")
+    secret_file.chmod(0o600)
+    problems = _problems(
+        {
+            "HTTPS_PROXY": f"http://alice:{PASSWORD}@proxy.example:3128",
+            "DAP_PROXY_EGRESS_PROXY_CREDENTIALS_FILE": str(secret_file),
+        }
+    )
+    assert (
+        "egress_proxy_credentials_file and the user:password in HTTPS_PROXY: the egress "
+        "proxy's credentials are set twice; keep one"
+    ) in problems
+    assert "environment variable DAP_PROXY_EGRESS_PROXY_CREDENTIALS_FILE" in problems
+    assert "from environment variable HTTPS_PROXY" in problems
+    assert PASSWORD not in problems
+    # An environment proxy that egress_proxy overrides is not in use: no conflict there.
+    config = _load(
+        {
+            "HTTPS_PROXY": f"http://alice:{PASSWORD}@proxy.example:3128",
+            "DAP_PROXY_EGRESS_PROXY": "http://egress.example:3128",
+            "DAP_PROXY_EGRESS_PROXY_CREDENTIALS_FILE": str(secret_file),
+        }
+    )
+    assert config.egress.proxy.user == "bob"
+
+
+def test_a_login_sent_in_clear_is_warned_about_naming_the_hop(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        {
+            "DAP_CLIENT_ID": "id",
+            "DAP_CLIENT_SECRET": "x",
+            "DAP_PROXY_UPSTREAM": "http://gateway.example.edu",
+            "https_proxy": f"http://alice:{PASSWORD}@proxy.example.edu:3128",
+            "HTTP_PROXY": "http://proxy.example.edu:3128",  # no login: nothing to warn of
+        },
+    )
+    warnings = "\n".join(config.warnings)
+    assert (
+        "upstream: http://gateway.example.edu is plain http://, so the gateway token on "
+        "every request cross the network unencrypted"
+    ) in warnings
+    assert (
+        "token_url: http://gateway.example.edu is plain http://, so the client id and secret"
+        in (warnings)
+    )
+    assert (
+        "https_proxy: the egress proxy http://alice:***@proxy.example.edu:3128 is spoken to in "
+        "plain HTTP, so its login (the user:password in https_proxy) crosses the network"
+    ) in warnings
+    assert "HTTP_PROXY" not in warnings
+    assert PASSWORD not in warnings
+    # Loopback hops (the simulator, a local squid) are this machine's business: silence.
+    local = _load(
+        {
+            "DAP_PROXY_UPSTREAM": "http://127.0.0.1:9000",
+            "HTTPS_PROXY": f"http://alice:{PASSWORD}@localhost:3128",
+        }
+    )
+    assert local.warnings == ()

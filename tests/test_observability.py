@@ -15,7 +15,7 @@ from proxy import __version__
 from proxy.observe.logs import JsonFormatter
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 
-from .conftest import Gateway, Proxy
+from .conftest import Gateway, Proxy, ProxyFactory
 from .test_cli import finish, run_proxy
 from .waiting import until
 
@@ -185,3 +185,68 @@ async def test_buffered_access_log_batches_lines_in_the_logging_format() -> None
         as_json.write(logging_module.INFO, "x" * 20, {})
     assert len(stream.getvalue()) > BufferedAccessLog.FLUSH_BYTES
     as_json.flush()
+
+
+# ====================================================================== issue 20: the words
+
+
+async def test_ready_answers_with_the_callers_request_id(
+    gateway: Gateway, proxy_factory: ProxyFactory, unused_tcp_port: int
+) -> None:
+    ready = await proxy_factory(gateway.url)
+    async with ready.http.get(ready.url + "/-/ready", headers={"X-Request-Id": "etl-42"}) as r:
+        assert (r.status, r.headers["X-Request-Id"]) == (200, "etl-42")
+    async with ready.http.get(ready.url + "/-/ready") as resp:
+        own = resp.headers["X-Request-Id"]
+    async with ready.http.get(ready.url + TABLES) as resp:
+        forwarded = resp.headers["X-Request-Id"]
+    # The same form as every other answer's: the process's prefix and a counter.
+    assert own.rpartition("-")[0] == forwarded.rpartition("-")[0]
+    not_ready = await proxy_factory(f"http://127.0.0.1:{unused_tcp_port}", wait_for_token=False)
+    headers = {"X-Request-Id": "etl-43"}
+    async with not_ready.http.get(not_ready.url + "/-/ready", headers=headers) as resp:
+        assert resp.status == 503
+        assert resp.headers["X-Request-Id"] == "etl-43"
+        assert (await resp.json())["error"]["uuid"] == "etl-43"
+
+
+async def test_an_unknown_profile_is_named_with_the_ones_there_are(
+    gateway: Gateway, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(
+        gateway.url,
+        DAP_PROXY_PROFILE_YALE_CLIENT_ID=DEMO_CLIENT_ID,
+        DAP_PROXY_PROFILE_YALE_CLIENT_SECRET=DEMO_CLIENT_SECRET,
+    )
+    expected = (
+        "no profile 'yael' (the first path segment names one, or a gateway path such as "
+        "/dap/...): the profiles are default, yale"
+    )
+    for path in ("/yael/dap/query/canvas/table", "/-/ready/yael"):
+        async with proxy.http.get(proxy.url + path, headers={"X-Request-Id": "x-1"}) as resp:
+            assert resp.status == 404
+            error = (await resp.json())["error"]
+        assert (error["type"], error["message"], error["uuid"]) == (
+            "UnknownProfile",
+            expected,
+            "x-1",
+        )
+
+
+async def test_the_public_ready_names_no_profiles_to_a_stranger(
+    gateway: Gateway, proxy_factory: ProxyFactory
+) -> None:
+    key = "a-long-enough-access-key-0123"
+    proxy = await proxy_factory(
+        gateway.url,
+        DAP_PROXY_ACCESS_KEYS=key,
+        DAP_PROXY_PROFILE_YALE_CLIENT_ID=DEMO_CLIENT_ID,
+        DAP_PROXY_PROFILE_YALE_CLIENT_SECRET=DEMO_CLIENT_SECRET,
+    )
+    async with proxy.http.get(proxy.url + "/-/ready/yael") as resp:
+        message = (await resp.json())["error"]["message"]
+    assert resp.status == 404
+    assert message.startswith("no profile 'yael'") and "yale" not in message
+    headers = {"Authorization": f"Bearer {key}"}
+    async with proxy.http.get(proxy.url + "/-/ready/yael", headers=headers) as resp:
+        assert (await resp.json())["error"]["message"].endswith("the profiles are default, yale")

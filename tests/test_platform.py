@@ -234,8 +234,8 @@ async def test_unix_sockets_on_windows_are_a_config_error_naming_the_alternative
     with pytest.raises(ConfigError) as raised:
         load_config(None, {"DAP_CLIENT_ID": "id", "DAP_CLIENT_SECRET": "s"}, {"listen": "unix:/x"})
     assert (
-        "listen: Unix sockets are not available on Windows; listen on a loopback HOST:PORT "
-        "such as 127.0.0.1:8080 instead (from flag --listen)"
+        "listen: Unix sockets are not available on Windows (got 'unix:/x'); listen on a loopback "
+        "HOST:PORT such as 127.0.0.1:8080 instead (from flag --listen)"
     ) in str(raised.value)
 
 

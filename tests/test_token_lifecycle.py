@@ -716,8 +716,8 @@ async def test_the_reloader_clears_its_problem_when_it_next_succeeds(
         return config
 
     reloader = Reloader(app, config, load)
-    reloader._reload_on_signal()  # what SIGHUP runs
+    await reloader._signalled()  # what SIGHUP schedules (in a task: files read off the loop)
     assert app[SUPERVISOR].problems["reload"].error == "RuntimeError"
     broken[0] = False
-    reloader._reload_on_signal()
+    await reloader._signalled()
     assert app[SUPERVISOR].problems == {}

@@ -139,7 +139,7 @@ async def test_connect_refused_for_credentials_or_by_rule(
     message = await _ready_message(proxy)
     assert (
         f"the egress proxy 127.0.0.1:{egress_proxy.port} refused the credentials (407): "
-        "check egress_proxy's user and password" in message
+        "check the user and password in HTTPS_PROXY" in message
     )
     assert "wrong-password" not in caplog.text
 

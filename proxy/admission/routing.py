@@ -19,14 +19,28 @@ never reaches the gateway with another institution's token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from ..config import Profile
 from ..gateway import GATEWAY_ROOTS, LOGIN_PATH
 from .access import Caller
 
-__all__ = ["ProfileRouter", "Route", "is_local_login"]
+__all__ = ["ProfileRouter", "Route", "is_local_login", "unknown_profile"]
+
+_SHOWN_NAME = 64  # characters of a mistyped profile name repeated in a 404
+
+
+def unknown_profile(given: str, names: Iterable[str] | None) -> str:
+    """The 404's words for a profile that is not configured: the name given (cut short,
+    printable only) and the ones there are (``None``: not told, to a caller not known)."""
+    shown = "".join(c if c.isprintable() else "?" for c in given[:_SHOWN_NAME])
+    message = f"no profile {shown!r} (the first path segment names one, or a gateway path "
+    if names is None:
+        return message + "such as /dap/...)"
+    known = sorted(names)
+    choices = f"the profiles are {', '.join(known)}" if known else "no profile is configured"
+    return message + f"such as /dap/...): {choices}"
 
 
 def is_local_login(method: str, path: str) -> bool:
@@ -86,6 +100,10 @@ class ProfileRouter:
             return Route(first, rest, query, is_local_login(method, rest))
         known = not self.strict or first in GATEWAY_ROOTS
         return Route(None, path, query, known and is_local_login(method, path), known)
+
+    def unknown(self, route: Route) -> str:
+        """Why ``route`` (not ``known``) is answered 404, naming the profile given."""
+        return unknown_profile(route.path[1:].partition("/")[0], self.names)
 
     def for_login(self, prefixed: str | None, client_id: str) -> str | None:
         return prefixed or self._by_client_id.get(client_id) or self.default

@@ -27,9 +27,20 @@ PRINT_CAUTION = (
 )
 
 LEVELS = ("debug", "info", "warning", "error")
-# Wrapped by hand: the formatter keeps descriptions and epilogs as written (tables, lists).
-_FORMATTER = argparse.RawDescriptionHelpFormatter
 _WIDTH = 88
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written (wrapped by hand: tables, lists); flag help
+    wrapped at spaces only, so a URL (``https://api-gateway...``) is never cut at a hyphen
+    and can be copied whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        words = " ".join(text.split())
+        return textwrap.wrap(words, width, break_on_hyphens=False, break_long_words=False)
+
+
+_FORMATTER = _Formatter
 
 _CREDENTIALS_ENV = f"""\
 environment (flags win over the environment, and the environment over the config file):
@@ -56,7 +67,7 @@ def _exit_statuses(*statuses: tuple[int, str]) -> str:
 
 
 def _wrap(text: str) -> str:
-    return textwrap.fill(text, _WIDTH)
+    return textwrap.fill(text, _WIDTH, break_on_hyphens=False, break_long_words=False)
 
 
 _USAGE_ERROR = (exit_status.CONFIG, "invalid configuration or usage")
@@ -211,7 +222,8 @@ signals:
         ),
         formatter_class=_FORMATTER,
     )
-    _listen_flags(demo, "default: 127.0.0.1:8080", "the proxy")
+    # The demo's proxy listens on TCP only: it prints curl lines for a URL.
+    _listen_flags(demo, "default: 127.0.0.1:8080", "the proxy", f"HOST:PORT, {_PORT_ALONE}")
     demo.add_argument(
         "--simulator-listen",
         metavar="HOST:PORT",
@@ -253,11 +265,33 @@ def _with_default_command(parser: argparse.ArgumentParser, argv: Sequence[str]) 
     return args
 
 
+def _flags_of(parser: argparse.ArgumentParser, command: str | None) -> set[str]:
+    """The flags ``command`` accepts (``--port``, ``--listen``...), for suggestions."""
+    for action in parser._actions:  # private, but argparse offers no public listing
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub = action.choices[command]
+            return {flag for a in sub._actions for flag in a.option_strings}
+    return set()
+
+
+def _suggestion(parser: argparse.ArgumentParser, command: str | None, extra: list[str]) -> str:
+    """`` (did you mean --port?)`` for the first mistyped flag (``--prot``), else a
+    mistyped command; argparse's own ``suggest_on_error`` is Python 3.14's only."""
+    flags = _flags_of(parser, command)
+    for word in extra:
+        if word.startswith("--"):
+            if hint := did_you_mean(word.partition("=")[0], flags):
+                return hint
+        elif not word.startswith("-") and (hint := did_you_mean(word, set(COMMANDS))):
+            return hint
+    return ""
+
+
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """The parsed arguments: a bare ``instructure-auth-proxy [flags]`` means ``serve [flags]``."""
     parser = _parser()
     args, extra = parser.parse_known_args(_with_default_command(parser, argv))
     if extra:
-        hints = (did_you_mean(word, set(COMMANDS)) for word in extra if not word.startswith("-"))
-        parser.error(f"unrecognized arguments: {' '.join(extra)}{next(filter(None, hints), '')}")
+        hint = _suggestion(parser, args.command, extra)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args

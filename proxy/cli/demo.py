@@ -5,6 +5,7 @@ with one request, and prints what to try with curl and with the ``dap`` CLI.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import shlex
@@ -80,6 +81,13 @@ def _curl() -> str:
     return "curl.exe" if sys.platform == "win32" else "curl"
 
 
+async def _stop_signal() -> asyncio.Task[None]:
+    """Ctrl-C and SIGTERM caught from now on: before "Press Ctrl-C to stop" is printed."""
+    stop = asyncio.create_task(wait_for_signal())
+    await asyncio.sleep(0)  # it installs its handlers, then waits
+    return stop
+
+
 async def simulate(listen: str, token_lifetime: int, rate_limits: bool) -> int:
     """Run the simulator until SIGTERM or SIGINT."""
     settings = SimulatorSettings(token_lifetime=token_lifetime, rate_limits=rate_limits)
@@ -92,6 +100,7 @@ async def simulate(listen: str, token_lifetime: int, rate_limits: bool) -> int:
         {"DAP_CLIENT_ID": DEMO_CLIENT_ID, "DAP_CLIENT_SECRET": DEMO_CLIENT_SECRET},
         f"instructure-auth-proxy serve --upstream {_arg(url)}",
     )
+    stop = await _stop_signal()
     _say(
         f"Gateway simulator on {url}\n"
         f"  demo client id: {DEMO_CLIENT_ID}\n"
@@ -99,8 +108,10 @@ async def simulate(listen: str, token_lifetime: int, rate_limits: bool) -> int:
         f"Point the proxy at it:\n  {serve}\n"
         "Press Ctrl-C to stop."
     )
-    await wait_for_signal()
+    await stop
+    log.info("stopping the simulator")
     await runner.cleanup()
+    log.info("stopped")
     return 0
 
 
@@ -144,6 +155,7 @@ async def demo(listen: str, simulator_listen: str) -> int:
         http.get(url + "/dap/query/canvas/table") as response,
     ):
         check = f"{response.status} {await response.text()}"
+    stop = await _stop_signal()
     _say(
         f"""
 instructure-auth-proxy demo
@@ -161,7 +173,13 @@ With the official dap CLI (pip install instructure-dap-client), any credentials 
 Press Ctrl-C to stop.
 """
     )
-    await wait_for_signal()
+    await stop
+    # As serve says it: a Ctrl-C that prints nothing looks like a hang.
+    log.info(
+        "shutting down: no new connections; up to %g s for requests in flight",
+        config.timeouts.shutdown,
+    )
     await proxy.stop()
     await simulator.cleanup()
+    log.info("stopped")
     return 0

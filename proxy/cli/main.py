@@ -44,8 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             print(
                 f"instructure-auth-proxy: {args.command} needs the gateway simulator, which "
-                "this installation leaves out (the container image does): run it from a pip "
-                "install (pip install instructure-auth-proxy)",
+                "this installation leaves out (the container image does): run it from a "
+                'clone of the repository, installed as the README\'s "Two commands" show: '
+                "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
+                f"instructure-auth-proxy {args.command}",
                 file=sys.stderr,
             )
             return exit_status.CONFIG

@@ -14,6 +14,7 @@ from .. import exit_status
 from ..config import Config
 from ..errors import CredentialsRejected, TokenEndpointUnavailable
 from ..tokens.manager import TokenManager
+from ..upstream.egress import proxy_for
 from ..upstream.session import upstream_session
 from ..upstream.token_client import TokenClient
 
@@ -40,6 +41,9 @@ async def print_token(config: Config, profile_name: str = "default") -> int:
             profile.credentials,
             timeout=config.timeouts.token,
             refresh_margin=config.refresh_margin,
+            # Through the egress proxy, as serve's token client (app.py) goes.
+            proxy=proxy_for(config.egress, profile.token_url),
+            egress=config.egress,
         )
         # One-shot: the manager neither retries in the background nor speaks of "requests
         # answered 503" and next refreshes; this loop does the retrying and the talking.

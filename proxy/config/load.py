@@ -7,7 +7,6 @@ secret). Pure apart from reading the files it is told about: only ``cli.py`` pas
 from __future__ import annotations
 
 import dataclasses
-import ssl
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +16,7 @@ from yarl import URL
 
 from ..errors import ConfigError
 from ..gateway import RATE_LIMITS, token_url_for
-from . import values
+from . import network
 from .inbound import MIN_SECRET_LENGTH, local_token_key, short_secrets
 from .profiles import named_profiles, profile_sources
 from .records import (
@@ -25,12 +24,10 @@ from .records import (
     AccessConfig,
     CacheSettings,
     Config,
-    EgressConfig,
     Policy,
     Profile,
     RateLimits,
     Timeouts,
-    TrustConfig,
 )
 from .secret_files import SecretReader, access_config, credentials
 from .sources import KEYS, Raw, collect, parse_all
@@ -74,94 +71,6 @@ def _check_access(
             problems.append(f"access: grants unknown profiles: {', '.join(unknown)}")
 
 
-def _env_proxy(environ: Mapping[str, str], name: str, problems: list[str]) -> URL | None:
-    """``https_proxy`` or ``HTTPS_PROXY`` (lower case first, as curl reads them)."""
-    for env_name in (name.lower(), name.upper()):
-        if given := environ.get(env_name, "").strip():
-            try:
-                return values.proxy_url(given)
-            except ValueError as exc:  # never the value: it can hold a password
-                problems.append(f"{env_name}: {exc} (from environment variable {env_name})")
-                return None
-    return None
-
-
-def _egress(environ: Mapping[str, str], reader: SecretReader, problems: list[str]) -> EgressConfig:
-    """``egress_proxy`` over ``HTTPS_PROXY``/``HTTP_PROXY``; ``NO_PROXY``; the credentials
-    file's ``user:password`` given to every proxy URL without its own."""
-    no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
-    egress = EgressConfig(
-        proxy=reader.parsed.get("egress_proxy"),
-        https_proxy=_env_proxy(environ, "https_proxy", problems),
-        http_proxy=_env_proxy(environ, "http_proxy", problems),
-        no_proxy=tuple(entry.strip() for entry in no_proxy.split(",") if entry.strip()),
-    )
-    if "egress_proxy_credentials_file" not in reader.raw:
-        return egress
-    if egress.proxy is None and egress.https_proxy is None and egress.http_proxy is None:
-        problems.append(
-            "egress_proxy_credentials_file: set, but no egress proxy is (set egress_proxy, "
-            "or HTTPS_PROXY in the environment)"
-        )
-        return egress
-    text = reader.private_file("egress_proxy_credentials_file")
-    if text is None:
-        return egress
-    user, sep, password = text.strip().partition(":")
-    if not sep or not user or "\n" in text.strip():
-        problems.append(
-            "egress_proxy_credentials_file: expected one line, user:password "
-            f"(from {reader.raw['egress_proxy_credentials_file'].source})"
-        )
-        return egress
-
-    def with_credentials(url: URL | None) -> URL | None:
-        # Credentials in the URL itself are the more specific: they stay.
-        if url is None or url.user:
-            return url
-        return url.with_user(user).with_password(password)
-
-    return EgressConfig(
-        proxy=with_credentials(egress.proxy),
-        https_proxy=with_credentials(egress.https_proxy),
-        http_proxy=with_credentials(egress.http_proxy),
-        no_proxy=egress.no_proxy,
-    )
-
-
-def _trust(
-    parsed: Mapping[str, Any], environ: Mapping[str, str], problems: list[str]
-) -> TrustConfig:
-    """``ca_file`` and OpenSSL's variables, checked by building the context once."""
-    trust = TrustConfig(
-        ca_file=parsed.get("ca_file"),
-        cert_file=environ.get("SSL_CERT_FILE") or None,
-        cert_dir=environ.get("SSL_CERT_DIR") or None,
-    )
-    for name, path, is_dir in (
-        ("ca_file", trust.ca_file, False),
-        ("SSL_CERT_FILE", trust.cert_file, False),
-        ("SSL_CERT_DIR", trust.cert_dir, True),
-    ):
-        if path is not None and not (Path(path).is_dir() if is_dir else Path(path).is_file()):
-            kind = "directory" if is_dir else "file"
-            problems.append(f"{name}: {path} is not a readable {kind}")
-            return trust
-    try:  # the bundles as upstream/trust.py loads them, into a plain context
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        for cafile in (trust.cert_file, trust.ca_file):
-            if cafile:
-                context.load_verify_locations(cafile=cafile)
-        if trust.cert_dir:
-            context.load_verify_locations(capath=trust.cert_dir)
-    except (ssl.SSLError, OSError, ValueError):
-        problems.append(
-            "ca_file, SSL_CERT_FILE or SSL_CERT_DIR: not a PEM certificate bundle "
-            f"({', '.join(p for p in (trust.ca_file, trust.cert_file, trust.cert_dir) if p)})"
-        )
-    return trust
-
-
 def load_config(
     path: Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -195,9 +104,9 @@ def load_config(
             if client_id in named and client_id != name:
                 problems.append(f"profiles.{name}.local_client_ids: {client_id} names a profile")
     read_before = len(reader.problems)
-    egress = _egress(environ, reader, problems)
+    egress = network.egress(environ, reader, problems)
     problems += reader.problems[read_before:]  # the credentials file's own
-    trust = _trust(parsed, environ, problems)
+    trust = network.trust(parsed, reader, environ, problems)
     listen: ListenAddress | None = parsed.get("listen")
     if listen is not None and not (
         listen.is_loopback or access.required or parsed.get("allow_non_loopback")
@@ -215,10 +124,12 @@ def load_config(
     upstream_url: URL = parsed["upstream"]
     token_url: URL = parsed.get("token_url") or token_url_for(upstream_url)
     default = Profile(upstream_url, token_url, top_credentials)
+    profiles = ({"default": default} if top_credentials else {}) | named
+    cleartext = network.cleartext_warnings(list(profiles.values()) or [default], egress)
     return Config(
         listen=listen,
         default_profile=default,
-        profiles=({"default": default} if top_credentials else {}) | named,
+        profiles=profiles,
         refresh_margin=parsed["refresh_margin"],
         replay_body_limit=int(parsed["replay_body_limit"]),
         replay_memory=int(parsed["replay_memory"]),
@@ -243,6 +154,6 @@ def load_config(
         trust=trust,
         object_relay=parsed["object_relay"],
         relay_hosts=parsed.get("relay_hosts") or (),
-        warnings=(*warnings, *reader.warnings),
+        warnings=(*warnings, *reader.warnings, *cleartext),
         watched_files=tuple(dict.fromkeys([*([str(path)] if path else []), *reader.files])),
     )

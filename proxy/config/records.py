@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from yarl import URL
 
 from ..gateway import RATE_LIMITS
-from .values import ListenAddress, masked_proxy
+from .proxy_urls import masked_proxy
+from .values import ListenAddress
 
 __all__ = [
     "DEFAULT_TTLS",
@@ -125,6 +126,17 @@ class EgressConfig:
     https_proxy: URL | None = field(default=None, repr=False)
     http_proxy: URL | None = field(default=None, repr=False)
     no_proxy: tuple[str, ...] = ()
+    # Which setting gave each, as the user wrote it, for messages (egress.py):
+    # "egress_proxy", "HTTPS_PROXY" or "https_proxy", ...; and the credentials file's path.
+    names: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "proxy": "egress_proxy",
+            "https_proxy": "HTTPS_PROXY",
+            "http_proxy": "HTTP_PROXY",
+            "no_proxy": "NO_PROXY",
+        }
+    )
+    credentials_file: str | None = None
 
     def __repr__(self) -> str:
         def shown(url: URL | None) -> str | None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import stat
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from .files import FileRefused, read_small_file
 from .records import AccessConfig, Credentials
 from .sources import KEYS, Raw
 
@@ -33,14 +33,19 @@ class SecretReader:
         path_text, source = self.parsed.get(key), self.raw[key].source
         if path_text is None:
             return None  # its value was invalid; already reported
-        path = Path(path_text)
         self.files.append(path_text)
         try:
-            text = path.read_text(encoding="utf-8").strip()
-            mode = path.stat().st_mode
+            text, mode = read_small_file(path_text)
+            text = text.strip()
         except OSError as exc:
             self.problems.append(
                 f"{self.prefix}{key}: cannot read {path_text} ({exc.strerror}) (from {source})"
+            )
+            return None
+        except FileRefused as exc:
+            self.problems.append(
+                f"{self.prefix}{key}: {path_text} {exc.reason}; point it at a file holding "
+                f"only the secret (from {source})"
             )
             return None
         except UnicodeDecodeError:

@@ -19,10 +19,21 @@ from typing import Any
 import yaml
 
 from ..gateway import DEFAULT_UPSTREAM, RATE_LIMITS
-from . import values
+from . import proxy_urls, values
+from .files import FileRefused, read_small_file
 from .records import DEFAULT_TTLS, CacheSettings, Config, RateLimits, Timeouts
 
-__all__ = ["ENV_PREFIX", "KEYS", "Key", "Raw", "collect", "did_you_mean", "parse_all"]
+__all__ = [
+    "ENV_PREFIX",
+    "KEYS",
+    "SECTIONS",
+    "Key",
+    "Raw",
+    "collect",
+    "did_you_mean",
+    "parse_all",
+    "shown",
+]
 
 ENV_PREFIX = "DAP_PROXY_"
 
@@ -40,6 +51,8 @@ class Key:
     default: object = None
     aliases: tuple[str, ...] = ()  # environment names besides DAP_PROXY_<KEY>
     secret: bool = False
+    # How a rejected value is shown in a message; None: as given (secrets: never).
+    show: Callable[[object], str] | None = None
 
     @property
     def env_names(self) -> tuple[str, ...]:
@@ -82,8 +95,8 @@ KEYS = {
         Key("cache.enabled", values.boolean, CacheSettings().enabled),
         *(Key(f"cache.{k}", values.non_negative_number, ttl) for k, ttl in DEFAULT_TTLS.items()),
         # Behind an institution's network (egress.py, trust.py, sharing/relay.py)
-        # Its URL may carry a password: values.proxy_url's errors never repeat the value.
-        Key("egress_proxy", values.proxy_url),
+        # Its URL may carry a password: proxy_urls.proxy_url's errors never repeat the value.
+        Key("egress_proxy", proxy_urls.proxy_url, show=proxy_urls.masked_text),
         Key("egress_proxy_credentials_file", values.text),
         Key("ca_file", values.text),
         Key("object_relay", values.boolean, _DEFAULT["object_relay"]),
@@ -107,23 +120,56 @@ def did_you_mean(name: str, known: Mapping[str, object] | set[str] | frozenset[s
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+# The file's sections (``timeouts:``...): names whose keys are dotted below them.
+SECTIONS = {name.partition(".")[0] for name in KEYS if "." in name}
+
+
 def _flatten(tree: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """``{"timeouts": {"read": 5}}`` -> ``{"timeouts.read": 5}``; a key's own value stays
+    whole (``client_secret: {a: 1}`` is a wrong value of client_secret, not a new key)."""
     flat: dict[str, object] = {}
     for name, value in tree.items():
         dotted = f"{prefix}{name}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and dotted not in KEYS:
             flat.update(_flatten(value, dotted + "."))
         else:
             flat[dotted] = value
     return flat
 
 
+def _not_a_section(name: str, value: object, source: str) -> str:
+    """``timeouts: 5``: a section given a value, said as such (not "unknown key")."""
+    keys = [key.partition(".")[2] for key in KEYS if key.startswith(name + ".")]
+    return (
+        f"{name}: expected a mapping of {', '.join(keys)}, got {shown(value)} (write it as "
+        f"{name}: followed by indented lines such as '  {keys[0]}: ...') (from {source})"
+    )
+
+
+def shown(value: object, key: Key | None = None) -> str:
+    """A rejected value as a message shows it: quoted and cut short; a secret masked."""
+    if key is not None and key.secret:
+        return "'***' (a secret, not shown)"
+    if key is not None and key.show is not None:
+        return key.show(value)
+    if isinstance(value, Mapping | list | tuple) or value is None or isinstance(value, bool):
+        return values.kind(value)
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _read_yaml(path: Path, problems: list[str]) -> tuple[dict[str, object], object]:
     """The file's keys, flattened (``timeouts.read``), and its ``profiles`` section."""
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = yaml.safe_load(read_small_file(path)[0])
     except OSError as exc:
         problems.append(f"config file {path}: cannot be read ({exc.strerror})")
+        return {}, None
+    except FileRefused as exc:
+        problems.append(f"config file {path}: {exc.reason}")
+        return {}, None
+    except UnicodeDecodeError:
+        problems.append(f"config file {path}: not UTF-8 text")
         return {}, None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -139,6 +185,9 @@ def _read_yaml(path: Path, problems: list[str]) -> tuple[dict[str, object], obje
     profiles = tree.pop("profiles", None)
     flat = _flatten(tree)
     for unknown in sorted(set(flat) - set(KEYS)):
+        if unknown in SECTIONS:
+            problems.append(_not_a_section(unknown, flat[unknown], f"config file {path}"))
+            continue
         hint = did_you_mean(unknown, KEYS)
         problems.append(f"{unknown}: unknown key{hint} (from config file {path})")
     return {name: value for name, value in flat.items() if name in KEYS}, profiles
@@ -185,13 +234,19 @@ def collect(
 def parse_all(
     raw: Mapping[str, Raw], problems: list[str], keys: Mapping[str, Key] = KEYS, prefix: str = ""
 ) -> dict[str, Any]:
-    """Each raw value parsed by its key; a bad one becomes a problem naming key and source."""
+    """Each raw value parsed by its key; a bad one becomes a problem naming key, the value
+    given (masked if secret) and source."""
     parsed: dict[str, Any] = {}
     for name, item in raw.items():
+        key = keys[name]
         try:
-            parsed[name] = keys[name].parse(item.value)
+            parsed[name] = key.parse(item.value)
         except ValueError as exc:
-            # A secret's parse error says what is wrong with it, never what it is.
-            detail = "invalid value" if keys[name].secret else str(exc)
+            detail = str(exc)
+            # A secret's parsers never repeat it (values.py); this checks, and fails closed.
+            if key.secret and str(item.value).strip() and str(item.value).strip() in detail:
+                detail = "invalid value"
+            if "got " not in detail:  # the parser showed it already
+                detail += f", got {shown(item.value, key)}"
             problems.append(f"{prefix}{name}: {detail} (from {item.source})")
     return parsed

@@ -20,16 +20,15 @@ __all__ = [
     "boolean",
     "client_id",
     "client_pairs",
+    "kind",
     "log_format",
     "log_level",
-    "masked_proxy",
     "methods",
     "non_negative_number",
     "parse_listen",
     "paths",
     "positive_int",
     "positive_number",
-    "proxy_url",
     "text",
     "text_list",
     "url",
@@ -63,9 +62,20 @@ class ListenAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def kind(value: object) -> str:
+    """What YAML gave, in words: ``a mapping``, ``a list``, ``true``..."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "nothing" if value is None else type(value).__name__
+
+
 def text(value: object) -> str:
     if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise ValueError("expected a string")
+        raise ValueError(f"expected a string, got {kind(value)}")
     stripped = str(value).strip()
     if not stripped:
         raise ValueError("must not be empty")
@@ -118,34 +128,6 @@ def url(value: object) -> URL:
     return parsed.with_path(parsed.path.rstrip("/") or "/")
 
 
-def proxy_url(value: object) -> URL:
-    """An egress proxy: ``http://[user:password@]host:port``; ``host:port`` alone means
-    http, as in curl. Errors never repeat the value: it can hold the proxy's password."""
-    given = text(value)
-    if "://" not in given:
-        given = "http://" + given
-    try:
-        parsed = URL(given)
-        parsed.port  # noqa: B018 - a bad port raises only when read
-    except ValueError:
-        raise ValueError("expected http://[user:password@]host:port") from None
-    if parsed.scheme != "http":
-        # aiohttp speaks to proxies in plain HTTP; an https target's TLS goes through
-        # CONNECT end to end, so the proxy never sees the gateway's traffic either way.
-        raise ValueError("expected an http:// proxy URL (https targets go through CONNECT)")
-    if not parsed.host:
-        raise ValueError("expected http://[user:password@]host:port")
-    if parsed.raw_path not in ("", "/") or parsed.query_string or parsed.fragment:
-        raise ValueError("expected http://[user:password@]host:port, without a path or query")
-    return parsed.with_path("")
-
-
-def masked_proxy(proxy: URL) -> str:
-    """``http://user:***@proxy.example:3128``: a proxy URL as shown, never its password."""
-    user = f"{proxy.user}:***@" if proxy.user else ""
-    return f"{proxy.scheme}://{user}{ListenAddress(proxy.host or '', proxy.port or 0)}"
-
-
 def parse_listen(value: object) -> ListenAddress:
     """``HOST:PORT``, ``[V6]:PORT``, ``unix:/path``, or a port alone (``8080``, ``:8080``),
     which means ``127.0.0.1:PORT``, not every interface as in some servers: whoever reaches
@@ -155,8 +137,8 @@ def parse_listen(value: object) -> ListenAddress:
         if sys.platform == "win32":
             # asyncio's Windows event loops cannot serve on AF_UNIX sockets.
             raise ValueError(
-                "Unix sockets are not available on Windows; listen on a loopback HOST:PORT "
-                "such as 127.0.0.1:8080 instead"
+                f"Unix sockets are not available on Windows (got {given!r}); listen on a "
+                "loopback HOST:PORT such as 127.0.0.1:8080 instead"
             )
         path = given.removeprefix("unix:")
         if not path.startswith("/"):

@@ -171,6 +171,7 @@ def _upstream(
                 clock=clock,
                 proxy=token_proxy,
                 refresh_margin=config.refresh_margin,
+                egress=config.egress,
             )
             tokens = TokenManager(
                 clients[name].fetch,
@@ -218,7 +219,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     if refusal is not None:
         return refusal
     if not route.known:
-        return _refuse(request, 404, "UnknownProfile", "no such profile (the first path segment)")
+        return _refuse(request, 404, "UnknownProfile", router.unknown(route))
     if route.login:
         return await app[LOGIN].login(request, route.prefixed)
     caller = request.get(CALLER) or ANYONE

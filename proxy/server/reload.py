@@ -20,23 +20,61 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Callable
+import time
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..config import Config, Profile
 from ..errors import ConfigError
-from .keys import ACCESS, SUPERVISOR, TOKEN_CLIENTS, TOKENS
+from ..observe.background import BackgroundProblem
+from .keys import ACCESS, METRICS, SUPERVISOR, TOKEN_CLIENTS, TOKENS
 
-__all__ = ["Reloader", "restart_needed"]
+__all__ = ["CONFIG_TASK", "ReloadFigures", "Reloader", "restart_needed"]
 
 log = logging.getLogger("proxy.reload")
 
 WATCH_INTERVAL = 5.0
 _TASK = "reload"
+CONFIG_TASK = "configuration"  # a failed reload's problem, until one succeeds
 # Config fields that apply live, or are not settings at all.
 _LIVE_OR_DERIVED = frozenset({"access", "default_profile", "profiles", "warnings", "watched_files"})
+
+
+class ReloadFigures(Collector):
+    """``proxy_config_reload_failures_total`` and ``proxy_config_last_reload_successful``,
+    one pair an app (registered with its metrics once, whichever Reloader comes first)."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.last_ok = True  # the configuration started with was valid
+
+    @classmethod
+    def of(cls, app: web.Application) -> ReloadFigures:
+        figures = _FIGURES.get(app)
+        if figures is None:
+            figures = _FIGURES[app] = cls()
+            app[METRICS].registry.register(figures)
+        return figures
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "proxy_config_reload_failures",
+            "Reloads refused as invalid (the running configuration kept).",
+            value=self.failures,
+        )
+        yield GaugeMetricFamily(
+            "proxy_config_last_reload_successful",
+            "1 if the last reload applied (or none was tried), 0 if it was refused.",
+            value=1 if self.last_ok else 0,
+        )
+
+
+_FIGURES: weakref.WeakKeyDictionary[web.Application, ReloadFigures] = weakref.WeakKeyDictionary()
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
@@ -94,14 +132,50 @@ class Reloader:
         self._load = load
         self._interval = interval
         self._stamps = {path: _stamp(path) for path in config.watched_files}
+        self._signalled_tasks: set[asyncio.Future[None]] = set()
+        self._figures = ReloadFigures.of(app)
 
     def reload(self) -> bool:
-        """Re-read the configuration and apply what can change live; False if it is invalid."""
+        """Re-read the configuration and apply what can change live; False if it is invalid.
+        (Reads files on the calling thread: the watcher and SIGHUP use ``reload_off_loop``.)"""
         try:
             new = self._load()
         except ConfigError as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc.message)
-            return False
+            return self._failed(exc)
+        return self._apply(new)
+
+    async def reload_off_loop(self) -> bool:
+        """``reload``, the files read in a worker thread: a slow disk or network mount never
+        holds up requests (a FIFO in a file's place is refused without waiting: files.py)."""
+        try:
+            new = await asyncio.to_thread(self._load)
+        except ConfigError as exc:
+            return self._failed(exc)
+        return self._apply(new)
+
+    def _failed(self, exc: ConfigError) -> bool:
+        """The running configuration stays; the failure shows in /-/status's ``problems``
+        and the metrics until a reload succeeds."""
+        log.error("reload failed, keeping the running configuration: %s", exc.message)
+        # Only the keys in /-/status, the full words (sources, paths) in the log.
+        keys = sorted({problem.partition(":")[0] for problem in exc.problems})
+        supervisor = self._app[SUPERVISOR]
+        supervisor.problems[CONFIG_TASK] = BackgroundProblem(
+            CONFIG_TASK,
+            f"the last reload failed, the running configuration is kept: invalid "
+            f"{', '.join(keys)} (the log says why)",
+            time.time(),
+        )
+        self._figures.failures += 1
+        self._figures.last_ok = False
+        return False
+
+    def _apply(self, new: Config) -> bool:
+        for warning in new.warnings:  # as at startup: a secret file others can read, ...
+            log.warning("%s", warning)
+        if self._app[SUPERVISOR].problems.pop(CONFIG_TASK, None) is not None:
+            log.info("reload succeeded: the configuration problem is gone")
+        self._figures.last_ok = True
         running = self._running
         clients, managers = self._app[TOKEN_CLIENTS], self._app[TOKENS]
         applied: dict[str, Profile] = dict(running.profiles)
@@ -129,9 +203,15 @@ class Reloader:
         return True
 
     def _reload_on_signal(self) -> None:
-        # A signal handler's exception would only reach asyncio's default handler.
+        # Off the signal handler: the reading happens in a thread, awaited by a task.
+        task = asyncio.ensure_future(self._signalled())
+        self._signalled_tasks.add(task)
+        task.add_done_callback(self._signalled_tasks.discard)
+
+    async def _signalled(self) -> None:
+        # A task's exception would only reach asyncio's default handler.
         try:
-            self.reload()
+            await self.reload_off_loop()
         except Exception as exc:
             self._app[SUPERVISOR].record(_TASK, exc)
         else:
@@ -144,7 +224,7 @@ class Reloader:
                 log.info("changed: %s; reloading", ", ".join(changed))
                 # Not again for the same change, whatever the outcome: wait for the next.
                 self._stamps = {path: _stamp(path) for path in self._stamps}
-                self.reload()
+                await self.reload_off_loop()
             self._app[SUPERVISOR].clear(_TASK)  # a poll that went through: no problem now
 
     async def run(self) -> None:

@@ -15,8 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..admission.routing import unknown_profile
 from ..observe.logs import REQUEST_ID
-from ..responses import error_response, json_response
+from ..responses import REQUEST_ID_HEADER, error_response, json_response
 from ..tokens.manager import TokenManager
 from ..upstream.egress import masked
 from ..upstream.shaping import Shaper
@@ -68,10 +69,13 @@ async def ready(request: web.Request) -> web.Response:
     app = request.app
     managers = app[TOKENS]
     name = request.match_info.get("profile")
+    request_id = request.get(REQUEST_ID)  # the caller's X-Request-Id, or the guard's own
     if name is not None:
         if name not in managers:
-            request_id = request.get(REQUEST_ID)
-            return error_response(404, "UnknownProfile", "no such profile", request_id=request_id)
+            # The profiles configured only to callers the proxy knows: /-/ready is public.
+            known = not app[ACCESS].required or app[GUARD].identify(request) is not None
+            message = unknown_profile(name, managers if known else None)
+            return error_response(404, "UnknownProfile", message, request_id=request_id)
         managers = {name: managers[name]}
     problems = [f"{problem.task}: {problem.error}" for problem in app[SUPERVISOR].problems.values()]
     states = {profile: tokens.ready for profile, tokens in managers.items()}
@@ -79,14 +83,16 @@ async def ready(request: web.Request) -> web.Response:
         body: dict[str, object] = {"status": "ready", "profiles": states}
         if problems:
             body["problems"] = problems
-        return json_response(body)
+        answer = json_response(body)
+        answer.headers[REQUEST_ID_HEADER] = request_id or ""
+        return answer
     trusted = not app[ACCESS].required or app[GUARD].identify(request) is not None
     reasons = []
     for profile, tokens in managers.items():
         error = tokens.state.error
         why = "no token yet" if error is None else error.text if trusted else error.message
         reasons.append(f"{profile}: {why}")
-    return error_response(503, "NotReady", "; ".join([*reasons, *problems]))
+    return error_response(503, "NotReady", "; ".join([*reasons, *problems]), request_id=request_id)
 
 
 async def status(request: web.Request) -> web.Response:

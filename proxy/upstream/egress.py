@@ -15,10 +15,19 @@ import ipaddress
 
 from yarl import URL
 
+from ..config.proxy_urls import masked_proxy
 from ..config.records import EgressConfig
-from ..config.values import masked_proxy
 
-__all__ = ["bypassed", "host_port", "masked", "proxy_for"]
+__all__ = [
+    "bypassed",
+    "chosen_by",
+    "credentials_advice",
+    "direct_note",
+    "host_port",
+    "masked",
+    "proxy_for",
+    "unreachable_advice",
+]
 
 
 def proxy_for(config: EgressConfig, target: URL) -> URL | None:
@@ -29,6 +38,53 @@ def proxy_for(config: EgressConfig, target: URL) -> URL | None:
     if proxy is None or bypassed(target.host or "", target.port, config.no_proxy):
         return None
     return proxy
+
+
+def _candidate(config: EgressConfig, target: URL) -> tuple[URL | None, str]:
+    """The proxy ``target`` would use but for NO_PROXY, and the setting that names it."""
+    if config.proxy is not None:
+        return config.proxy, config.names["proxy"]
+    field = "https_proxy" if target.scheme == "https" else "http_proxy"
+    return getattr(config, field), config.names[field]
+
+
+def chosen_by(config: EgressConfig, target: URL) -> str:
+    """The setting that chose ``target``'s egress proxy, as the user wrote it:
+    ``egress_proxy``, ``HTTPS_PROXY``, ``https_proxy``... (messages name only that one)."""
+    return _candidate(config, target)[1]
+
+
+def credentials_advice(config: EgressConfig, target: URL) -> str:
+    """What to check when the egress proxy refuses the credentials (407): only the settings
+    in use, the file's or the URL's."""
+    proxy, setting = _candidate(config, target)
+    if config.credentials_file:
+        return (
+            f"check the user:password in egress_proxy_credentials_file ({config.credentials_file})"
+        )
+    if proxy is not None and proxy.user:
+        return f"check the user and password in {setting} (percent-encoded in a URL)"
+    return (
+        f"{setting} has no user and password: add them to its URL (percent-encoded), or "
+        f"put user:password in egress_proxy_credentials_file"
+    )
+
+
+def unreachable_advice(config: EgressConfig, target: URL) -> str:
+    setting = chosen_by(config, target)
+    return f"check {setting}, or exempt {target.host} with {config.names['no_proxy']}"
+
+
+def direct_note(config: EgressConfig, target: URL) -> str:
+    """`` (connected directly, not through HTTPS_PROXY: NO_PROXY exempts api.x)`` when
+    NO_PROXY is why a failed connection did not go through the egress proxy; else ``""``."""
+    proxy, setting = _candidate(config, target)
+    if proxy is None or proxy_for(config, target) is not None:
+        return ""
+    return (
+        f" (connected directly, not through {setting} {host_port(proxy)}: "
+        f"{config.names['no_proxy']} exempts {target.host})"
+    )
 
 
 def bypassed(host: str, port: int | None, no_proxy: tuple[str, ...]) -> bool:

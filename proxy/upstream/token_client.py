@@ -19,10 +19,11 @@ from yarl import URL
 
 from ..aiohttp_compat import basic_credentials
 from ..config import Credentials
+from ..config.records import EgressConfig
 from ..errors import CredentialsRejected, TokenEndpointUnavailable
 from ..observe.redact import redact
 from ..tokens.token import Clock, Token
-from .egress import host_port
+from .egress import credentials_advice, direct_note, host_port, unreachable_advice
 from .failures import connection_failure
 from .headers import retry_after_seconds
 from .trust import tls_failure
@@ -70,6 +71,7 @@ class TokenClient:
         clock: Clock | None = None,
         proxy: URL | None = None,
         refresh_margin: float = 0.0,
+        egress: EgressConfig | None = None,  # names the settings in use, in messages
     ) -> None:
         self._session = session
         self._url = token_url
@@ -78,6 +80,7 @@ class TokenClient:
         self._clock: Clock = clock or time
         self._proxy = proxy
         self._margin = refresh_margin  # a token whose own exp falls inside it is refused
+        self._egress = egress
 
     def __repr__(self) -> str:
         return f"TokenClient(url={str(self._url)!r}, client_id={self.credentials.client_id!r})"
@@ -137,21 +140,27 @@ class TokenClient:
             if isinstance(exc, aiohttp.ClientHttpProxyError):  # CONNECT answered non-200
                 return self._proxy_refused(exc.status)
             if isinstance(exc, aiohttp.ClientProxyConnectionError):
+                advice = "check egress_proxy (or HTTPS_PROXY/NO_PROXY)"
+                if self._egress is not None:
+                    advice = unreachable_advice(self._egress, self._url)
                 return (
                     f"the egress proxy {host_port(self._proxy)} could not be reached: "
-                    f"{connection_failure(exc)}: check egress_proxy (or HTTPS_PROXY/NO_PROXY)"
+                    f"{connection_failure(exc)}: {advice}"
                 )
         reason = tls_failure(exc) or connection_failure(exc)
-        return f"the token endpoint at {host_port(self._url)} could not be reached: {reason}"
+        direct = direct_note(self._egress, self._url) if self._egress is not None else ""
+        return (
+            f"the token endpoint at {host_port(self._url)} could not be reached{direct}: {reason}"
+        )
 
     def _proxy_refused(self, status: int) -> str:
         assert self._proxy is not None  # noqa: S101 - only asked with a proxy
         where = host_port(self._proxy)
         if status == 407:
-            return (
-                f"the egress proxy {where} refused the credentials (407): check "
-                f"egress_proxy's user and password (or egress_proxy_credentials_file)"
-            )
+            advice = "check egress_proxy's user and password (or egress_proxy_credentials_file)"
+            if self._egress is not None:
+                advice = credentials_advice(self._egress, self._url)
+            return f"the egress proxy {where} refused the credentials (407): {advice}"
         return (
             f"the egress proxy {where} refused to connect to {host_port(self._url)} "
             f"(HTTP {status}): ask its administrators to allow that host, or exempt it "

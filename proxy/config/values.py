@@ -29,6 +29,7 @@ __all__ = [
     "positive_int",
     "positive_number",
     "proxy_url",
+    "redis_url",
     "text",
     "text_list",
     "url",
@@ -143,6 +144,32 @@ def masked_proxy(proxy: URL) -> str:
     """``http://user:***@proxy.example:3128``: a proxy URL as shown, never its password."""
     user = f"{proxy.user}:***@" if proxy.user else ""
     return f"{proxy.scheme}://{user}{ListenAddress(proxy.host or '', proxy.port or 0)}"
+
+
+def redis_url(value: object) -> URL:
+    """Shared state: ``redis://[user:password@]host[:port][/db]``, or ``rediss://`` (TLS).
+    Errors never repeat the value: it can hold the password."""
+    usage = "expected redis://[user:password@]host:port/db or rediss://..."
+    try:
+        parsed = URL(text(value))
+        parsed.port  # noqa: B018 - a bad port raises only when read
+    except ValueError:
+        raise ValueError(usage) from None
+    if parsed.scheme not in ("redis", "rediss") or not parsed.host:
+        raise ValueError(usage)
+    if parsed.query_string or parsed.fragment:
+        raise ValueError(f"{usage}, without a query string")
+    database = parsed.path.strip("/") or "0"
+    if not database.isdigit():
+        raise ValueError(f"{usage}: the path is a database number, such as /0")
+    return parsed.with_path("/" + database)
+
+
+def masked_redis(url: URL) -> str:
+    """``redis://user:***@host:6379/0``: a Redis URL as shown, never its password."""
+    user = f"{url.user or ''}:***@" if url.password else f"{url.user}@" if url.user else ""
+    address = ListenAddress(url.host or "", url.port or 6379)
+    return f"{url.scheme}://{user}{address}{url.path}"
 
 
 def parse_listen(value: object) -> ListenAddress:

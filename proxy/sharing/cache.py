@@ -3,10 +3,11 @@
 The table list (5 requests a minute per client id) and table schemas change rarely, and
 every tool asks for them. Complete ``200`` answers to ``GET`` list-tables and get-schema are
 kept a short while (60 s and 300 s by default), per profile (institutions see different
-tables), keyed by the path, the query and ``Accept-Encoding``; never answers that set cookies
-or say ``private``/``no-store``, nor bodies over ``MAX_BODY``. A client's ``Cache-Control:
-no-cache`` goes upstream and refreshes the entry. Answers from the cache carry ``Age``.
-Bodies are relayed byte for byte either way.
+tables), keyed by the path, the query and ``Accept-Encoding``; never answers that set cookies,
+say ``private``/``no-store``, or vary on anything but ``Accept-Encoding`` (``Vary: Accept,
+X-Who``: the key cannot tell those callers apart), nor bodies over ``MAX_BODY``. A
+client's ``Cache-Control: no-cache`` goes upstream and refreshes the entry. Answers from the
+cache carry ``Age``. Bodies are relayed byte for byte either way.
 """
 
 from __future__ import annotations
@@ -44,10 +45,18 @@ def wants_fresh(headers: Mapping[str, str]) -> bool:
     return "no-cache" in control or "max-age=0" in control or "no-cache" in pragma
 
 
-def cacheable(headers: Mapping[str, str]) -> bool:
-    """An answer the gateway did not mark as one client's own."""
+def cacheable(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bool:
+    """An answer the gateway did not mark as one client's own, nor as varying with request
+    headers other than ``Accept-Encoding`` (which is in the key)."""
     control = headers.get("Cache-Control", "").lower()
-    return "Set-Cookie" not in headers and not any(word in control for word in _UNCACHEABLE)
+    varies = {
+        name.strip().lower() for value in headers.getall("Vary", ()) for name in value.split(",")
+    }
+    return (
+        "Set-Cookie" not in headers
+        and not any(word in control for word in _UNCACHEABLE)
+        and varies <= {"accept-encoding", ""}
+    )
 
 
 class MetadataCache:

@@ -35,7 +35,12 @@ class Sharing:
     def __init__(self, config: Config, relay: ObjectRelay | None = None) -> None:
         limits = config.rate_limits
         self.shaper = (
-            Shaper(limits.limits, window=limits.window, max_wait=limits.max_wait)
+            Shaper(
+                limits.limits,
+                window=limits.window,
+                max_wait=limits.max_wait,
+                retry_after_cap=limits.retry_after_cap,
+            )
             if limits.enabled
             else None
         )

@@ -8,19 +8,24 @@ class), a sliding window (no burst of 10 across a minute boundary) and a first-c
 A request over budget waits, up to ``max_wait``, for a slot; if none can free in time it is
 refused at once, unsent, with a 429 in the gateway's shape and an exact ``Retry-After``. A
 client that hangs up leaves the queue. A gateway 429 anyway (another user of the client id,
-a lowered limit) pauses the budget for its ``Retry-After`` (a window without one). Our window
-is 2 % longer than the gateway's: a request let in one window after another is never early.
+a lowered limit) pauses the budget for its ``Retry-After`` (a window without one), up to
+``retry_after_cap`` (a ``Retry-After: 864000`` would pause the class for ten days; a capped
+one is logged). Our window is 2 % longer than the gateway's: a request let in one window after
+another is never early.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 __all__ = ["Budget", "OverBudget", "Shaper", "ShapingStats", "endpoint_class"]
+
+log = logging.getLogger("proxy.shaping")
 
 _SAFETY = 1.02  # our window, relative to the gateway's
 _CLASSES = (  # method, whole path, class; a segment in braces is any one segment
@@ -171,11 +176,13 @@ class Shaper:
         *,
         window: float = 60.0,
         max_wait: float = 60.0,
+        retry_after_cap: float = 900.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.limits = dict(limits)
         self.window = window
         self.max_wait = max_wait
+        self.retry_after_cap = retry_after_cap
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._budgets: dict[tuple[str, str], Budget] = {}
         self.stats: dict[tuple[str, str], ShapingStats] = {}
@@ -201,9 +208,23 @@ class Shaper:
             stats.waited_seconds += waited
         return waited
 
-    def gateway_429(self, profile: str, endpoint: str, retry_after: float | None) -> None:
+    def gateway_429(self, profile: str, endpoint: str, retry_after: float | None) -> float:
+        """Pause the class for the gateway's ``Retry-After`` (capped), else a window; the
+        seconds paused."""
         self.stats[profile, endpoint].gateway_429 += 1
-        self.budget(profile, endpoint).pause(retry_after or self.window)
+        pause = retry_after or self.window
+        if pause > self.retry_after_cap:
+            log.warning(
+                "the gateway asked to wait %.0f s (Retry-After) for %s (profile %s); pausing "
+                "%.0f s, the cap (retry_after_cap)",
+                pause,
+                endpoint.replace("_", " "),
+                profile,
+                self.retry_after_cap,
+            )
+            pause = self.retry_after_cap
+        self.budget(profile, endpoint).pause(pause)
+        return pause
 
     def queued(self) -> dict[tuple[str, str], int]:
         return {key: budget.queued for key, budget in self._budgets.items()}

@@ -105,8 +105,10 @@ def create_app(
     relay = ObjectRelay(config.egress, app[METRICS], access) if config.object_relay else None
     if relay is not None:
         app[RELAY] = relay
-    app[SHARING] = sharing = Sharing(config, relay)
+    app[SHARING] = sharing = Sharing(config, relay, app[SUPERVISOR])
     app[METRICS].shaper, app[METRICS].cache = sharing.shaper, sharing.cache
+    app[METRICS].shared_state = sharing.shared_state
+    app.cleanup_ctx.append(sharing.lifespan)  # Redis, when replicas share state
     app.cleanup_ctx.append(_upstream(clock))
     if config.policy.allowed_origins:
         app.on_response_prepare.append(_allow_origin)

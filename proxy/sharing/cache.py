@@ -8,6 +8,9 @@ say ``private``/``no-store``, or vary on anything but ``Accept-Encoding`` (``Var
 X-Who``: the key cannot tell those callers apart), nor bodies over ``MAX_BODY``. A
 client's ``Cache-Control: no-cache`` goes upstream and refreshes the entry. Answers from the
 cache carry ``Age``. Bodies are relayed byte for byte either way.
+
+With ``shared_state`` the replicas share entries (redis_cache.py, a ``SharedAnswers``): a
+miss here asks Redis before the gateway, and every entry kept here is kept there too.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cachetools import TTLCache
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["CacheFill", "CachedAnswer", "MetadataCache", "wants_fresh"]
+__all__ = ["CacheFill", "CachedAnswer", "MetadataCache", "SharedAnswers", "wants_fresh"]
 
 MAX_BODY = 1024 * 1024
 MAX_ENTRIES = 512  # per endpoint class: memory stays bounded
@@ -36,6 +40,18 @@ class CachedAnswer:
 
 
 Key = tuple[str, str, str]  # profile, path and query, Accept-Encoding
+
+
+class SharedAnswers(Protocol):
+    """Entries every replica shares; ``get`` gives ``(headers, body, age)``, else ``None``."""
+
+    async def get(
+        self, key: Key, endpoint: str
+    ) -> tuple[CIMultiDictProxy[str], bytes, float] | None: ...
+
+    def put(
+        self, key: Key, endpoint: str, headers: CIMultiDict[str], body: bytes, ttl: float
+    ) -> None: ...
 
 
 def wants_fresh(headers: Mapping[str, str]) -> bool:
@@ -66,6 +82,8 @@ class MetadataCache:
         self, ttls: Mapping[str, float], clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._clock = clock
+        self._ttls = dict(ttls)
+        self.shared: SharedAnswers | None = None  # set when replicas share state
         self._caches: dict[str, TTLCache[Key, CachedAnswer]] = {
             endpoint: TTLCache(maxsize=MAX_ENTRIES, ttl=ttl, timer=clock)
             for endpoint, ttl in ttls.items()
@@ -82,7 +100,20 @@ class MetadataCache:
         return profile, target, accept_encoding or ""
 
     def get(self, key: Key, endpoint: str) -> CachedAnswer | None:
+        """This replica's entry, counted as a hit or a miss."""
+        return self._count(key, endpoint, self._caches[endpoint].get(key))
+
+    async def find(self, key: Key, endpoint: str) -> CachedAnswer | None:
+        """This replica's entry, else the one the replicas share; counted."""
         answer = self._caches[endpoint].get(key)
+        if answer is None and self.shared is not None:
+            found = await self.shared.get(key, endpoint)
+            if found is not None:
+                headers, body, age = found
+                answer = CachedAnswer(headers, body, self._clock() - age)
+        return self._count(key, endpoint, answer)
+
+    def _count(self, key: Key, endpoint: str, answer: CachedAnswer | None) -> CachedAnswer | None:
         counts = self.hits if answer is not None else self.misses
         counts[key[0], endpoint] = counts.get((key[0], endpoint), 0) + 1
         return answer
@@ -92,6 +123,8 @@ class MetadataCache:
             self._caches[endpoint][key] = CachedAnswer(
                 CIMultiDictProxy(CIMultiDict(headers)), body, self._clock()
             )
+            if self.shared is not None:
+                self.shared.put(key, endpoint, headers, body, self._ttls[endpoint])
 
     def age(self, answer: CachedAnswer) -> int:
         """Whole seconds since the answer was kept, for the ``Age`` header."""

@@ -41,7 +41,7 @@ async def _burst(http: aiohttp.ClientSession, url: str, size: int) -> list[float
         started = time.perf_counter()
         async with http.post(url + CREATE, json={"format": "jsonl"}) as resp:
             await resp.read()
-            if resp.status != 200:
+            if resp.status >= 300:
                 raise RuntimeError(f"{url}: HTTP {resp.status}")
         return (time.perf_counter() - started) * 1000
 

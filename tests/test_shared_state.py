@@ -126,7 +126,7 @@ async def test_redis_away_slow_or_stopped_then_back(
     assert plain(text, "proxy_shared_state_errors_total") >= 1
     async with proxy.http.get(proxy.url + "/-/ready") as resp:
         assert resp.status == 200 and "shared_state" in (await resp.text())
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "proxy.shared_state" and r.levelno > 20]
     assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()  # once an episode
 
     await redis_server.start()  # the same port
@@ -205,3 +205,34 @@ def test_the_shared_state_settings_load() -> None:
     assert load_config(None, CREDS).shared_state is None
     with pytest.raises(ConfigError, match="shared_state is not"):
         load_config(None, {**CREDS, "DAP_PROXY_SHARED_STATE_PASSWORD_FILE": "/nonexistent"})
+
+
+async def test_a_client_that_hangs_up_gives_its_shared_slot_back(
+    limited_gateway: Gateway, proxy_factory: ProxyFactory, redis_server: RedisServer
+) -> None:
+    """A job creation waiting for a slot reserved in Redis: its client hangs up, the slot is
+    given back (the other replicas may use it) and nothing is sent."""
+    proxy = await proxy_factory(
+        limited_gateway.url, **shared(redis_server, DAP_PROXY_RATE_LIMITS_WINDOW="30")
+    )
+    for _ in range(5):
+        assert (await create_job(proxy))[0] == 200
+    slots = "\"return redis.call('ZCARD', redis.call('KEYS', '*:slots')[1])\""
+    assert await redis_server.command("EVAL", slots, "0") == b":5"
+    waiting = asyncio.create_task(create_job(proxy))
+    labels = {"profile": "default", "endpoint": "create_job"}
+    for _ in range(200):
+        if metric(await metrics(proxy), "proxy_rate_limit_queued", **labels):
+            break
+        await asyncio.sleep(0.01)
+    assert await redis_server.command("EVAL", slots, "0") == b":6"  # its slot, reserved
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    for _ in range(200):
+        if await redis_server.command("EVAL", slots, "0") == b":5":
+            break
+        await asyncio.sleep(0.01)
+    assert await redis_server.command("EVAL", slots, "0") == b":5"
+    assert metric(await metrics(proxy), "proxy_rate_limit_queued", **labels) == 0
+    assert len(limited_gateway.state.requests_to("create_job")) == 5

@@ -76,8 +76,12 @@ class RedisBudgets:
         answer = await self._state.call(lambda redis: self._reserve(redis, keys, args))
         if answer is None:
             return None
-        granted, wait = answer
-        return Reservation(granted == 1, max(0.0, float(wait)), ticket)
+        try:
+            granted, wait = answer
+            return Reservation(granted == 1, max(0.0, float(wait)), ticket)
+        except (ValueError, TypeError):  # not what RESERVE answers: this replica's own budget
+            self._state.errors += 1
+            return None
 
     def release(self, profile: str, endpoint: str, ticket: str) -> None:
         slots, _ = self._keys(profile, endpoint)

@@ -70,9 +70,13 @@ class RedisCache:
         found = await self._state.call(lambda redis: self._get(redis, keys, ()))
         if not found:
             return None
-        headers, body, age = found
-        pairs = [(str(name), str(value)) for name, value in json.loads(headers)]
-        return CIMultiDictProxy(CIMultiDict(pairs)), bytes(body), max(0.0, float(age))
+        try:
+            headers, body, age = found
+            pairs = [(str(name), str(value)) for name, value in json.loads(headers)]
+            return CIMultiDictProxy(CIMultiDict(pairs)), bytes(body), max(0.0, float(age))
+        except (ValueError, TypeError):  # not what PUT writes: a miss, never a 5xx
+            self._state.errors += 1
+            return None
 
     def put(
         self, key: Key, endpoint: str, headers: CIMultiDict[str], body: bytes, ttl: float

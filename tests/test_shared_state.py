@@ -236,3 +236,31 @@ async def test_a_client_that_hangs_up_gives_its_shared_slot_back(
     assert await redis_server.command("EVAL", slots, "0") == b":5"
     assert metric(await metrics(proxy), "proxy_rate_limit_queued", **labels) == 0
     assert len(limited_gateway.state.requests_to("create_job")) == 5
+
+
+async def test_a_flapping_redis_is_logged_once_a_minute(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that comes and goes (answers PING, then refuses or stalls) is one warning and
+    one recovery line, not two lines every few seconds."""
+    from yarl import URL
+
+    from proxy.config.records import SharedStateConfig
+    from proxy.observe.background import Supervisor
+    from proxy.sharing.shared_state import SharedState
+
+    caplog.set_level(logging.DEBUG, "proxy.shared_state")
+    state = SharedState(SharedStateConfig(URL(redis_server.url)), Supervisor())
+    await state.start()
+    try:
+        for _ in range(3):
+            redis_server.freeze()
+            assert not await state.check()
+            redis_server.thaw()
+            assert await state.check()
+    finally:
+        await state.close()
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len([m for m in loud if "unreachable" in m]) == 1
+    assert len([m for m in loud if "reachable again" in m]) == 1
+    assert state.errors == 3

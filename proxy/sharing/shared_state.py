@@ -8,10 +8,11 @@ named by a digest of the profile's upstream and client id.
 
 Every call goes through ``SharedState.call``, bounded by ``timeout`` (100 ms by default): a
 slow or absent Redis costs a request at most that, once. The first failure marks the state
-down (one warning per episode, ``/-/status`` shows a problem, ``proxy_shared_state_up`` is
-0); while down, callers do not try Redis at all and carry on with this replica's own
-budgets and cache. A supervised task pings Redis (every 2 s while up; while down, after
-0.25 s, doubling to 2 s) and marks it up again when it answers.
+down (one warning per episode, and none for another within a minute; ``/-/status`` shows
+a problem, ``proxy_shared_state_up`` is 0); while down, callers do not try Redis at all and
+carry on with this replica's own budgets and cache. A supervised task pings Redis (every
+2 s while up; while down, after 0.25 s, doubling to 2 s) and marks it up again when it
+answers.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ TASK = "shared_state"  # its name in /-/status problems and the supervisor
 PING_SECONDS = 2.0  # while up: how often Redis is asked whether it is still there
 FIRST_RETRY = 0.25  # while down: the first wait before trying again, doubled each time
 LAST_RETRY = 2.0
+QUIET_SECONDS = 60.0  # a new episode this soon after the last one is logged at debug only
 MAX_BACKGROUND = 256  # writes in flight that no request waits for (give-backs, cache fills)
 _CONNECTIONS = 100
 _FAILURES = (RedisError, OSError, TimeoutError)
@@ -89,6 +91,8 @@ class SharedState:
         self._redis: Redis | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
+        self._warned_at = -QUIET_SECONDS  # monotonic: when an episode was last logged
+        self._episode = 0.0  # monotonic: when the current (or last) episode began
 
     @property
     def redis(self) -> Redis:
@@ -156,21 +160,32 @@ class SharedState:
             return False
         if not self.up:
             if self.problem != "not connected yet":
-                log.info("shared state: %s reachable again; budgets and cache shared", self.shown)
+                level = logging.INFO if self._warned_at == self._episode else logging.DEBUG
+                log.log(level, "shared state: %s reachable again; shared again", self.shown)
             self.up, self.since, self.problem = True, time.time(), None
         return True
+
+    def _loud(self) -> bool:
+        """Log this transition above debug? Not when the last episode was under a minute ago:
+        a Redis that answers PING but refuses the rest (out of memory) would flap."""
+        return time.monotonic() - self._warned_at >= QUIET_SECONDS
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
         if not self.up and self.problem != "not connected yet":
             return  # the same episode: logged once already
         self.up, self.since, self.problem = False, time.time(), self._describe(exc)
-        log.warning(
+        loud = self._loud()
+        self._episode = time.monotonic()
+        log.log(
+            logging.WARNING if loud else logging.DEBUG,
             "shared state: %s unreachable (%s); each replica keeps its own rate budgets and "
             "cache until it is back (shared_state)",
             self.shown,
             self.problem,
         )
+        if loud:
+            self._warned_at = self._episode
 
     def _describe(self, exc: BaseException) -> str:
         """The error's class and text, never the password (as a precaution: Redis's own

@@ -52,6 +52,8 @@ class LabSettings:
     # Extra variants "ours-NAME": the product from another directory (a patched copy),
     # measured in the same rounds as "ours" to weigh a change.
     candidates: dict[str, Path] = field(default_factory=dict)
+    # Variant "ours-redis": ours with shared_state, against a redis-server on the load core.
+    shared_state: bool = False
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Lab:
         self.static_url = ""
         self.sink_url = ""
         self.token_url = ""
+        self.redis_url = ""
         self.big_path = settings.run_dir / "www" / "big.bin"
 
     def __enter__(self) -> Lab:
@@ -129,6 +132,14 @@ class Lab:
         wait_for_port(port, proc)
         self.sink_url = f"http://127.0.0.1:{port}"
         self.token_url, _ = self.start_token_endpoint(token_lifetime=3599)
+        if self.settings.shared_state:
+            port = free_port()
+            argv = [which("redis-server") or "redis-server", "--port", str(port)]
+            argv += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            wait_for_port(
+                port, self.procs.start("redis", argv, core=core, cwd=self.settings.run_dir)
+            )
+            self.redis_url = f"redis://127.0.0.1:{port}/0"
 
     def start_token_endpoint(self, token_lifetime: int) -> tuple[str, str]:
         """The simulator's token endpoint: (token URL, stats URL)."""
@@ -209,7 +220,9 @@ class Lab:
             argv += ["--upstream", upstream_url, "--pool-size", str(pool_size or 100)]
             proc = self.procs.start("minimal", argv, core=core, env=env, cwd=self.settings.run_dir)
         elif name == "ours" or name.startswith("ours-"):
-            if name != "ours":
+            if name == "ours-redis":
+                env["DAP_PROXY_SHARED_STATE"] = self.redis_url
+            elif name != "ours":
                 env = self._python_env(self.settings.candidates[name.removeprefix("ours-")])
             env["DAP_CLIENT_ID"], env["DAP_CLIENT_SECRET"] = _demo_credentials()
             if pool_size is not None:

@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         help="add variant ours-NAME: the `proxy` package in DIR (a patched copy, with "
         "anything else it needs, such as uvloop, beside it), measured in the same rounds",
     )
+    parser.add_argument(
+        "--shared-state",
+        action="store_true",
+        help="add variant ours-redis: ours with shared_state, a redis-server on the load core "
+        "(apt-get install redis-server), measured in the same rounds",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--label", default="", help="a word for the result file names")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
@@ -359,10 +365,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         candidates[name] = Path(directory).resolve()
         variants.append(f"ours-{name}")
+    if args.shared_state:
+        if which("redis-server") is None:
+            _say("--shared-state: redis-server not found (apt-get install redis-server)")
+            return 2
+        variants.append("ours-redis")
     wanted = {w for w in args.workloads.split(",") if w}
-    unknown = (set(variants) - set(VARIANTS) - {f"ours-{n}" for n in candidates}) | (
-        wanted - set(ALL_WORKLOADS)
-    )
+    extra = {f"ours-{n}" for n in candidates} | ({"ours-redis"} if args.shared_state else set())
+    unknown = (set(variants) - set(VARIANTS) - extra) | (wanted - set(ALL_WORKLOADS))
     if unknown:
         _say(f"unknown variants or workloads: {', '.join(sorted(unknown))}")
         return 2
@@ -405,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                     big_bytes=args.big_mib * 2**20,
                     proxy_path=args.proxy_path,
                     candidates=candidates,
+                    shared_state=args.shared_state,
                 )
             ) as lab,
         ):

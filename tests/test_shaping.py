@@ -142,3 +142,11 @@ def test_what_the_cache_refuses_and_when_a_client_asks_for_fresh() -> None:
     assert wants_fresh(CIMultiDict({"Cache-Control": "no-cache"}))
     assert wants_fresh(CIMultiDict({"Pragma": "no-cache"}))
     assert not wants_fresh(CIMultiDict())
+
+
+def test_answers_varying_on_more_than_the_encoding_are_not_cacheable() -> None:
+    assert cacheable(CIMultiDict({"Vary": "Accept-Encoding"}))
+    assert cacheable(CIMultiDict({"Vary": "accept-encoding, Accept-Encoding"}))
+    assert not cacheable(CIMultiDict({"Vary": "Accept, X-Who"}))
+    assert not cacheable(CIMultiDict([("Vary", "Accept-Encoding"), ("Vary", "Cookie")]))
+    assert not cacheable(CIMultiDict({"Vary": "*"}))

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy.simulator import expected_object_bytes
 
@@ -337,3 +339,78 @@ async def test_requests_answered_503_for_want_of_a_token_spend_no_slot(
     async with proxy.http.get(proxy.url + "/-/status") as resp:
         budgets = (await resp.json())["profiles"]["default"]["rate_limits"]
     assert budgets["get_schema"] == 500
+
+
+async def test_a_queued_request_whose_client_hangs_up_mid_body_is_never_sent(
+    limited: Gateway, proxy_factory: ProxyFactory
+) -> None:
+    """Issue 19, item 5: a job creation with a large Content-Length, part of its body sent
+    (enough that the proxy stops reading: flow control), queued for a slot; the client hangs
+    up. The proxy drops it: the gateway never receives it and the budget is not spent."""
+    proxy = await proxy_factory(limited.url, **shaped(DAP_PROXY_RATE_LIMITS_WINDOW="2"))
+    for _ in range(5):
+        assert (await create_job(proxy))[0] == 200
+    url = URL(proxy.url)
+    _, writer = await asyncio.open_connection(url.host, url.port)
+    head = (
+        f"POST {CREATE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: 50000000\r\n\r\n"
+    )
+    writer.write(head.encode() + b" " * 1_000_000)  # never the rest
+    await asyncio.wait_for(writer.drain(), 10)
+    labels = {"profile": "default", "endpoint": "create_job"}
+    text = ""
+    for _ in range(200):  # until the proxy holds it
+        if metric(text := await metrics(proxy), "proxy_rate_limit_queued", **labels):
+            break
+        await asyncio.sleep(0.02)
+    assert metric(text, "proxy_rate_limit_queued", **labels) == 1
+    writer.close()  # a FIN behind a megabyte the proxy has not read
+    await writer.wait_closed()
+    for _ in range(200):
+        if not metric(text := await metrics(proxy), "proxy_rate_limit_queued", **labels):
+            break
+        await asyncio.sleep(0.02)
+    assert metric(text, "proxy_rate_limit_queued", **labels) == 0
+    await asyncio.sleep(2.5)  # past the moment its slot would have freed
+    assert len(limited.state.requests_to("create_job")) == 5
+    async with proxy.http.get(proxy.url + "/-/status") as resp:
+        budgets = (await resp.json())["profiles"]["default"]["rate_limits"]
+    assert budgets["create_job"] == 5  # the window has passed; nothing new was admitted
+
+
+@pytest.mark.parametrize(("vary", "sent"), [("Accept, X-Who", 3), ("Accept-Encoding", 1)])
+async def test_answers_that_vary_on_request_headers_are_not_cached(
+    gateway_factory: GatewayFactory, proxy_factory: ProxyFactory, vary: str, sent: int
+) -> None:
+    """Issue 19, item 10: an answer with ``Vary: Accept, X-Who`` kept for one caller would be
+    served to the others; only ``Accept-Encoding`` (part of the cache key) may vary."""
+
+    async def add_vary(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path == TABLES:
+            response.headers["Vary"] = vary
+
+    gateway = await gateway_factory(lambda app: app.on_response_prepare.append(add_vary))
+    proxy = await proxy_factory(gateway.url, **shaped())
+    for who in ("a", "b", "c"):
+        status, headers, _ = await get(proxy, TABLES, **{"X-Who": who})
+        assert status == 200 and headers["Vary"] == vary
+    assert len(gateway.state.requests_to("list_tables")) == sent
+
+
+async def test_a_gateway_retry_after_is_honoured_only_up_to_the_cap(
+    limited: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19, item 13: one ``Retry-After: 864000`` would pause job creation for ten days;
+    capped at ``retry_after_cap`` (1 s here), the request waits it out and goes again."""
+    limited.state.faults.api_statuses = [429]
+    limited.state.faults.retry_after = 864000
+    proxy = await proxy_factory(
+        limited.url, **shaped(DAP_PROXY_RETRY_AFTER_CAP="1", DAP_PROXY_RATE_LIMITS_MAX_WAIT="5")
+    )
+    caplog.set_level(logging.WARNING, "proxy.shaping")
+    status, _, _ = await create_job(proxy)
+    assert status == 200  # without the cap: the gateway's 429, the class paused for days
+    assert len(limited.state.requests_to("create_job")) == 2
+    capped = [r.getMessage() for r in caplog.records if "retry_after_cap" in r.getMessage()]
+    assert len(capped) == 1 and "864000 s" in capped[0] and "pausing 1 s" in capped[0]

@@ -27,6 +27,7 @@ from .records import (
     Policy,
     Profile,
     RateLimits,
+    SharedStateConfig,
     Timeouts,
 )
 from .secret_files import SecretReader, access_config, credentials
@@ -71,6 +72,28 @@ def _check_access(
             problems.append(f"access: grants unknown profiles: {', '.join(unknown)}")
 
 
+def _shared_state(reader: SecretReader, problems: list[str]) -> SharedStateConfig | None:
+    """``shared_state``, its password from ``shared_state_password_file`` when not in it."""
+    url: URL | None = reader.parsed.get("shared_state")
+    if "shared_state_password_file" not in reader.raw:
+        return SharedStateConfig(url) if url is not None else None
+    source = reader.raw["shared_state_password_file"].source
+    if url is None:
+        if "shared_state" not in reader.raw:
+            problems.append(f"shared_state_password_file: set, but shared_state is not ({source})")
+        return None
+    if url.password:
+        problems.append(
+            "shared_state and shared_state_password_file: the URL holds a password already; "
+            f"set only one (from {reader.raw['shared_state'].source} and {source})"
+        )
+        return None
+    before = len(reader.problems)
+    password = reader.private_file("shared_state_password_file")
+    problems += reader.problems[before:]
+    return SharedStateConfig(url, password) if password is not None else None
+
+
 def load_config(
     path: Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -107,6 +130,7 @@ def load_config(
     egress = network.egress(environ, reader, problems)
     problems += reader.problems[read_before:]  # the credentials file's own
     trust = network.trust(parsed, reader, environ, problems)
+    shared_state = _shared_state(reader, problems)
     listen: ListenAddress | None = parsed.get("listen")
     if listen is not None and not (
         listen.is_loopback or access.required or parsed.get("allow_non_loopback")
@@ -145,6 +169,7 @@ def load_config(
             max_wait=parsed["rate_limits.max_wait"],
             window=parsed["rate_limits.window"],
             limits={name: parsed[f"rate_limits.{name}"] for name in RATE_LIMITS},
+            retry_after_cap=parsed["retry_after_cap"],
         ),
         cache=CacheSettings(
             enabled=parsed["cache.enabled"],
@@ -154,6 +179,7 @@ def load_config(
         trust=trust,
         object_relay=parsed["object_relay"],
         relay_hosts=parsed.get("relay_hosts") or (),
+        shared_state=shared_state,
         warnings=(*warnings, *reader.warnings, *cleartext),
         watched_files=tuple(dict.fromkeys([*([str(path)] if path else []), *reader.files])),
     )

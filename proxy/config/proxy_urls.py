@@ -1,7 +1,9 @@
-"""Egress proxy URLs: parsed from what a user wrote, and shown with the password masked.
+"""URLs that can carry a password (egress proxies, Redis): parsed from what a user wrote,
+and shown with the password masked.
 
-Its own module because a proxy URL is the one value that can carry a password in plain
-sight: every error and every display of one goes through ``masked_text``/``masked_proxy``.
+Their own module because these are the values that can carry a password in plain sight:
+every error and every display of one goes through ``masked_text``/``masked_proxy``/
+``masked_redis``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from yarl import URL
 
 from .values import ListenAddress, text
 
-__all__ = ["masked_proxy", "masked_text", "proxy_url"]
+__all__ = ["masked_proxy", "masked_redis", "masked_text", "proxy_url", "redis_url"]
 
 
 def masked_text(given: object) -> str:
@@ -69,3 +71,29 @@ def masked_proxy(proxy: URL) -> str:
     """``http://user:***@proxy.example:3128``: a proxy URL as shown, never its password."""
     user = f"{proxy.user}:***@" if proxy.user else ""
     return f"{proxy.scheme}://{user}{ListenAddress(proxy.host or '', proxy.port or 0)}"
+
+
+def redis_url(value: object) -> URL:
+    """Shared state: ``redis://[user:password@]host[:port][/db]``, or ``rediss://`` (TLS).
+    Errors never repeat the value: it can hold the password."""
+    usage = "expected redis://[user:password@]host:port/db or rediss://..."
+    try:
+        parsed = URL(text(value))
+        parsed.port  # noqa: B018 - a bad port raises only when read
+    except ValueError:
+        raise ValueError(usage) from None
+    if parsed.scheme not in ("redis", "rediss") or not parsed.host:
+        raise ValueError(usage)
+    if parsed.query_string or parsed.fragment:
+        raise ValueError(f"{usage}, without a query string")
+    database = parsed.path.strip("/") or "0"
+    if not database.isdigit():
+        raise ValueError(f"{usage}: the path is a database number, such as /0")
+    return parsed.with_path("/" + database)
+
+
+def masked_redis(url: URL) -> str:
+    """``redis://user:***@host:6379/0``: a Redis URL as shown, never its password."""
+    user = f"{url.user or ''}:***@" if url.password else f"{url.user}@" if url.user else ""
+    address = ListenAddress(url.host or "", url.port or 6379)
+    return f"{url.scheme}://{user}{address}{url.path}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from yarl import URL
 
 from ..gateway import RATE_LIMITS
-from .proxy_urls import masked_proxy
+from .proxy_urls import masked_proxy, masked_redis
 from .values import ListenAddress
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Policy",
     "Profile",
     "RateLimits",
+    "SharedStateConfig",
     "Timeouts",
     "TrustConfig",
 ]
@@ -103,6 +104,7 @@ class RateLimits:
     max_wait: float = 60.0
     window: float = 60.0
     limits: Mapping[str, int] = field(default_factory=lambda: dict(RATE_LIMITS))
+    retry_after_cap: float = 900.0  # the longest pause a gateway Retry-After may impose
 
 
 DEFAULT_TTLS = {"list_tables": 60.0, "get_schema": 300.0}
@@ -114,6 +116,25 @@ class CacheSettings:
 
     enabled: bool = True
     ttls: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_TTLS))
+
+
+@dataclass(frozen=True)
+class SharedStateConfig:
+    """Where replicas share their rate budgets and metadata cache (sharing/shared_state.py):
+    a Redis URL, and its password when it comes from ``shared_state_password_file``. Neither
+    password ever appears in a repr; ``shown`` is the URL masked. ``timeout``: seconds any
+    one Redis call may take before the proxy carries on without it."""
+
+    url: URL = field(repr=False)
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 0.1
+
+    @property
+    def shown(self) -> str:
+        return masked_redis(self.url.with_password("x") if self.password else self.url)
+
+    def __repr__(self) -> str:
+        return f"SharedStateConfig(url={self.shown!r}, timeout={self.timeout!r})"
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,7 @@ class Config:
     trust: TrustConfig = field(default_factory=TrustConfig)
     object_relay: bool = False  # rewrite object URLs to the proxy's /-/relay/ (sharing/relay.py)
     relay_hosts: tuple[str, ...] = ()  # storage host suffixes the relay may fetch (all if empty)
+    shared_state: SharedStateConfig | None = None  # Redis, shared by replicas; None: none
     # Problems worth a warning at startup but not a refusal (a secret file others can read).
     warnings: tuple[str, ...] = ()
     # Every credential set in use, by name: ``default`` (if it has credentials), named ones.

@@ -91,6 +91,7 @@ KEYS = {
         Key("rate_limits.enabled", values.boolean, _RATES.enabled),
         Key("rate_limits.max_wait", values.non_negative_number, _RATES.max_wait),
         Key("rate_limits.window", values.positive_number, _RATES.window),
+        Key("retry_after_cap", values.positive_number, _RATES.retry_after_cap),
         *(Key(f"rate_limits.{k}", values.positive_int, limit) for k, limit in RATE_LIMITS.items()),
         Key("cache.enabled", values.boolean, CacheSettings().enabled),
         *(Key(f"cache.{k}", values.non_negative_number, ttl) for k, ttl in DEFAULT_TTLS.items()),
@@ -101,6 +102,9 @@ KEYS = {
         Key("ca_file", values.text),
         Key("object_relay", values.boolean, _DEFAULT["object_relay"]),
         Key("relay_hosts", values.host_suffixes),
+        # Several replicas as one proxy (sharing/shared_state.py); the URL may hold a password.
+        Key("shared_state", proxy_urls.redis_url),  # its errors never repeat the value
+        Key("shared_state_password_file", values.text),
     )
 }
 

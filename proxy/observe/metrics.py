@@ -22,6 +22,8 @@ set). Never the raw path.
     proxy_rate_limit_gateway_429_total{profile,endpoint}     429s from the gateway
     proxy_cache_hits_total / proxy_cache_misses_total{profile,endpoint}   metadata cache
     proxy_relay_objects_total / proxy_relay_bytes_total{profile}   object relay (/-/relay/)
+    proxy_shared_state_up                                    1 while Redis (shared_state) answers
+    proxy_shared_state_errors_total                          Redis calls failed or timed out
 
 The values are plain numbers kept here and turned into metric families when scraped:
 prometheus_client's own counters take a lock on every increment, which the single-threaded
@@ -45,7 +47,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "CacheFigures", "Metrics", "ShapingFigures", "TokenFigures"]
+__all__ = [
+    "CONTENT_TYPE",
+    "CacheFigures",
+    "Metrics",
+    "ShapingFigures",
+    "SharedStateFigures",
+    "TokenFigures",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -72,6 +81,11 @@ class ShapingFigures(Protocol):
 class CacheFigures(Protocol):
     hits: dict[tuple[str, str], int]
     misses: dict[tuple[str, str], int]
+
+
+class SharedStateFigures(Protocol):  # sharing/shared_state.py
+    up: bool
+    errors: int
 
 
 class _Histogram:
@@ -110,6 +124,7 @@ class Metrics(Collector):
         self.requests_served = 0
         self.shaper: ShapingFigures | None = None  # set when rate limits are shaped
         self.cache: CacheFigures | None = None  # set when the metadata cache is on
+        self.shared_state: SharedStateFigures | None = None  # set with shared_state
         self.relay_objects: defaultdict[str, int] = defaultdict(int)
         self.relay_bytes: defaultdict[str, int] = defaultdict(int)
         self.registry = CollectorRegistry()
@@ -207,6 +222,17 @@ class Metrics(Collector):
             relayed.add_metric([name], manager.relayed_401s)
         yield from (expires, refreshes, relayed)
         yield from _sharing_families(self.shaper, self.cache)
+        if self.shared_state is not None:
+            yield GaugeMetricFamily(
+                "proxy_shared_state_up",
+                "1 while the shared state (Redis) answers; 0: each replica on its own budgets.",
+                value=int(self.shared_state.up),
+            )
+            yield CounterMetricFamily(
+                "proxy_shared_state_errors",
+                "Calls to the shared state (Redis) that failed or timed out.",
+                value=self.shared_state.errors,
+            )
 
 
 def _histogram(name: str, documentation: str, by_profile: Mapping[str, _Histogram]) -> Metric:

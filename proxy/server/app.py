@@ -110,8 +110,10 @@ def create_app(
     if relay is not None:
         app[RELAY] = relay
         app.cleanup_ctx.append(relay.lifecycle)  # its own session for storage reached directly
-    app[SHARING] = sharing = Sharing(config, relay)
+    app[SHARING] = sharing = Sharing(config, relay, app[SUPERVISOR])
     app[METRICS].shaper, app[METRICS].cache = sharing.shaper, sharing.cache
+    app[METRICS].shared_state = sharing.shared_state
+    app.cleanup_ctx.append(sharing.lifespan)  # Redis, when replicas share state
     app.cleanup_ctx.append(_upstream(clock))
     if config.policy.allowed_origins:
         app.on_response_prepare.append(_allow_origin)

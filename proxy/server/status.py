@@ -5,6 +5,8 @@
 (absent when shaping is off). ``problems``: background tasks failing unexpectedly now, token
 refreshes included (observe/background.py), latest first. ``scope``: from the gateway
 token's informational scope string, ``"<service> principal:<id> partner:<id> region:<id>"``.
+``shared_state``: the Redis replicas share (URL masked), whether it answers, since when; while
+it does not, a ``shared_state`` problem says why (rate budgets are then this replica's own).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from aiohttp import web
 
 from .. import __version__
 from ..admission.routing import unknown_profile
+from ..observe.background import BackgroundProblem
 from ..observe.logs import REQUEST_ID
 from ..responses import REQUEST_ID_HEADER, error_response, json_response
+from ..sharing.shared_state import TASK, SharedState
 from ..tokens.manager import TokenManager
 from ..upstream.egress import masked
 from ..upstream.shaping import Shaper
@@ -62,6 +66,26 @@ def _profile(tokens: TokenManager, upstream: str | None, shaper: Shaper | None) 
     }
 
 
+def _problems(app: web.Application) -> list[BackgroundProblem]:
+    """The background problems, and the shared state's when Redis does not answer."""
+    problems = list(app[SUPERVISOR].problems.values())
+    shared = app[SHARING].shared_state
+    if shared is not None and not shared.up and TASK not in app[SUPERVISOR].problems:
+        problems.append(BackgroundProblem(TASK, shared.problem or "unreachable", shared.since))
+    return problems
+
+
+def _shared_state(shared: SharedState | None) -> dict[str, Any] | None:
+    if shared is None:
+        return None
+    return {
+        "url": shared.shown,
+        "up": shared.up,
+        "since": _utc(shared.since),
+        "errors": shared.errors,
+    }
+
+
 async def ready(request: web.Request) -> web.Response:
     """Ready while any profile can serve: one institution's failure is not everyone's. Why
     not is told in the proxy's own words to everyone; the token endpoint's own words
@@ -77,7 +101,7 @@ async def ready(request: web.Request) -> web.Response:
             message = unknown_profile(name, managers if known else None)
             return error_response(404, "UnknownProfile", message, request_id=request_id)
         managers = {name: managers[name]}
-    problems = [f"{problem.task}: {problem.error}" for problem in app[SUPERVISOR].problems.values()]
+    problems = [f"{problem.task}: {problem.error}" for problem in _problems(app)]
     states = {profile: tokens.ready for profile, tokens in managers.items()}
     if any(states.values()):
         body: dict[str, object] = {"status": "ready", "profiles": states}
@@ -98,7 +122,7 @@ async def ready(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     app = request.app
     config, profiles, shaper = app[CONFIG], app[TOKENS], app[SHARING].shaper
-    problems = sorted(app[SUPERVISOR].problems.values(), key=lambda p: p.at, reverse=True)
+    problems = sorted(_problems(app), key=lambda p: p.at, reverse=True)
     upstreams = {name: str(p.url) for name, p in config.profiles.items()}
     egress = config.egress
     return json_response(
@@ -124,5 +148,6 @@ async def status(request: web.Request) -> web.Response:
             }
             | {"no_proxy": list(egress.no_proxy)},
             "object_relay": RELAY in app,
+            "shared_state": _shared_state(app[SHARING].shared_state),
         }
     )

@@ -3,10 +3,14 @@
 The table list (5 requests a minute per client id) and table schemas change rarely, and
 every tool asks for them. Complete ``200`` answers to ``GET`` list-tables and get-schema are
 kept a short while (60 s and 300 s by default), per profile (institutions see different
-tables), keyed by the path, the query and ``Accept-Encoding``; never answers that set cookies
-or say ``private``/``no-store``, nor bodies over ``MAX_BODY``. A client's ``Cache-Control:
-no-cache`` goes upstream and refreshes the entry. Answers from the cache carry ``Age``.
-Bodies are relayed byte for byte either way.
+tables), keyed by the path, the query and ``Accept-Encoding``; never answers that set cookies,
+say ``private``/``no-store``, or vary on anything but ``Accept-Encoding`` (``Vary: Accept,
+X-Who``: the key cannot tell those callers apart), nor bodies over ``MAX_BODY``. A
+client's ``Cache-Control: no-cache`` goes upstream and refreshes the entry. Answers from the
+cache carry ``Age``. Bodies are relayed byte for byte either way.
+
+With ``shared_state`` the replicas share entries (redis_cache.py, a ``SharedAnswers``): a
+miss here asks Redis before the gateway, and every entry kept here is kept there too.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cachetools import TTLCache
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["CacheFill", "CachedAnswer", "MetadataCache", "wants_fresh"]
+__all__ = ["CacheFill", "CachedAnswer", "MetadataCache", "SharedAnswers", "wants_fresh"]
 
 MAX_BODY = 1024 * 1024
 MAX_ENTRIES = 512  # per endpoint class: memory stays bounded
@@ -37,6 +42,18 @@ class CachedAnswer:
 Key = tuple[str, str, str]  # profile, path and query, Accept-Encoding
 
 
+class SharedAnswers(Protocol):
+    """Entries every replica shares; ``get`` gives ``(headers, body, age)``, else ``None``."""
+
+    async def get(
+        self, key: Key, endpoint: str
+    ) -> tuple[CIMultiDictProxy[str], bytes, float] | None: ...
+
+    def put(
+        self, key: Key, endpoint: str, headers: CIMultiDict[str], body: bytes, ttl: float
+    ) -> None: ...
+
+
 def wants_fresh(headers: Mapping[str, str]) -> bool:
     """The client asked to bypass caches (``Cache-Control: no-cache`` or ``Pragma``)."""
     control = headers.get("Cache-Control", "").lower()
@@ -44,10 +61,18 @@ def wants_fresh(headers: Mapping[str, str]) -> bool:
     return "no-cache" in control or "max-age=0" in control or "no-cache" in pragma
 
 
-def cacheable(headers: Mapping[str, str]) -> bool:
-    """An answer the gateway did not mark as one client's own."""
+def cacheable(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> bool:
+    """An answer the gateway did not mark as one client's own, nor as varying with request
+    headers other than ``Accept-Encoding`` (which is in the key)."""
     control = headers.get("Cache-Control", "").lower()
-    return "Set-Cookie" not in headers and not any(word in control for word in _UNCACHEABLE)
+    varies = {
+        name.strip().lower() for value in headers.getall("Vary", ()) for name in value.split(",")
+    }
+    return (
+        "Set-Cookie" not in headers
+        and not any(word in control for word in _UNCACHEABLE)
+        and varies <= {"accept-encoding", ""}
+    )
 
 
 class MetadataCache:
@@ -57,6 +82,8 @@ class MetadataCache:
         self, ttls: Mapping[str, float], clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._clock = clock
+        self._ttls = dict(ttls)
+        self.shared: SharedAnswers | None = None  # set when replicas share state
         self._caches: dict[str, TTLCache[Key, CachedAnswer]] = {
             endpoint: TTLCache(maxsize=MAX_ENTRIES, ttl=ttl, timer=clock)
             for endpoint, ttl in ttls.items()
@@ -73,7 +100,20 @@ class MetadataCache:
         return profile, target, accept_encoding or ""
 
     def get(self, key: Key, endpoint: str) -> CachedAnswer | None:
+        """This replica's entry, counted as a hit or a miss."""
+        return self._count(key, endpoint, self._caches[endpoint].get(key))
+
+    async def find(self, key: Key, endpoint: str) -> CachedAnswer | None:
+        """This replica's entry, else the one the replicas share; counted."""
         answer = self._caches[endpoint].get(key)
+        if answer is None and self.shared is not None:
+            found = await self.shared.get(key, endpoint)
+            if found is not None:
+                headers, body, age = found
+                answer = CachedAnswer(headers, body, self._clock() - age)
+        return self._count(key, endpoint, answer)
+
+    def _count(self, key: Key, endpoint: str, answer: CachedAnswer | None) -> CachedAnswer | None:
         counts = self.hits if answer is not None else self.misses
         counts[key[0], endpoint] = counts.get((key[0], endpoint), 0) + 1
         return answer
@@ -83,6 +123,8 @@ class MetadataCache:
             self._caches[endpoint][key] = CachedAnswer(
                 CIMultiDictProxy(CIMultiDict(headers)), body, self._clock()
             )
+            if self.shared is not None:
+                self.shared.put(key, endpoint, headers, body, self._ttls[endpoint])
 
     def age(self, answer: CachedAnswer) -> int:
         """Whole seconds since the answer was kept, for the ``Age`` header."""

@@ -51,6 +51,7 @@ from . import headers
 from .answer import relay_answer
 from .body_filter import BodyFilter
 from .client_body import request_body
+from .client_gone import ClientGone, client_gone, unless_client_goes
 from .egress import host_port
 from .failures import describe
 from .shaping import OverBudget, Shaper
@@ -161,7 +162,21 @@ class Forwarder:
             await self._tokens.token()
             left = max(0.0, shaper.max_wait - (time.monotonic() - started))
             try:
-                waited = await shaper.acquire(self._profile, endpoint, left)
+                # A client that hangs up while queued is dropped here, unsent (client_gone.py).
+                waited = await unless_client_goes(
+                    request, shaper.acquire(self._profile, endpoint, left)
+                )
+                if waited and client_gone(request):  # between the last look and the slot
+                    raise ClientGone
+            except ClientGone:
+                log.info(
+                    "client hung up while queued for a rate-limit slot; dropped unsent: "
+                    "%s %s (request %s)",
+                    request.method,
+                    request.path,
+                    request[REQUEST_ID],
+                )
+                raise asyncio.CancelledError from None  # the access line says 499
             except OverBudget as exc:
                 raise RateLimited(
                     f"over the gateway's rate limit for {endpoint.replace('_', ' ')} "
@@ -174,10 +189,10 @@ class Forwarder:
             answer = await send_with_token(self._tokens, send, replayable=replayable)
             if answer.status != 429:
                 return answer
-            pause = headers.retry_after_seconds(answer.headers.get("Retry-After"))
-            shaper.gateway_429(self._profile, endpoint, pause)
+            retry_after = headers.retry_after_seconds(answer.headers.get("Retry-After"))
+            pause = shaper.gateway_429(self._profile, endpoint, retry_after)
             left = shaper.max_wait - (time.monotonic() - started)
-            if not replayable or (pause or shaper.window) > left:
+            if not replayable or pause > left:
                 return answer  # the client's own wait would run out: it decides
             answer.release()
 

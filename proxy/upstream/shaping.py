@@ -8,19 +8,32 @@ class), a sliding window (no burst of 10 across a minute boundary) and a first-c
 A request over budget waits, up to ``max_wait``, for a slot; if none can free in time it is
 refused at once, unsent, with a 429 in the gateway's shape and an exact ``Retry-After``. A
 client that hangs up leaves the queue. A gateway 429 anyway (another user of the client id,
-a lowered limit) pauses the budget for its ``Retry-After`` (a window without one). Our window
-is 2 % longer than the gateway's: a request let in one window after another is never early.
+a lowered limit) pauses the budget for its ``Retry-After`` (a window without one), up to
+``retry_after_cap`` (a ``Retry-After: 864000`` would pause the class for ten days; a capped
+one is logged). Our window is 2 % longer than the gateway's: a request let in one window after
+another is never early.
+
+Several replicas keep one budget when given ``shared`` (a ``SharedBudgets``: Redis, in
+sharing/shared_state.py): each slot is reserved there, atomically, in arrival order; the
+request sleeps until its slot (a client that hangs up gives it back). When the shared store
+cannot answer in time, the request falls back to this replica's own ``Budget``, which also
+counts every request this replica sent, so it starts from what it knows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from .shared_budgets import SharedBudgets
+
 __all__ = ["Budget", "OverBudget", "Shaper", "ShapingStats", "endpoint_class"]
+
+log = logging.getLogger("proxy.shaping")
 
 _SAFETY = 1.02  # our window, relative to the gateway's
 _CLASSES = (  # method, whole path, class; a segment in braces is any one segment
@@ -117,6 +130,10 @@ class Budget:
             raise
         return self._clock() - now
 
+    def note(self) -> None:
+        """A request went by the shared budget: counted here too, for when it goes away."""
+        self._admitted.append(self._clock())
+
     def pause(self, seconds: float) -> None:
         """The gateway answered 429: nothing more goes before ``seconds`` have passed."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
@@ -171,14 +188,19 @@ class Shaper:
         *,
         window: float = 60.0,
         max_wait: float = 60.0,
+        retry_after_cap: float = 900.0,
         clock: Callable[[], float] | None = None,
+        shared: SharedBudgets | None = None,
     ) -> None:
         self.limits = dict(limits)
         self.window = window
         self.max_wait = max_wait
+        self.retry_after_cap = retry_after_cap
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._budgets: dict[tuple[str, str], Budget] = {}
         self.stats: dict[tuple[str, str], ShapingStats] = {}
+        self.shared = shared
+        self._sleeping: dict[tuple[str, str], int] = {}  # waiting for a shared slot
 
     def budget(self, profile: str, endpoint: str) -> Budget:
         key = (profile, endpoint)
@@ -191,8 +213,11 @@ class Shaper:
         """Seconds waited for a slot; raises ``OverBudget`` (counted as a local 429)."""
         budget = self.budget(profile, endpoint)
         stats = self.stats[profile, endpoint]
+        wait_allowed = self.max_wait if max_wait is None else max_wait
         try:
-            waited = await budget.acquire(self.max_wait if max_wait is None else max_wait)
+            waited = await self._shared(budget, profile, endpoint, wait_allowed)
+            if waited is None:  # no shared budget, or it cannot answer now: our own
+                waited = await budget.acquire(wait_allowed)
         except OverBudget:
             stats.local_429 += 1
             raise
@@ -201,12 +226,53 @@ class Shaper:
             stats.waited_seconds += waited
         return waited
 
-    def gateway_429(self, profile: str, endpoint: str, retry_after: float | None) -> None:
+    async def _shared(
+        self, budget: Budget, profile: str, endpoint: str, max_wait: float
+    ) -> float | None:
+        """Seconds waited for a slot of the budget every replica shares; ``None``: none."""
+        if self.shared is None:
+            return None
+        answer = await self.shared.reserve(profile, endpoint, budget.limit, budget.window, max_wait)
+        if answer is None:
+            return None
+        if not answer.granted:
+            raise OverBudget(answer.wait)
+        if answer.wait > 0:
+            key = (profile, endpoint)
+            self._sleeping[key] = self._sleeping.get(key, 0) + 1
+            try:
+                await asyncio.sleep(answer.wait)
+            except asyncio.CancelledError:
+                self.shared.release(profile, endpoint, answer.ticket)  # the slot goes back
+                raise
+            finally:
+                self._sleeping[key] -= 1
+        budget.note()
+        return answer.wait
+
+    def gateway_429(self, profile: str, endpoint: str, retry_after: float | None) -> float:
+        """Pause the class for the gateway's ``Retry-After`` (capped), else a window; the
+        seconds paused."""
         self.stats[profile, endpoint].gateway_429 += 1
-        self.budget(profile, endpoint).pause(retry_after or self.window)
+        pause = retry_after or self.window
+        if pause > self.retry_after_cap:
+            log.warning(
+                "the gateway asked to wait %.0f s (Retry-After) for %s (profile %s); pausing "
+                "%.0f s, the cap (retry_after_cap)",
+                pause,
+                endpoint.replace("_", " "),
+                profile,
+                self.retry_after_cap,
+            )
+            pause = self.retry_after_cap
+        self.budget(profile, endpoint).pause(pause)
+        if self.shared is not None:
+            self.shared.pause(profile, endpoint, pause)
+        return pause
 
     def queued(self) -> dict[tuple[str, str], int]:
-        return {key: budget.queued for key, budget in self._budgets.items()}
+        sleeping = self._sleeping
+        return {key: budget.queued + sleeping.get(key, 0) for key, budget in self._budgets.items()}
 
     def remaining(self, profile: str) -> dict[str, int]:
         """Each class's requests that could go at once now, for ``/-/status``."""

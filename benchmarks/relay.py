@@ -74,10 +74,11 @@ MIB = 1024 * 1024
 OBJECT_ID = "job-1/part-00000.bin"
 # The fake gateway's paths, which storage's nginx passes to it (benchmarks/nginx.py).
 _GATEWAY_PATHS = ("/ids/", "/dap/")
-# Hides uvloop from the proxy's process, so proxy/cli/main.py falls back to asyncio's own loop.
+# ``python -m proxy`` with uvloop hidden from the process, so the CLI falls back to asyncio's
+# own loop. Through runpy, whatever module the CLI lives in (a --proxy-path of another age).
 _ASYNCIO_ONLY = (
-    "import sys; sys.modules['uvloop'] = None; sys.argv[0] = 'proxy'; "
-    "from proxy.cli.main import main; raise SystemExit(main())"
+    "import runpy, sys; sys.modules['uvloop'] = None; "
+    "runpy.run_module('proxy', run_name='__main__', alter_sys=True)"
 )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["proxy_conf", "start_argv", "upstream_conf"]
+__all__ = ["proxy_conf", "start_argv", "storage_conf", "upstream_conf"]
 
 
 def _main_block(prefix: Path) -> str:
@@ -52,6 +52,45 @@ def upstream_conf(prefix: Path, port: int, root: Path) -> str:
         listen 127.0.0.1:{port};
         root {root};
     }}
+}}
+"""
+    )
+
+
+def storage_conf(
+    prefix: Path, port: int, root: Path, api_port: int, api_paths: tuple[str, ...]
+) -> str:
+    """``upstream_conf``'s static files, plus ``proxy_pass`` of each of ``api_paths`` (URL
+    prefixes such as ``/dap/``) to 127.0.0.1:``api_port``: one origin serving both an API
+    and its objects, as a gateway serving objects from its own origin does.
+
+    Upstream keep-alive; nginx's defaults otherwise (these answers are small).
+    """
+    locations = "".join(
+        f"""        location {path} {{
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+"""
+        for path in api_paths
+    )
+    return (
+        _main_block(prefix)
+        + f"""http {{
+{_http_common(prefix)}
+    types {{ application/json json; application/octet-stream bin; }}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    upstream api {{
+        server 127.0.0.1:{api_port};
+        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+{locations}    }}
 }}
 """
     )

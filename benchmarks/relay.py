@@ -4,18 +4,25 @@
 
 What runs (every process in its own session, all stopped at the end):
 
-* ``storage``: nginx serving a ``--size-mib`` file (sendfile on), as object storage would;
-  on the load core.
-* ``gateway``: a fake DAP gateway (this module, ``--fake-gateway``): ``POST
-  /ids/auth/login`` answers a JWT-shaped token, ``POST /dap/object/url`` a pre-signed-looking
-  URL of the storage file (``X-Amz-Expires=900`` from ``X-Amz-Date`` = now); on the load core.
+* ``storage``: nginx serving a ``--size-mib`` file (sendfile on), as object storage would,
+  and passing ``/ids/`` and ``/dap/`` on to the fake gateway (``proxy_pass``, keep-alive:
+  benchmarks/nginx.py ``storage_conf``); on the load core. The proxy's upstream
+  (``DAP_PROXY_UPSTREAM``) is this nginx: the relay fetches plain ``http://`` loopback URLs
+  only on its upstream's own scheme, host and port (proxy/sharing/relay_targets.py), as when
+  a gateway serves objects from its own origin (the simulator does). So the API calls cross
+  one extra nginx hop, outside what is measured, and the download stays nginx sendfile ->
+  proxy -> curl.
+* ``gateway``: a fake DAP gateway (this module, ``--fake-gateway``), reached through
+  ``storage``: ``POST /ids/auth/login`` answers a JWT-shaped token, ``POST /dap/object/url``
+  a pre-signed-looking URL of the storage file on that same origin (``X-Amz-Expires=900``
+  from ``X-Amz-Date`` = now); on the load core.
 * ``nginx-proxy``: nginx ``proxy_pass``-ing to storage, nginx's defaults otherwise
   (``proxy_buffering on``), upstream keep-alive; pinned to the proxy core. The reference.
 * ``nginx-unbuffered``: the harness's nginx reference (benchmarks/nginx.py ``proxy_conf``:
   ``proxy_buffering off``, 64 KiB buffers), a second, stricter reference; same core.
 * ``ours-<loop>``: ``python -m proxy serve`` with ``DAP_PROXY_OBJECT_RELAY=true`` in front of
-  the fake gateway, one per event loop asked for (asyncio's own loop is forced by hiding
-  uvloop from the process); pinned to the proxy core.
+  ``storage`` (so of the fake gateway too), one per event loop asked for (asyncio's own loop
+  is forced by hiding uvloop from the process); pinned to the proxy core.
 
 Each round downloads the file with curl (on the load core) once directly from storage, once
 through nginx and once through the relay per loop, in an order that rotates every round;
@@ -65,10 +72,13 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
 OBJECT_ID = "job-1/part-00000.bin"
-# Hides uvloop from the proxy's process, so proxy/cli.py falls back to asyncio's own loop.
+# The fake gateway's paths, which storage's nginx passes to it (benchmarks/nginx.py).
+_GATEWAY_PATHS = ("/ids/", "/dap/")
+# ``python -m proxy`` with uvloop hidden from the process, so the CLI falls back to asyncio's
+# own loop. Through runpy, whatever module the CLI lives in (a --proxy-path of another age).
 _ASYNCIO_ONLY = (
-    "import sys; sys.modules['uvloop'] = None; sys.argv[0] = 'proxy'; "
-    "from proxy.cli import main; raise SystemExit(main())"
+    "import runpy, sys; sys.modules['uvloop'] = None; "
+    "runpy.run_module('proxy', run_name='__main__', alter_sys=True)"
 )
 
 
@@ -295,20 +305,21 @@ def _bench(args: argparse.Namespace) -> Iterator[tuple[dict[str, Variant], Proce
             path.chmod(0o755)
         with Processes(run_dir / "logs") as procs:
             load, core = args.load_core, args.proxy_core
-            storage_port = free_port()
-            prefix = run_dir / "nginx-storage"
-            argv = nginx.start_argv(
-                nginx_bin, prefix, nginx.upstream_conf(prefix, storage_port, www)
-            )
-            wait_for_port(storage_port, procs.start("storage", argv, core=load))
-
-            gateway_port = free_port()
+            # One origin for the API and the object (the relay fetches http:// loopback
+            # URLs only on its upstream's own origin): storage proxies the gateway's paths.
+            storage_port = gateway_port = free_port()
+            while gateway_port == storage_port:  # both bound only later
+                gateway_port = free_port()
+            origin = f"http://127.0.0.1:{storage_port}"
             argv = [sys.executable, "-m", "benchmarks.relay", "--fake-gateway"]
-            argv += [f"127.0.0.1:{gateway_port}"]
-            argv += ["--storage-url", f"http://127.0.0.1:{storage_port}/big.bin"]
+            argv += [f"127.0.0.1:{gateway_port}", "--storage-url", f"{origin}/big.bin"]
             env = _python_env({}, None)
             proc = procs.start("gateway", argv, core=load, env=env, cwd=run_dir)
             wait_for_port(gateway_port, proc)
+            prefix = run_dir / "nginx-storage"
+            conf = nginx.storage_conf(prefix, storage_port, www, gateway_port, _GATEWAY_PATHS)
+            argv = nginx.start_argv(nginx_bin, prefix, conf)
+            wait_for_port(storage_port, procs.start("storage", argv, core=load))
 
             variants = {"direct": Variant("direct", storage_port, [], None)}
             port = free_port()
@@ -335,7 +346,7 @@ def _bench(args: argparse.Namespace) -> Iterator[tuple[dict[str, Variant], Proce
                     {
                         "DAP_CLIENT_ID": "us-east-1#relay-bench",
                         "DAP_CLIENT_SECRET": "relay-bench-secret",
-                        "DAP_PROXY_UPSTREAM": f"http://127.0.0.1:{gateway_port}",
+                        "DAP_PROXY_UPSTREAM": origin,
                         "DAP_PROXY_LISTEN": f"127.0.0.1:{port}",
                         "DAP_PROXY_OBJECT_RELAY": "true",
                     },

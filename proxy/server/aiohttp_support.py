@@ -33,6 +33,7 @@ __all__ = [
     "TEXT_HEADER",
     "TEXT_NO_HOST",
     "TEXT_TOO_MANY_HEADERS",
+    "TEXT_VERSION",
     "Internal",
     "UnsupportedAiohttp",
     "check_aiohttp",
@@ -68,6 +69,7 @@ TEXT_FRAMING = ("content-length", "transfer-encoding")  # "Duplicate Content-Len
 TEXT_CHUNKED = "chunk"  # "Invalid character in chunk size", "Chunk size mismatch", ...
 TEXT_NO_HOST = "missing 'host'"  # 3.14: "Missing 'Host' header in request."
 TEXT_HEADER = "header"  # "Invalid header value char", "Invalid HTTP header", ...
+TEXT_VERSION = "invalid http version"  # the C parser: "Invalid HTTP version" (HTTP/1.2)
 
 
 def _on(
@@ -165,6 +167,13 @@ INTERNALS: tuple[Internal, ...] = (
     _text("BadHttpMessage", TEXT_CHUNKED, "a broken chunked body (the C parser's class)"),
     _text("BadHttpMessage", TEXT_NO_HOST, "HTTP/1.1 without Host (3.14's parser)"),
     _text("BadHttpMessage", TEXT_HEADER, "an invalid header name or value"),
+    Internal(
+        f"http_exceptions ({TEXT_VERSION!r} in its text)",
+        "BadStatusLine",
+        "the C parser's refusal of a version other than 1.0 and 1.1: 505",
+        lambda: http_exceptions,
+        tested_by=_MALFORMED,  # HTTP/1.2: the Python parser takes it, the middleware refuses
+    ),
     *_on(
         "web_protocol",
         ("_ErrInfo", "how a parse error is queued (a broken chunk mid-body)", _BROKEN_CHUNK),

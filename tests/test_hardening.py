@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import socket
+import stat
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import load_config
+from proxy.config import ListenAddress, load_config
 from proxy.server.keys import METRICS
+from proxy.server.serve import start
 
-from .conftest import Gateway, GatewayFactory, Proxy, ProxyFactory
+from .conftest import Gateway, GatewayFactory, Proxy, ProxyFactory, proxy_config
 
 BOUND = 5  # seconds: generous; the old behaviour waits timeouts.client (30 s) or for ever
 
@@ -392,3 +398,36 @@ async def test_a_close_delimited_upstream_body_ended_cleanly_is_relayed_whole(
                 async with proxy.http.get(proxy.url + "/data") as resp:
                     assert resp.status == 200
                     assert await resp.read() == data
+
+
+# ====================================================================== 6. the Unix socket
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets here")
+@pytest.mark.parametrize("replaced", [False, True])
+async def test_the_unix_socket_file_is_removed_at_shutdown_unless_replaced(
+    gateway: Gateway, tmp_path: Path, replaced: bool
+) -> None:
+    """Issue 20, item 13: the socket this process made goes with it; a file put in its place
+    since (another process listening there now) stays."""
+    path = tmp_path / "proxy.sock"
+    config = proxy_config(gateway.url)
+    config = dataclasses.replace(config, listen=ListenAddress(path=str(path)))
+    running = await start(config)
+    try:
+        connector = aiohttp.UnixConnector(path=str(path))
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.get("http://localhost/-/healthy") as resp,
+        ):
+            assert resp.status == 200
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        if replaced:
+            path.unlink()
+            path.write_text("someone else's")
+    finally:
+        await running.stop()
+    if replaced:
+        assert path.read_text() == "someone else's"
+    else:
+        assert not path.exists()

@@ -219,11 +219,10 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         # aiohttp logs a parse error met after the head (3.13: bytes after a CONNECT) with
-        # a traceback whose text quotes the client's bytes: one line, by class, instead. A
-        # body cut as too slow (above) was logged when it was cut.
+        # a traceback whose text quotes the client's bytes: one line, by class, instead.
         error = kw.get("exc_info")
-        if isinstance(error, ClientTooSlow):
-            return
+        if isinstance(error, ClientTooSlow | http_exceptions.TransferEncodingError):
+            return  # met again after the answer (aiohttp reads what is left): logged then
         if isinstance(error, http_exceptions.HttpProcessingError):
             log.info("closed a connection after a malformed request (%s)", type(error).__name__)
             return

@@ -232,8 +232,14 @@ async def test_on_stop_ready_fails_at_once_requests_are_served_with_connection_c
         async with http.get(url + TABLES) as resp:
             assert resp.status == 200
             assert resp.headers.get("Connection", "").lower() != "close"
+        # In flight at the signal, answered after it: its connection's last too.
+        in_flight = asyncio.create_task(http.get(url + "/test/slow?seconds=0.4"))
+        await asyncio.sleep(0.1)
         stopping = asyncio.create_task(running.stop(delay=1.0))
         await asyncio.sleep(0.1)
+        async with await in_flight as resp:
+            assert resp.status == 200
+            assert resp.headers["Connection"].lower() == "close"
         async with http.get(url + "/-/ready") as resp:
             assert resp.status == 503
             assert (await resp.json())["error"]["type"] == "ShuttingDown"

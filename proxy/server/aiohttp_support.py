@@ -20,6 +20,7 @@ import inspect
 import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
@@ -153,6 +154,11 @@ INTERNALS: tuple[Internal, ...] = (
     *_on(
         "web_runner.AppRunner",
         ("_make_server", "overridden: where the server class is swapped", _MALFORMED),
+    ),
+    *_on(
+        "web.BaseRequest.__init__ (the attributes it sets)",
+        ("_message", "replaced for the requests in flight at the stop signal", _STOPPING),
+        lookup=lambda: SimpleNamespace(**dict.fromkeys(web.BaseRequest.__init__.__code__.co_names)),
     ),
     Internal(
         "http_writer.StreamWriter",

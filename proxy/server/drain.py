@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -30,10 +31,13 @@ log = logging.getLogger("proxy.server")
 class Stopping:
     """Whether the process is on its way out; set once, when the stop signal arrives."""
 
-    __slots__ = ("since",)
+    __slots__ = ("on_begin", "since")
 
     def __init__(self) -> None:
         self.since: float | None = None  # time.monotonic() of the signal
+        # Called once at the signal: the runner marks the requests in flight as their
+        # connections' last (protocol.py), as it marks every request after.
+        self.on_begin: list[Callable[[], None]] = []
 
     @property
     def stopping(self) -> bool:
@@ -42,6 +46,8 @@ class Stopping:
     def begin(self) -> None:
         if self.since is None:
             self.since = time.monotonic()
+            for call in self.on_begin:
+                call()
 
 
 async def stop(runner: web.AppRunner, stopping: Stopping, delay: float, drain: float) -> None:

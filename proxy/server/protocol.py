@@ -31,7 +31,7 @@ from . import aiohttp_support as support
 from .drain import Stopping
 from .fairness import AddressShares, RateFloor, RateWatch, address_group
 from .refusals import classify as _classify
-from .refusals import last_when_stopping, raw_answer, refuse_unroutable
+from .refusals import in_flight_last, last_when_stopping, raw_answer, refuse_unroutable
 
 __all__ = ["MAX_HEADERS", "MAX_HEADER_FIELD", "MAX_REQUEST_LINE", "ProxyRunner"]
 
@@ -295,4 +295,5 @@ class ProxyRunner(web.AppRunner):
         server = await super()._make_server()
         server.__class__ = _ProxyServer  # same state, one method different
         server.request_factory = last_when_stopping(server.request_factory, self.stopping)
+        self.stopping.on_begin.append(lambda: in_flight_last(server))
         return server

@@ -26,6 +26,7 @@ __all__ = [
     "REFUSED_VERSION",
     "SUPPORTED_VERSIONS",
     "classify",
+    "in_flight_last",
     "last_when_stopping",
     "raw_answer",
     "refuse_unroutable",
@@ -137,3 +138,12 @@ def last_when_stopping(factory: Any, stopping: Stopping) -> Any:
         return request
 
     return make
+
+
+def in_flight_last(server: web.Server) -> None:
+    """The requests in flight at the stop signal: their answers say ``Connection: close``
+    too (those made after it are marked as they are made: ``last_when_stopping``)."""
+    for handler in server.connections:
+        request = handler._current_request
+        if request is not None and not request._message.should_close:
+            request._message = request._message._replace(should_close=True)

@@ -192,7 +192,6 @@ ODD_REQUESTS = {
     "OPTIONS *": (b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n", 501, b"OPTIONS *"),
     "HTTP/2.0": (b"GET /dap/x HTTP/2.0\r\nHost: localhost\r\n\r\n", 505, b"not HTTP/2.0"),
     "HTTP/1.2": (b"GET /dap/x HTTP/1.2\r\nHost: localhost\r\n\r\n", 505, b"HTTP/1.1"),
-    "HTTP/0.9": (b"GET /dap/x\r\n\r\n", 505, b"HTTP/1.1"),
 }
 
 

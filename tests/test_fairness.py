@@ -51,6 +51,15 @@ async def answer_of(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     return int(head.split(b" ", 2)[1]), error
 
 
+async def first_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]] | None:
+    """The answer to a connection that sent nothing yet, or None: it is held open."""
+    try:
+        async with asyncio.timeout(1.0):
+            return await answer_of(reader)
+    except TimeoutError:
+        return None
+
+
 @contextlib.asynccontextmanager
 async def session_from(address: str) -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(local_addr=(address, 0), force_close=True)
@@ -76,13 +85,14 @@ async def test_one_address_trickling_many_connections_cannot_stop_another(
     tricklers = []
     try:
         # Its share is 3: the other 5 are refused at once, naming the setting.
-        refused = []
-        for reader, writer in attack:
-            try:
-                async with asyncio.timeout(0.2):
-                    refused.append(await answer_of(reader))
-            except TimeoutError:
-                tricklers.append(asyncio.create_task(trickle_head(writer, 0.3)))
+        answers = await asyncio.gather(*(first_answer(reader) for reader, _ in attack))
+        refused = [answer for answer in answers if answer is not None]
+        held = [reader for (reader, _), answer in zip(attack, answers, strict=True) if not answer]
+        tricklers = [
+            asyncio.create_task(trickle_head(writer, 0.3))
+            for (_, writer), answer in zip(attack, answers, strict=True)
+            if answer is None
+        ]
         assert len(refused) == 5
         for status, error in refused:
             assert (status, error["type"]) == (503, "TooManyConnections")
@@ -94,7 +104,6 @@ async def test_one_address_trickling_many_connections_cannot_stop_another(
                 async with http.get(proxy.url + TABLES) as resp:
                     assert resp.status == 200
         # And the three trickling heads are cut, 408, naming the floor.
-        held = [reader for reader, _ in attack if not reader.at_eof()]
         assert len(held) == 3
         for reader in held:
             status, error = await answer_of(reader)

@@ -289,7 +289,7 @@ CAMPAIGN: dict[str, tuple[bytes, int, str]] = {
         "BadRequest",
     ),
     # other targets that are not a path
-    "OPTIONS *": (b"OPTIONS * HTTP/1.1\r\n" + HOST + b"\r\n", 400, "BadRequest"),
+    "OPTIONS *": (b"OPTIONS * HTTP/1.1\r\n" + HOST + b"\r\n", 501, "NotImplemented"),
     "absolute-form": (
         b"GET http://127.0.0.1:9/steal HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n",
         400,
@@ -357,8 +357,8 @@ CAMPAIGN: dict[str, tuple[bytes, int, str]] = {
         505,
         "HTTPVersionNotSupported",
     ),
-    "HTTP/1.2": (b"GET /-/healthy HTTP/1.2\r\n" + HOST + b"\r\n", 400, "BadRequest"),
-    "HTTP/3.0": (b"GET /-/healthy HTTP/3.0\r\n" + HOST + b"\r\n", 400, "BadRequest"),
+    "HTTP/1.2": (b"GET /-/healthy HTTP/1.2\r\n" + HOST + b"\r\n", 505, "HTTPVersionNotSupported"),
+    "HTTP/3.0": (b"GET /-/healthy HTTP/3.0\r\n" + HOST + b"\r\n", 505, "HTTPVersionNotSupported"),
     "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400, "BadRequest"),
     "TLS on the plain port": (
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"a" * 50,

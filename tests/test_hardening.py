@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
+import socket
+import stat
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import load_config
+from proxy.config import ListenAddress, load_config
 from proxy.server.keys import METRICS
+from proxy.server.serve import start
 
-from .conftest import Gateway, GatewayFactory, Proxy, ProxyFactory
+from .conftest import Gateway, GatewayFactory, Proxy, ProxyFactory, proxy_config
 
 BOUND = 5  # seconds: generous; the old behaviour waits timeouts.client (30 s) or for ever
 
@@ -392,3 +399,110 @@ async def test_a_close_delimited_upstream_body_ended_cleanly_is_relayed_whole(
                 async with proxy.http.get(proxy.url + "/data") as resp:
                     assert resp.status == 200
                     assert await resp.read() == data
+
+
+# ====================================================================== 6. the Unix socket
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets here")
+@pytest.mark.parametrize("replaced", [False, True])
+async def test_the_unix_socket_file_is_removed_at_shutdown_unless_replaced(
+    gateway: Gateway, tmp_path: Path, replaced: bool
+) -> None:
+    """Issue 20, item 13: the socket this process made goes with it; a file put in its place
+    since (another process listening there now) stays."""
+    path = tmp_path / "proxy.sock"
+    config = proxy_config(gateway.url)
+    config = dataclasses.replace(config, listen=ListenAddress(path=str(path)))
+    running = await start(config)
+    try:
+        connector = aiohttp.UnixConnector(path=str(path))
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.get("http://localhost/-/healthy") as resp,
+        ):
+            assert resp.status == 200
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        if replaced:
+            path.unlink()
+            path.write_text("someone else's")
+    finally:
+        await running.stop()
+    if replaced:
+        assert path.read_text() == "someone else's"
+    else:
+        assert not path.exists()
+
+
+# ====================================================================== 7. broken uploads, logged
+
+# Issue 19, item 9: ten broken chunked uploads to a gateway that answers while the upload is
+# still coming (it echoes the body as it arrives) logged 299 lines and ten tracebacks. Each is
+# now cut at once (an answer under way cannot become a 400) and logged in one line with its
+# request id, besides its access line.
+BROKEN_TAILS = [
+    b"zz\r\nhello\r\n0\r\n\r\n",  # not a chunk size
+    b"5\r\nhelloXX\r\n0\r\n\r\n",  # a chunk longer than its size
+    b"3\r\nhello\r\n",  # shorter
+    b"-1\r\n",  # a negative size
+    b"5;ext=\x01\r\nhello\r\n",  # a control character in an extension
+    b"ffffffffffffffffffff\r\n",  # a size past any bound
+    b"5\r\nhello\r\n0\r\nX-Trailer\x01: a\r\n\r\n",  # a broken trailer
+    b"5\r\nhel",  # cut mid-chunk: silence
+    b"5\r\nhello",  # cut before the chunk's CRLF: silence
+    b"5\r\nhello\r\n0\r\n",  # no final CRLF: silence
+]
+
+
+@pytest.fixture
+async def echo_gateway(gateway_factory: GatewayFactory) -> Gateway:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        with contextlib.suppress(Exception):  # the proxy cuts the upload: that is the point
+            async for chunk in request.content.iter_any():
+                await response.write(chunk)
+        return response
+
+    def prepare(app: web.Application) -> None:
+        app.router.add_route("*", "/hardening/echo", echo)
+
+    return await gateway_factory(prepare=prepare)
+
+
+async def test_broken_chunked_uploads_to_a_streaming_gateway_are_cut_and_logged_once(
+    echo_gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    proxy = await proxy_factory(echo_gateway.url, DAP_PROXY_TIMEOUTS_CLIENT="0.5")
+    first = len(caplog.records)
+    for tail in BROKEN_TAILS:
+        async with connection(proxy) as (reader, writer):
+            writer.write(
+                b"POST /hardening/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            )
+            await writer.drain()
+            await asyncio.wait_for(reader.readuntil(b"hello"), BOUND)  # the answer is under way
+            writer.write(tail)
+            await writer.drain()
+            with contextlib.suppress(ConnectionError):  # cut: never left waiting
+                await asyncio.wait_for(reader.read(), BOUND)
+    records = [r for r in caplog.records[first:] if not r.name.startswith("aiohttp.access")]
+    assert "Traceback" not in caplog.text
+    assert all(r.levelno <= logging.WARNING and r.exc_info is None for r in records), [
+        (r.name, r.getMessage()) for r in records if r.levelno > logging.WARNING or r.exc_info
+    ]
+    proxy_lines = [r for r in records if r.name.startswith("proxy.") and r.levelno >= logging.INFO]
+    access = [r for r in proxy_lines if r.name == "proxy.access"]
+    assert len(access) == len(BROKEN_TAILS)
+    others = [r.getMessage() for r in proxy_lines if r.name != "proxy.access"]
+    assert len(others) <= len(BROKEN_TAILS), others  # one line per request at most
+    for line in others:
+        assert "(request " in line, line  # which request it was
+    await assert_served(proxy)
+
+
+async def assert_served(proxy: Proxy) -> None:
+    async with proxy.http.get(proxy.url + "/dap/query/canvas/table") as resp:
+        assert resp.status == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -132,7 +133,10 @@ async def test_slow_request_head_is_cut_off(gateway: Gateway, proxy_factory: Pro
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(b"GET /dap/query/canvas/table HTTP/1.1\r\nHost: local")  # and then nothing
     await writer.drain()
-    assert await asyncio.wait_for(reader.read(), 5) == b"", "the proxy must close it"
+    code, body = split(await asyncio.wait_for(reader.read(), 5))  # to EOF: it is closed
+    assert code == 408
+    assert b"RequestTimeout" in body
+    assert b"timeouts.client" in body  # which limit
     writer.close()
     await writer.wait_closed()
     await assert_still_serving(proxy)
@@ -162,7 +166,9 @@ async def test_slow_request_body_gets_408(
 
 
 async def test_connection_limit(gateway: Gateway, proxy_factory: ProxyFactory) -> None:
-    proxy = await proxy_factory(gateway.url, DAP_PROXY_MAX_CONNECTIONS="3")
+    proxy = await proxy_factory(
+        gateway.url, DAP_PROXY_MAX_CONNECTIONS="3", DAP_PROXY_MAX_CONNECTIONS_PER_ADDRESS="3"
+    )
     host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
     held = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
     await asyncio.sleep(0.1)
@@ -172,8 +178,35 @@ async def test_connection_limit(gateway: Gateway, proxy_factory: ProxyFactory) -
     await writer.wait_closed()
     assert code == 503
     assert b"TooManyConnections" in body
+    assert b"max_connections: 3" in body  # which limit
     for _, held_writer in held:
         held_writer.close()
         await held_writer.wait_closed()
     await asyncio.sleep(0.1)
+    await assert_still_serving(proxy)
+
+
+# Issue 19, item 13: what is no HTTP/1.x request for a path gets the gateway's shape, and a
+# status line the client can read (aiohttp echoed the request's version: "HTTP/2.0 505").
+ODD_REQUESTS = {
+    "OPTIONS *": (b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n", 501, b"OPTIONS *"),
+    "HTTP/2.0": (b"GET /dap/x HTTP/2.0\r\nHost: localhost\r\n\r\n", 505, b"not HTTP/2.0"),
+    "HTTP/1.2": (b"GET /dap/x HTTP/1.2\r\nHost: localhost\r\n\r\n", 505, b"HTTP/1.1"),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_REQUESTS))
+async def test_options_star_and_other_http_versions_get_a_gateway_shaped_http_1_1_answer(
+    gateway: Gateway, proxy: Proxy, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    request, status, hint = ODD_REQUESTS[case]
+    seen = len(gateway.state.requests)
+    answer = await raw_request(proxy, request)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:40]
+    _, body = split(answer)
+    error = json.loads(body)["error"]
+    assert sorted(error) == ["message", "type", "uuid"]
+    assert hint in error["message"].encode()
+    assert len(gateway.state.requests) == seen, "nothing may reach the gateway"
+    assert "Traceback" not in caplog.text
     await assert_still_serving(proxy)

@@ -81,7 +81,7 @@ def _curl() -> str:
     return "curl.exe" if sys.platform == "win32" else "curl"
 
 
-async def _stop_signal() -> asyncio.Task[None]:
+async def _stop_signal() -> asyncio.Task[int]:
     """Ctrl-C and SIGTERM caught from now on: before "Press Ctrl-C to stop" is printed."""
     stop = asyncio.create_task(wait_for_signal())
     await asyncio.sleep(0)  # it installs its handlers, then waits

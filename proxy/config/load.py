@@ -164,6 +164,10 @@ def load_config(
         access=access,
         policy=_policy(parsed, listen, access),
         max_connections=parsed["max_connections"],
+        max_connections_per_address=parsed.get("max_connections_per_address"),
+        min_request_rate=parsed["min_request_rate"],
+        min_request_rate_window=parsed["min_request_rate_window"],
+        shutdown_delay=parsed["shutdown_delay"],
         rate_limits=RateLimits(
             enabled=parsed["rate_limits.enabled"],
             max_wait=parsed["rate_limits.max_wait"],

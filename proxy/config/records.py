@@ -195,6 +195,15 @@ class Config:
     access: AccessConfig = field(default_factory=AccessConfig)
     policy: Policy = field(default_factory=Policy)
     max_connections: int = 1000
+    # Fairness (server/fairness.py): what one client address (IPv6: its /64) may hold, None
+    # for half of max_connections; and the slowest a request head or body may arrive, in
+    # bytes per second over each window of seconds the proxy waits for it (0: no floor).
+    max_connections_per_address: int | None = None
+    min_request_rate: float = 500.0
+    min_request_rate_window: float = 10.0
+    # After SIGTERM: seconds /-/ready answers 503 while the proxy still serves, so that a
+    # load balancer stops sending before it stops accepting (server/drain.py). 0 on Ctrl-C.
+    shutdown_delay: float = 0.0
     rate_limits: RateLimits = field(default_factory=RateLimits)
     cache: CacheSettings = field(default_factory=CacheSettings)
     egress: EgressConfig = field(default_factory=EgressConfig)
@@ -208,3 +217,10 @@ class Config:
     profiles: Mapping[str, Profile] = field(default_factory=dict)
     # Files whose change means a reload: the config file and every secret file read.
     watched_files: tuple[str, ...] = ()
+
+    @property
+    def connections_per_address(self) -> int:
+        """``max_connections_per_address``, or half of ``max_connections`` when not set."""
+        if self.max_connections_per_address is not None:
+            return self.max_connections_per_address
+        return max(1, self.max_connections // 2)

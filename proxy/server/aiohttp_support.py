@@ -20,6 +20,7 @@ import inspect
 import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
@@ -33,6 +34,7 @@ __all__ = [
     "TEXT_HEADER",
     "TEXT_NO_HOST",
     "TEXT_TOO_MANY_HEADERS",
+    "TEXT_VERSION",
     "Internal",
     "UnsupportedAiohttp",
     "check_aiohttp",
@@ -68,6 +70,7 @@ TEXT_FRAMING = ("content-length", "transfer-encoding")  # "Duplicate Content-Len
 TEXT_CHUNKED = "chunk"  # "Invalid character in chunk size", "Chunk size mismatch", ...
 TEXT_NO_HOST = "missing 'host'"  # 3.14: "Missing 'Host' header in request."
 TEXT_HEADER = "header"  # "Invalid header value char", "Invalid HTTP header", ...
+TEXT_VERSION = "invalid http version"  # the C parser: "Invalid HTTP version" (HTTP/1.2)
 
 
 def _on(
@@ -97,6 +100,14 @@ _LOOP_DIES = "test_connect_to_a_url_neither_hangs_nor_logs_it"
 _NO_BYTES_LOGGED = "test_connect_followed_by_tunnel_bytes_logs_none_of_them"
 _WORDS = "test_each_parser_message_is_told_apart"
 _RESET = "test_faults.py::test_upstream_reset_of_a_read_until_close_body_aborts_the_client"
+_RATE = "test_fairness.py::test_a_body_trickled_under_a_large_content_length_is_cut_with_408"
+_SHARE = "test_fairness.py::test_one_address_trickling_many_connections_cannot_stop_another"
+_STOPPING = "test_rolling_restart.py::" + (
+    "test_on_stop_ready_fails_at_once_requests_are_served_with_connection_close_then_refused"
+)
+_VERSIONS = "test_hostile.py::" + (
+    "test_options_star_and_other_http_versions_get_a_gateway_shaped_http_1_1_answer"
+)
 
 INTERNALS: tuple[Internal, ...] = (
     # RequestHandler declares __slots__ (3.12 on), so its instance attributes show on the class.
@@ -117,6 +128,9 @@ INTERNALS: tuple[Internal, ...] = (
         ("_messages", "parsed requests waiting: a broken chunk's error is here", _BROKEN_CHUNK),
         ("_current_request", "the request a broken chunk belongs to", _BROKEN_CHUNK),
         ("_loop", "the timers", _HEAD_TIMER),
+        ("pause_reading", "overridden: a body the proxy holds back is not slow", _RATE),
+        ("_reading_paused", "whether the proxy holds the client's bytes back now", _RATE),
+        ("_waiter", "the request loop's wait, ended when a connection is cut", _SHARE),
     ),
     Internal(
         "web_protocol.RequestHandler",
@@ -134,11 +148,17 @@ INTERNALS: tuple[Internal, ...] = (
         ("_loop", "passed on to our handler class", _MALFORMED),
         ("__call__", "overridden: makes our handler class (the class is swapped)", _MALFORMED),
         ("connections", "the open connections: the connection limit counts them", _LIMIT),
+        ("request_factory", "wrapped: other versions as 1.1, Connection: close", _STOPPING),
         lookup=lambda: web.Server(cast(Any, None), loop=cast(asyncio.AbstractEventLoop, object())),
     ),
     *_on(
         "web_runner.AppRunner",
         ("_make_server", "overridden: where the server class is swapped", _MALFORMED),
+    ),
+    *_on(
+        "web.BaseRequest.__init__ (the attributes it sets)",
+        ("_message", "replaced for the requests in flight at the stop signal", _STOPPING),
+        lookup=lambda: SimpleNamespace(**dict.fromkeys(web.BaseRequest.__init__.__code__.co_names)),
     ),
     Internal(
         "http_writer.StreamWriter",
@@ -165,9 +185,17 @@ INTERNALS: tuple[Internal, ...] = (
     _text("BadHttpMessage", TEXT_CHUNKED, "a broken chunked body (the C parser's class)"),
     _text("BadHttpMessage", TEXT_NO_HOST, "HTTP/1.1 without Host (3.14's parser)"),
     _text("BadHttpMessage", TEXT_HEADER, "an invalid header name or value"),
+    Internal(
+        f"http_exceptions ({TEXT_VERSION!r} in its text)",
+        "BadStatusLine",
+        "the C parser's refusal of a version other than 1.0 and 1.1: 505",
+        lambda: http_exceptions,
+        tested_by=_MALFORMED,  # HTTP/1.2: the Python parser takes it, the middleware refuses
+    ),
     *_on(
         "web_protocol",
         ("_ErrInfo", "how a parse error is queued (a broken chunk mid-body)", _BROKEN_CHUNK),
+        ("ERROR", "the request made for an unparsable one: answered as HTTP/1.1", _VERSIONS),
     ),
     *_on("helpers", ("set_exception", "ends a request body with an error", _BROKEN_CHUNK)),
     *_on(

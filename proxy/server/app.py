@@ -3,7 +3,8 @@
 Requests:
 
     /-/healthy              the process is alive (200)
-    /-/ready                200 while at least one profile holds a valid token, else 503
+    /-/ready                200 while at least one profile holds a valid token, else 503;
+                            503 from the stop signal on (drain.py)
     /-/ready/<profile>      the same, for one profile
     /-/status               JSON: version, upstream, uptime, token state (status.py)
     /-/metrics              Prometheus text format (observe/metrics.py)
@@ -50,6 +51,7 @@ from ..upstream.egress import masked, proxy_for
 from ..upstream.forward import Forwarder
 from ..upstream.session import upstream_session
 from ..upstream.token_client import TokenClient
+from .drain import Stopping
 from .keys import (
     ACCESS,
     ACCESS_LOG,
@@ -63,6 +65,7 @@ from .keys import (
     ROUTER,
     SHARING,
     STARTED,
+    STOPPING,
     SUPERVISOR,
     TOKEN_CLIENTS,
     TOKENS,
@@ -99,6 +102,7 @@ def create_app(
     app[TOKENS] = managers  # filled at startup, one per profile
     app[METRICS] = Metrics(lambda: managers)
     app[STARTED] = time.monotonic()
+    app[STOPPING] = Stopping()  # serve.py hands it to the runner, which sets it
     app[ACCESS_LOG] = access_log or AccessLog()
     app[LOGIN] = LoginHandler(issuer, access, router, scope=lambda name: _scope(app, name))
     app[SUPERVISOR] = Supervisor()
@@ -119,8 +123,8 @@ def create_app(
         app.on_response_prepare.append(_allow_origin)
 
     app.router.add_get("/-/healthy", _endpoint(_healthy), allow_head=True)
-    app.router.add_get("/-/ready", _endpoint(ready), allow_head=True)
-    app.router.add_get("/-/ready/{profile}", _endpoint(ready), allow_head=True)
+    app.router.add_get("/-/ready", _endpoint(_ready), allow_head=True)
+    app.router.add_get("/-/ready/{profile}", _endpoint(_ready), allow_head=True)
     app.router.add_get("/-/status", _endpoint(status, private=True))
     app.router.add_get("/-/metrics", _endpoint(_metrics, private=True))
     if relay is not None:
@@ -256,6 +260,14 @@ async def _allow_origin(request: web.Request, response: web.StreamResponse) -> N
 
 async def _healthy(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    if request.app[STOPPING].stopping:
+        # First of all: the load balancer must stop sending here while requests still work.
+        message = "the proxy is shutting down; send requests to another replica"
+        return _refuse(request, 503, "ShuttingDown", message)
+    return await ready(request)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from ..sharing.relay import ObjectRelay
 from ..tokens.manager import TokenManager
 from ..upstream.forward import Forwarder
 from ..upstream.token_client import TokenClient
+from .drain import Stopping
 
 __all__ = [
     "ACCESS",
@@ -32,6 +33,7 @@ __all__ = [
     "ROUTER",
     "SHARING",
     "STARTED",
+    "STOPPING",
     "SUPERVISOR",
     "TOKENS",
     "TOKEN_CLIENTS",
@@ -52,3 +54,4 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 SHARING = web.AppKey("sharing", Sharing)
 RELAY = web.AppKey("relay", ObjectRelay)
+STOPPING = web.AppKey("stopping", Stopping)  # set on the stop signal (drain.py)

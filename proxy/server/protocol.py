@@ -1,36 +1,37 @@
 """The HTTP connection handler: what happens before a request reaches routing.
 
-aiohttp answers malformed requests itself, with a plain-text body that quotes the offending
-bytes, and logs them with a traceback. Those bytes can hold a client's credentials (a control
-character inside an ``Authorization`` header is enough), so here such requests are answered
-in the gateway's JSON error shape with a fixed message, and logged as one line without them.
+Malformed requests are answered in the gateway's JSON error shape with a fixed message and
+logged as one line without their bytes (refusals.py says why). The handler also bounds what
+a connection may cost: at most ``max_connections`` at once, of which one client address at
+most ``per_address`` (fairness.py); ``head_timeout`` seconds to send the first request's
+head (later heads wait at most aiohttp's keep-alive timeout); a head or body arriving slower
+than ``rate_floor`` is cut (408). It stops as drain.py orders: once ``stopping`` is set,
+every answer closes its connection, and ``shutdown`` lets the request in flight finish. The
+head limits are aiohttp's public settings, set here (``MAX_*``), and ``refuse_unroutable``
+(a middleware) answers CONNECT, ``OPTIONS *``, other HTTP versions and unplaceable targets.
 
-The handler also drains properly on shutdown (``shutdown``), and bounds what a connection may
-cost: at most ``max_connections`` at once, and ``head_timeout`` seconds to send the first
-request's head (slowloris; later heads wait at most aiohttp's keep-alive timeout). The head
-limits are aiohttp's public settings, set here (``MAX_*``), and ``refuse_unroutable`` (a
-middleware) answers CONNECT and targets no route can place.
-
-For the rest aiohttp offers no public hook (the connection level), so ``ProxyRunner`` swaps
-in this handler class: one ``__class__`` assignment on the server it made. Every aiohttp
-internal used here is listed in ``aiohttp_support.py``, checked when a ``ProxyRunner`` is
-made, and tested.
+For the rest aiohttp offers no public hook, so ``ProxyRunner`` swaps in this handler class
+(one ``__class__`` assignment on its server). Every aiohttp internal used here is listed in
+``aiohttp_support.py``, checked when a ``ProxyRunner`` is made, and tested.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from typing import Any
+from typing import Any, cast
 
-from aiohttp import HttpVersion10, HttpVersion11, http_exceptions, web, web_protocol
+from aiohttp import http_exceptions, web, web_protocol
 from aiohttp.helpers import set_exception
-from aiohttp.typedefs import Handler
 
-from ..errors import BROKEN_CHUNK
-from ..responses import error_body, error_response
+from ..errors import BROKEN_CHUNK, ClientTooSlow, ProxyError
+from ..observe.logs import REQUEST_ID
+from ..responses import error_response
 from . import aiohttp_support as support
+from .drain import Stopping
+from .fairness import AddressShares, RateFloor, RateWatch, address_group
+from .refusals import classify as _classify
+from .refusals import in_flight_last, last_when_stopping, raw_answer, refuse_unroutable
 
 __all__ = ["MAX_HEADERS", "MAX_HEADER_FIELD", "MAX_REQUEST_LINE", "ProxyRunner"]
 
@@ -44,84 +45,54 @@ log = logging.getLogger("proxy.protocol")
 
 _DRAIN_POLL = 0.05  # seconds between looks at a draining connection
 _CUT = 0.01  # what aiohttp's shutdown is left to wait once our drain is over
-
-_BUSY = error_body("TooManyConnections", "the proxy is at its connection limit; retry shortly")
-_TOO_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
-) % (len(_BUSY), _BUSY)
-
-# The line LineTooLong quotes is the request line's: the C parser quotes the target, the
-# Python parser the whole line. Anything else it quotes is a header's (with the C parser, a
-# value beginning with "/" reads as a target: 414 for 431, a refusal all the same).
-_REQUEST_LINE = re.compile(rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+ )?/")
-
-
-def _classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
-    """Status, type and a fixed message for a request aiohttp could not parse."""
-    if isinstance(exc, http_exceptions.LineTooLong):
-        line = exc.args[0] if exc.args else b""
-        if isinstance(line, bytes | bytearray) and _REQUEST_LINE.match(line):
-            return 414, "URITooLong", "the request target is too long"
-        return 431, "HeaderTooLarge", "a request header is too large"
-    text = str(exc).lower() if exc is not None else ""
-    if support.TEXT_TOO_MANY_HEADERS in text:
-        return 431, "HeaderTooLarge", "the request has too many headers"
-    if isinstance(exc, http_exceptions.BadHttpMethod):
-        return 400, "BadRequest", "not an HTTP request (invalid method)"
-    if any(words in text for words in support.TEXT_FRAMING):
-        return 400, "BadRequest", "conflicting or invalid Content-Length / Transfer-Encoding"
-    if isinstance(exc, http_exceptions.TransferEncodingError) or support.TEXT_CHUNKED in text:
-        return 400, "BadRequest", BROKEN_CHUNK
-    if support.TEXT_NO_HOST in text:  # 3.14's parser; 3.13's lets the guard refuse it (403)
-        return 400, "BadRequest", "the request has no Host header"
-    if support.TEXT_HEADER in text:
-        return 400, "BadRequest", "an invalid header (name or value)"
-    if status >= 500:
-        return 500, "InternalError", "the proxy failed to handle the request"
-    return 400, "BadRequest", "a malformed HTTP request"
-
-
-@web.middleware
-async def refuse_unroutable(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CONNECT (405), a target no route can place (400) and a request line of another HTTP
-    than 1.0 or 1.1 (505), in the gateway's shape. Every path has a route (app.py's
-    catch-all), so what matches none is not a path: ``CONNECT host:port`` (aiohttp gives it an
-    empty path), ``OPTIONS *``; aiohttp 3.13 and 3.14 both run the middlewares on a request no
-    route matched. aiohttp's parser takes ``GET /x`` with no version for HTTP/0.9 and
-    ``HTTP/2.0`` as a version like any."""
-    if request.version not in (HttpVersion10, HttpVersion11):
-        refusal = 505, "HTTPVersionNotSupported", "only HTTP/1.1 and HTTP/1.0 are supported"
-    elif request.method == "CONNECT":
-        refusal = 405, "MethodNotAllowed", "CONNECT is not supported"
-    elif request.match_info.http_exception is not None:
-        refusal = 400, "BadRequest", "the request target must be a path (origin-form), not a URL"
-    else:
-        return await handler(request)
-    return error_response(*refusal)
+_LINGER = 1.0  # seconds a cut connection's last bytes are read and dropped (see below)
+_HEAD = "a request head"  # what RateWatch is told the proxy waits for, between requests
 
 
 class _ProxyRequestHandler(web_protocol.RequestHandler):
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         self._max_connections: int = kwargs.pop("max_connections", 1000)
+        self._shares: AddressShares | None = kwargs.pop("shares", None)
+        self._rate_floor: RateFloor | None = kwargs.pop("rate_floor", None)
         self._head_timeout: float = kwargs.pop("head_timeout", 30.0)
         super().__init__(manager, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        self._rate_timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._watch: RateWatch | None = None
+        self._partial_head = False  # bytes of a head arrived, and no request yet
+        self._group: str | None = None  # the address group this connection counts against
         self._refused = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        manager = self._manager
-        if manager is not None and len(manager.connections) >= self._max_connections:
-            assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP and Unix both
-            transport.write(_TOO_BUSY)
-            transport.close()
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # TCP and Unix both (uvloop's are no subclass)
+        manager, shares = self._manager, self._shares
+        refusal = None
+        if manager is not None and len(manager.connections) >= (most := self._max_connections):
+            refusal = f"the proxy is at its connection limit (max_connections: {most}); retry"
+        elif shares is not None and (group := address_group(transport.get_extra_info("peername"))):
+            if shares.take(group):
+                self._group = group
+            else:
+                refusal = (
+                    f"this address ({group}) holds its share of the proxy's connections "
+                    f"(max_connections_per_address: {shares.limit}); close one, or retry"
+                )
+        if refusal is not None:
             self._refused = True
-            log.warning("refused a connection: at the limit of %d", self._max_connections)
+            answer = raw_answer(503, "TooManyConnections", refusal + " shortly")
+            self._last_answer(transport, answer)
+            log.warning("refused a connection: %s", refusal.rpartition(";")[0])
             return
         super().connection_made(transport)
         self._head_timer = self._loop.call_later(self._head_timeout, self._head_too_slow)
+        if self._rate_floor is not None:
+            self._watch = RateWatch(self._rate_floor, self._loop.time())
+            self._rate_timer = self._loop.call_later(self._rate_floor.window / 2, self._look)
 
     def data_received(self, data: bytes) -> None:
+        if self._watch is not None:
+            self._watch.received(len(data))
         if self._close and not self._force_close and self._request_in_progress:
             # Draining: aiohttp drops every byte once a connection is closing, which would
             # stall an upload in flight. So its own path reads them, with the flag lowered
@@ -135,9 +106,71 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
                 self._close = True
             return
         self._feed(data)
+        self._partial_head = not self._request_in_progress and not self._messages
         if self._head_timer is not None and self._request_count:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def pause_reading(self) -> None:
+        # The proxy holds the client's bytes back (a body not yet read): not the client's pace.
+        if self._watch is not None:
+            self._watch.paused()
+        super().pause_reading()
+
+    def _waiting_for(self) -> object | None:
+        """What the proxy waits for the client to send: a request's body, a head, nothing."""
+        if self._request_in_progress:
+            request = self._current_request
+            return request if request is not None and not request.content.is_eof() else None
+        return _HEAD if self._partial_head and not self._messages else None
+
+    def _look(self) -> None:
+        """Every half window: is the head or body the proxy waits for too slow?"""
+        self._rate_timer = None
+        watch = self._watch
+        if watch is None or self.transport is None or self._force_close:
+            return
+        if self._reading_paused:
+            watch.paused()
+        waiting_for = self._waiting_for()
+        slow = watch.check(waiting_for, self._loop.time())
+        if slow is None:
+            self._rate_timer = self._loop.call_later(watch.floor.window / 2, self._look)
+            return
+        what = "body" if waiting_for is not _HEAD else "head"
+        message = f"the request {what} arrived slower than {watch.floor.describe()}"
+        request = self._current_request
+        if request is None or waiting_for is _HEAD:
+            log.warning("cut a connection from %s: %s: %s", self._peer(), message, slow)
+            self._last_answer(self.transport, raw_answer(408, "RequestTimeout", message))
+            return
+        log.warning(
+            "cut a request body from %s: %s: %s (request %s)",
+            self._peer(),
+            message,
+            slow,
+            request.get(REQUEST_ID, "-"),
+        )
+        # Its reader answers 408 (forward.py: ClientTooSlow); the connection then closes.
+        set_exception(request.content, ClientTooSlow(message))
+        self.close()
+
+    def _last_answer(self, transport: asyncio.Transport, answer: bytes) -> None:
+        """Answer a connection no handler has, and close it gently: its end first (FIN),
+        then what the client still sends is dropped for a moment before the close. A close
+        with the client's bytes unread is a reset, which can make the client's own system
+        discard the answer before the client reads it."""
+        self._force_close = True  # aiohttp drops what arrives from now on
+        if self._waiter is not None:
+            self._waiter.cancel()  # the request loop ends (as in aiohttp's force_close)
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._linger = self._loop.call_later(_LINGER, transport.close)
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "a local client"
 
     def _feed(self, data: bytes) -> None:
         """aiohttp's own ``data_received``, and one correction: with its C parser, a broken
@@ -165,8 +198,13 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         await super().shutdown(_CUT)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
+        for timer in (self._head_timer, self._rate_timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._rate_timer = self._linger = None
+        if self._group is not None and self._shares is not None:
+            self._shares.give_back(self._group)
+            self._group = None
         if not self._refused:  # a refused connection was never set up
             super().connection_lost(exc)
 
@@ -183,6 +221,8 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         # aiohttp logs a parse error met after the head (3.13: bytes after a CONNECT) with
         # a traceback whose text quotes the client's bytes: one line, by class, instead.
         error = kw.get("exc_info")
+        if isinstance(error, ClientTooSlow | http_exceptions.TransferEncodingError):
+            return  # met again after the answer (aiohttp reads what is left): logged then
         if isinstance(error, http_exceptions.HttpProcessingError):
             log.info("closed a connection after a malformed request (%s)", type(error).__name__)
             return
@@ -191,10 +231,11 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
     def _head_too_slow(self) -> None:
         self._head_timer = None
         if not self._request_count and self.transport is not None:
-            log.warning(
-                "closed a connection that sent no complete request head in %g s", self._head_timeout
+            message = (
+                f"no complete request head arrived in {self._head_timeout:g} s (timeouts.client)"
             )
-            self.transport.close()
+            log.warning("cut a connection from %s: %s", self._peer(), message)
+            self._last_answer(self.transport, raw_answer(408, "RequestTimeout", message))
 
     def handle_error(
         self,
@@ -203,15 +244,24 @@ class _ProxyRequestHandler(web_protocol.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        request_id = request.get(REQUEST_ID)
         code, error_type, text = _classify(exc, status)
-        if code >= 500:
+        if isinstance(exc, ProxyError):  # a body cut as too slow, under a handler not ours
+            code, error_type, text = exc.status, exc.type, exc.message
+        elif code == 500:
             # Our own failure: keep the traceback (no request bytes in it), answer plainly.
             self.logger.exception("error handling %s %s", request.method, request.path)
         else:
-            log.info("refused a malformed request from %s: %d %s", request.remote, code, text)
+            log.info(
+                "refused a malformed request from %s: %d %s (request %s)",
+                request.remote,
+                code,
+                text,
+                request_id or "-",
+            )
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started; the connection is closed")
-        response = error_response(code, error_type, text)
+        response = error_response(code, error_type, text, request_id=request_id)
         response.force_close()
         return response
 
@@ -222,13 +272,18 @@ class _ProxyServer(web.Server):
 
 
 class ProxyRunner(web.AppRunner):
-    """``ProxyRunner(app, max_connections=1000, head_timeout=30, ...)``: an ``AppRunner``
-    whose connections use the handler above, with the head limits above and
-    ``refuse_unroutable`` added to ``app``'s middlewares. Raises ``UnsupportedAiohttp`` at
-    once if the installed aiohttp lacks what this module relies on."""
+    """``ProxyRunner(app, max_connections=1000, per_address=500, rate_floor=RateFloor(...),
+    head_timeout=30, stopping=Stopping(), ...)``: an ``AppRunner`` whose connections use the
+    handler above, with the head limits above and ``refuse_unroutable`` added to ``app``'s
+    middlewares. Raises ``UnsupportedAiohttp`` at once if the installed aiohttp lacks what
+    this module relies on."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         support.check_aiohttp()
+        self.stopping: Stopping = kwargs.pop("stopping", None) or Stopping()
+        per_address = kwargs.pop("per_address", None)
+        if per_address is not None:
+            kwargs["shares"] = AddressShares(per_address)  # one count for all connections
         kwargs.setdefault("max_line_size", MAX_REQUEST_LINE)
         kwargs.setdefault("max_field_size", MAX_HEADER_FIELD)
         kwargs.setdefault("max_headers", MAX_HEADERS)
@@ -239,4 +294,6 @@ class ProxyRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _ProxyServer  # same state, one method different
+        server.request_factory = last_when_stopping(server.request_factory, self.stopping)
+        self.stopping.on_begin.append(lambda: in_flight_last(server))
         return server

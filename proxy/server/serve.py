@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -21,7 +22,9 @@ from ..errors import CredentialsRejected, TokenEndpointUnavailable
 from ..observe.logs import AccessLog, AccessLogger, BufferedAccessLog
 from .aiohttp_support import UnsupportedAiohttp
 from .app import create_app
-from .keys import ACCESS_LOG, METRICS, SUPERVISOR, TOKENS
+from .drain import stop
+from .fairness import RateFloor
+from .keys import ACCESS_LOG, CONFIG, METRICS, STOPPING, SUPERVISOR, TOKENS
 from .protocol import ProxyRunner
 from .reload import Reloader
 from .signals import wait_for_signal
@@ -47,6 +50,7 @@ class RunningProxy:
 
     url: str
     runner: web.AppRunner
+    socket_file: tuple[str, int, int] | None = None  # a Unix socket's path, device, inode
 
     async def first_token(self) -> None:
         """Wait for every profile's first token. Raises ``StartupError`` only when every
@@ -70,9 +74,25 @@ class RunningProxy:
         if len(rejected) == len(managers):
             raise StartupError(rejected[0].text, exit_status.CREDENTIALS_REJECTED)
 
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-        self.runner.app[ACCESS_LOG].flush()
+    async def stop(self, delay: float = 0.0) -> None:
+        """Not ready at once, serving ``delay`` seconds more, then drain (drain.py)."""
+        app = self.runner.app
+        try:
+            await stop(self.runner, app[STOPPING], delay, app[CONFIG].timeouts.shutdown)
+        finally:
+            app[ACCESS_LOG].flush()
+            self._remove_socket_file()
+
+    def _remove_socket_file(self) -> None:
+        """The Unix socket this process made, and nothing else: a file put in its place
+        since (another process listening there now) is left alone."""
+        if self.socket_file is None:
+            return
+        path, device, inode = self.socket_file
+        with contextlib.suppress(OSError):  # gone already (Python 3.13 removes it itself)
+            found = os.stat(path)
+            if (found.st_dev, found.st_ino) == (device, inode):
+                os.unlink(path)
 
 
 async def start(config: Config, access_log: AccessLog | None = None) -> RunningProxy:
@@ -89,6 +109,13 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
             access_log=logging.getLogger("proxy.access"),
             shutdown_timeout=config.timeouts.shutdown,  # see protocol.py: the drain
             max_connections=config.max_connections,
+            per_address=config.connections_per_address,
+            rate_floor=(
+                RateFloor(config.min_request_rate, config.min_request_rate_window)
+                if config.min_request_rate > 0
+                else None
+            ),
+            stopping=app[STOPPING],  # /-/ready reads it too
             head_timeout=config.timeouts.client,
             # Idle kept-alive client connections are closed after this long (aiohttp's
             # default is 75 s, fixed; an hour in some releases), so they do not hold slots.
@@ -98,7 +125,7 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
         raise StartupError(str(exc), exit_status.FAILED) from None
     await runner.setup()
     try:
-        url = await _listen(runner, config.listen)
+        url, socket_file = await _listen(runner, config.listen)
     except (OSError, NotImplementedError) as exc:
         await runner.cleanup()
         raise StartupError(
@@ -111,7 +138,7 @@ async def start(config: Config, access_log: AccessLog | None = None) -> RunningP
         prefix = "" if name == "default" else f"/{name}/..."
         message = "%s: listening on %s%s, forwarding to %s (profile %s)"
         log.info(message, software, url, prefix, profile.url, name)
-    return RunningProxy(url, runner)
+    return RunningProxy(url, runner, socket_file)
 
 
 def _exposure(config: Config) -> str:
@@ -175,8 +202,11 @@ def listen_failure(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def _listen(runner: web.AppRunner, listen: ListenAddress) -> str:
-    """Bind the site; returns the proxy's base URL (``unix:/path`` for a socket)."""
+async def _listen(
+    runner: web.AppRunner, listen: ListenAddress
+) -> tuple[str, tuple[str, int, int] | None]:
+    """Bind the site; returns the proxy's base URL (``unix:/path`` for a socket) and the
+    socket file made (its path, device and inode, to remove it at the end), if any."""
     if listen.path is not None:
         # Owner-only from the moment it exists: no window in which others may connect.
         previous = os.umask(0o177)
@@ -185,12 +215,13 @@ async def _listen(runner: web.AppRunner, listen: ListenAddress) -> str:
         finally:
             os.umask(previous)
         os.chmod(listen.path, 0o600)
-        return f"unix:{listen.path}"
+        made = os.stat(listen.path)
+        return f"unix:{listen.path}", (listen.path, made.st_dev, made.st_ino)
     # A deeper accept queue than aiohttp's 128: a burst of connections (a thousand jobs
     # polled at once) otherwise has SYNs dropped and retried a second later.
     await web.TCPSite(runner, listen.host, listen.port, backlog=LISTEN_BACKLOG).start()
     port = runner.addresses[0][1] if runner.addresses else listen.port
-    return f"http://{ListenAddress(listen.host, port)}"  # [IPv6]:port
+    return f"http://{ListenAddress(listen.host, port)}", None  # [IPv6]:port
 
 
 async def serve(config: Config, load: Callable[[], Config] | None = None) -> int:
@@ -210,6 +241,7 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
         # which would end the process. (The reloader supervises itself: background.py.)
         watcher = asyncio.create_task(Reloader(running.runner.app, config, load).run())
         await asyncio.sleep(0)  # let it install its SIGHUP handler
+    delay = 0.0
     try:
         await running.first_token()
     except StartupError as exc:
@@ -217,7 +249,9 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
         failed: int | None = exc.exit_status
     else:
         failed = None
-        await wait_for_signal()
+        # Ctrl-C is someone at a terminal, who wants it stopped now.
+        if await wait_for_signal() != signal.SIGINT:
+            delay = config.shutdown_delay
     if watcher is not None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -225,12 +259,8 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> int
     if failed is not None:
         await running.stop()
         return failed
-    log.info(
-        "shutting down: no new connections; up to %g s for requests in flight",
-        config.timeouts.shutdown,
-    )
     try:
-        await running.stop()
+        await running.stop(delay)
     except Exception as exc:
         # The drain met something unforeseen: say so once, and exit all the same.
         running.runner.app[SUPERVISOR].record("shutdown", exc)

@@ -38,6 +38,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RUN = "run"
+pytestmark = pytest.mark.system
 
 RULES: tuple[tuple[str, str], ...] = (
     (r"#", "a comment"),

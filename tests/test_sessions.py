@@ -419,6 +419,50 @@ async def test_a_local_token_outlives_its_process_and_works_on_a_replica(
                 await process.wait()
 
 
+async def test_a_relay_url_from_one_replica_downloads_through_another_without_credentials(
+    gateway: Gateway,
+) -> None:
+    """Issue 18: a relay URL is sealed, not remembered: minted by one process (asked with an
+    access key), downloaded through a second with no credentials at all, and again through
+    the first after it was killed and started anew."""
+    first_port, replica_port = closed_port(), closed_port()
+    first_url, replica_url = f"http://127.0.0.1:{first_port}", f"http://127.0.0.1:{replica_port}"
+    relay_on = {"DAP_PROXY_OBJECT_RELAY": "true"}
+    processes = [await serve(gateway, first_port, **relay_on)]
+    try:
+        processes.append(await serve(gateway, replica_port, **relay_on))
+        async with aiohttp.ClientSession(headers={"Authorization": bearer(KEY_A)}) as http:
+            query = {"format": "jsonl"}
+            async with http.post(first_url + TABLES + "/accounts/data", json=query) as resp:
+                job = await resp.json()
+            while job["status"] != "complete":
+                await asyncio.sleep(0.1)
+                async with http.get(f"{first_url}/dap/job/{job['id']}") as resp:
+                    job = await resp.json()
+            objects = [{"id": job["objects"][0]["id"]}]
+            async with http.post(first_url + "/dap/object/url", json=objects) as resp:
+                assert resp.status == 200, await resp.text()
+                minted = next(iter((await resp.json())["urls"].values()))["url"]
+        assert minted.startswith(first_url + "/-/relay/")
+        elsewhere = replica_url + minted.removeprefix(first_url)
+        async with aiohttp.ClientSession() as anonymous:  # no key, no token
+            async with anonymous.get(elsewhere) as resp:
+                assert resp.status == 200, await resp.text()
+                body = await resp.read()
+            assert body
+            processes[0].kill()
+            await processes[0].wait()
+            processes[0] = await serve(gateway, first_port, **relay_on)
+            async with anonymous.get(minted) as resp:
+                assert resp.status == 200, await resp.text()
+                assert await resp.read() == body
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
 # ====================================================================== without authentication
 
 

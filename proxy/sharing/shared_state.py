@@ -22,16 +22,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import Profile
 from ..config.records import SharedStateConfig
 from ..observe.background import Supervisor
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = ["NOW", "TASK", "Script", "SharedState", "namespace"]
 
@@ -44,7 +42,6 @@ LAST_RETRY = 2.0
 QUIET_SECONDS = 60.0  # a new episode this soon after the last one is logged at debug only
 MAX_BACKGROUND = 256  # writes in flight that no request waits for (give-backs, cache fills)
 _CONNECTIONS = 100
-_FAILURES = (RedisError, OSError, TimeoutError)
 
 T = TypeVar("T")
 
@@ -70,6 +67,8 @@ class Script:
     async def __call__(
         self, redis: Redis, keys: Sequence[str], args: Sequence[str | int | bytes]
     ) -> Any:
+        from redis.exceptions import NoScriptError  # loaded by then: start() imported redis
+
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -101,6 +100,12 @@ class SharedState:
         return self._redis
 
     async def start(self) -> None:
+        # Imported here, not with the module: a proxy without shared_state never loads the
+        # Redis client (about 90 ms of startup and several MiB).
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         url, timeout = self.config.url, self.config.timeout
         pool = BlockingConnectionPool(
             host=url.host or "",
@@ -134,7 +139,7 @@ class SharedState:
         try:
             async with asyncio.timeout(self.config.timeout):
                 return await what(self._redis)
-        except _FAILURES as exc:
+        except _failures() as exc:
             self._failed(exc)
             return None
 
@@ -155,7 +160,7 @@ class SharedState:
         try:
             async with asyncio.timeout(self.config.timeout):
                 await self.redis.ping()
-        except _FAILURES as exc:
+        except _failures() as exc:
             self._failed(exc)
             return False
         if not self.up:
@@ -207,3 +212,10 @@ def _connection_class(tls: bool) -> type:
     from redis.asyncio.connection import Connection, SSLConnection
 
     return SSLConnection if tls else Connection
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """What a failed call to Redis raises (evaluated only when a call raised)."""
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError, TimeoutError)

@@ -328,6 +328,27 @@ async def test_a_direct_failure_says_no_proxy_made_it_direct(
     ) in message
 
 
+async def test_a_forwarded_request_that_failed_directly_says_no_proxy_made_it_direct(
+    gateway: Gateway, proxy_factory: ProxyFactory, unused_tcp_port: int
+) -> None:
+    """Issue 20, item 14: the API request's 502, not only the token endpoint's failure, says
+    that NO_PROXY sent it past the egress proxy."""
+    proxy = await proxy_factory(
+        f"http://127.0.0.1:{unused_tcp_port}",  # the API gateway: nothing listens
+        DAP_PROXY_TOKEN_URL=gateway.url + "/ids/auth/login",  # tokens come
+        HTTP_PROXY="http://proxy.invalid:3128",
+        no_proxy="localhost,127.0.0.1",
+    )
+    async with proxy.http.get(proxy.url + "/dap/query/canvas/table") as response:
+        assert response.status == 502
+        message = (await response.json())["error"]["message"]
+    assert (
+        f"the gateway at 127.0.0.1:{unused_tcp_port} could not be reached: connection refused "
+        "(connected directly, not through HTTP_PROXY proxy.invalid:3128: no_proxy exempts "
+        "127.0.0.1)"
+    ) in message
+
+
 def _problems(environ: dict[str, str]) -> str:
     with pytest.raises(ConfigError) as caught:
         _load(environ)

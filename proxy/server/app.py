@@ -47,7 +47,7 @@ from ..sharing.dispatch import Sharing
 from ..sharing.relay import ObjectRelay
 from ..tokens.manager import TokenManager
 from ..tokens.token import Clock
-from ..upstream.egress import masked, proxy_for
+from ..upstream.egress import direct_note, masked, proxy_for
 from ..upstream.forward import Forwarder
 from ..upstream.session import upstream_session
 from ..upstream.token_client import TokenClient
@@ -200,6 +200,7 @@ def _upstream(
                 profile=name,
                 shaper=app[SHARING].shaper,
                 proxy=api_proxy,
+                direct_note=direct_note(config.egress, profile.url),
             )
         app[TOKEN_CLIENTS] = clients
         app[FORWARDERS] = forwarders

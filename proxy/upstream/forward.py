@@ -78,6 +78,7 @@ class Forwarder:
         profile: str = "default",
         shaper: Shaper | None = None,
         proxy: URL | None = None,  # the egress proxy for ``upstream`` (egress.proxy_for)
+        direct_note: str = "",  # egress.direct_note: NO_PROXY made a failure go direct
     ) -> None:
         self._session = session
         self._upstream = upstream
@@ -91,6 +92,7 @@ class Forwarder:
         self._profile = profile
         self._shaper = shaper  # None: rate limits are not shaped
         self._proxy = proxy
+        self._direct_note = direct_note
 
     async def forward(
         self,
@@ -248,6 +250,7 @@ class Forwarder:
             log.warning("upstream request failed: %s %s: %s", request.method, request.path, why)
             raise UpstreamUnreachable(
                 f"the gateway at {host_port(self._upstream)} could not be reached: {why}"
+                f"{self._direct_note}"
             ) from None
         took = time.perf_counter() - started
         request[UPSTREAM_SECONDS] = took

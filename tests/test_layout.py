@@ -19,6 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "proxy.__init__",
         "proxy.aiohttp_compat",
+        "proxy.derived_keys",
         "proxy.errors",
         "proxy.exit_status",
         "proxy.gateway",

@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..config import Profile
+from ..derived_keys import derive
 
 __all__ = [
     "BAD_SIGNATURE",
@@ -73,9 +72,7 @@ EXPIRED = "it has expired"
 
 def derive_key(secret: str, *context: str) -> bytes:
     """A 256-bit signing key from ``secret``: HKDF-SHA256, the label and ``context`` as info."""
-    info = b"\0".join([_SIGNING_LABEL, *(part.encode() for part in context)])
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info)
-    return hkdf.derive(secret.encode())
+    return derive(secret, _SIGNING_LABEL, *context)
 
 
 def signing_secrets(

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..derived_keys import derive
 
 __all__ = ["INFO", "KEYS_PER_PROFILE", "KeyRing", "SealExpired", "SealUnknown", "Sealed"]
 
@@ -65,9 +65,7 @@ def _derive(profile: str, secret: str) -> _Key:
     """The profile's relay key and its id: two independent parts of one HKDF output (the id
     reveals nothing of the key). The profile's name is in the label, so two profiles that
     share a secret still get different keys."""
-    material = HKDF(
-        algorithm=hashes.SHA256(), length=32 + _KID, salt=None, info=INFO + b"\0" + profile.encode()
-    ).derive(secret.encode())
+    material = derive(secret, INFO, profile, length=32 + _KID)
     return _Key(profile, material[32:], AESGCM(material[:32]))
 
 

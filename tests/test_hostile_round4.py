@@ -1,0 +1,167 @@
+"""Hostile input against what issues 18-20 added, kept: a Redis that answers what a real one
+never would (a server that speaks RESP but is not Redis, or a compromised one), relay ids
+malformed, replayed and sealed elsewhere, local tokens forged across profiles and keys, and
+storage URLs disguised as public names. Everything listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+from yarl import URL
+
+from proxy.config.records import SharedStateConfig
+from proxy.observe.background import Supervisor
+from proxy.sharing.redis_budgets import RedisBudgets
+from proxy.sharing.redis_cache import RedisCache
+from proxy.sharing.shared_state import SharedState
+
+# --- A "Redis" that says what it is told ------------------------------------------------
+
+Reply = Callable[[list[bytes]], bytes]
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def array(*items: bytes) -> bytes:
+    """A RESP array of already-encoded items."""
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+async def _command(reader: asyncio.StreamReader) -> list[bytes]:
+    head = await reader.readline()
+    if not head.startswith(b"*"):
+        raise ConnectionError("not RESP")
+    parts = []
+    for _ in range(int(head[1:])):
+        length = int((await reader.readline())[1:])
+        parts.append((await reader.readexactly(length + 2))[:-2])
+    return parts
+
+
+@contextlib.contextmanager
+def _closing(writer: asyncio.StreamWriter) -> Iterator[None]:
+    try:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ValueError):
+            yield
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def fake_redis(scripts: Reply) -> AsyncIterator[SharedState]:
+    """A started ``SharedState`` on a loopback server answering PING and the like as Redis
+    does, and every script call (EVALSHA) with ``scripts(command)``."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with _closing(writer):
+            while True:
+                command = await _command(reader)
+                name = command[0].upper()
+                if name == b"PING":
+                    writer.write(b"+PONG\r\n")
+                elif name == b"HELLO":
+                    writer.write(b"%1\r\n+proto\r\n:3\r\n")
+                elif name == b"EVALSHA":
+                    writer.write(scripts(command))
+                else:
+                    writer.write(b"+OK\r\n")
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    state = SharedState(SharedStateConfig(URL(f"redis://127.0.0.1:{port}/0")), Supervisor())
+    await state.start()
+    try:
+        assert state.up
+        yield state
+    finally:
+        await state.close()
+        server.close()
+        await server.wait_closed()
+
+
+PASSWORD = "hostile-redis-password-0123"
+_ANY = ("default", "/dap/query/canvas/table", "")  # a cache key
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        array(b":1\r\n", _bulk(b"inf")),  # granted, after forever
+        array(b":1\r\n", _bulk(b"1e9")),  # granted, after 31 years: past any max_wait
+        array(b":0\r\n", _bulk(b"inf")),  # refused, a slot frees never: Retry-After inf
+        array(b":7\r\n", _bulk(b"0")),  # neither granted nor refused
+    ],
+)
+async def test_a_redis_impostor_cannot_hold_a_request_forever(answer: bytes) -> None:
+    """FOUND: a grant ``{1, "inf"}`` from a server speaking RESP made the request sleep
+    forever (asyncio.sleep(inf)); now any answer RESERVE could not give is a miss: the
+    replica's own budget decides, and the error is counted."""
+    async with fake_redis(lambda _: answer) as state:
+        budgets = RedisBudgets(state, {"default": "ns"})
+        found = await asyncio.wait_for(budgets.reserve("default", "create_job", 5, 61.2, 60), 5)
+        assert found is None and state.errors == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        array(_bulk(b"[]"), b":100000000000\r\n", _bulk(b"0")),  # bytes(10**11): MemoryError
+        array(_bulk(b"[]"), b":5\r\n", _bulk(b"0")),  # bytes(5): five zero bytes as a body
+        array(_bulk(b"[]"), _bulk(b"{}"), _bulk(b"inf")),  # Age: int(inf) OverflowError later
+        array(_bulk(b"[" * 100_000 + b"]" * 100_000), _bulk(b"{}"), _bulk(b"1")),  # Recursion
+    ],
+)
+async def test_a_redis_impostor_cache_entry_is_a_miss(answer: bytes) -> None:
+    """FOUND: a cache entry whose body is an integer became ``bytes(n)`` (n zero bytes served
+    as the answer, or a MemoryError: a 500), an infinite age an OverflowError in ``Age``,
+    deeply nested headers a RecursionError. Now each is a miss, counted as an error."""
+    async with fake_redis(lambda _: answer) as state:
+        cache = RedisCache(state, {"default": "ns"})
+        assert await cache.get(_ANY, "list_tables") is None
+        assert state.errors == 1
+
+
+async def test_a_redis_that_answers_hello_oddly_is_down_not_a_crash() -> None:
+    """FOUND: a server answering ``HELLO`` with ``+OK`` (not Redis 6's map) made the client
+    raise AttributeError, which escaped ``SharedState.start`` (the proxy failed to start with
+    a traceback) and would have escaped a request's call. Now it is down, and says why."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with _closing(writer):
+            while True:
+                await _command(reader)
+                writer.write(b"+OK\r\n")
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = URL(f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
+    state = SharedState(SharedStateConfig(url), Supervisor())
+    try:
+        await state.start()
+        assert not state.up and state.problem is not None
+        assert "AttributeError" in state.problem and PASSWORD not in state.problem
+        assert await state.call(lambda redis: redis.ping()) is None
+    finally:
+        await state.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b":abc\r\n", b"$abc\r\n", b"?\r\n", b"*-5\r\n", b"*99999999999\r\n", b"$5\r\nab\r\n", b""],
+)
+async def test_garbage_resp_is_a_miss_within_the_timeout(garbage: bytes) -> None:
+    """HELD: malformed RESP, a length never sent, an answer cut short: ``None`` within the
+    100 ms timeout (a wait_for of 5 s would catch a hang), never an exception."""
+    async with fake_redis(lambda _: garbage) as state:
+        budgets = RedisBudgets(state, {"default": "ns"})
+        found = await asyncio.wait_for(budgets.reserve("default", "create_job", 5, 61.2, 60), 5)
+        assert found is None

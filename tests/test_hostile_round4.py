@@ -7,16 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from proxy.config.records import SharedStateConfig
 from proxy.observe.background import Supervisor
 from proxy.sharing.redis_budgets import RedisBudgets
 from proxy.sharing.redis_cache import RedisCache
+from proxy.sharing.relay_targets import (
+    GuardedResolver,
+    RefusedAddress,
+    address_problem,
+    target_problem,
+)
 from proxy.sharing.shared_state import SharedState
+
+UPSTREAM = URL("http://127.0.0.1:9000")
 
 # --- A "Redis" that says what it is told ------------------------------------------------
 
@@ -165,3 +175,82 @@ async def test_garbage_resp_is_a_miss_within_the_timeout(garbage: bytes) -> None
         budgets = RedisBudgets(state, {"default": "ns"})
         found = await asyncio.wait_for(budgets.reserve("default", "create_job", 5, 61.2, 60), 5)
         assert found is None
+
+
+# --- Relay targets: addresses that reach the inside by another name -----------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1: AWS's IPv6-only subnets reach it
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of the metadata address
+        ("64:ff9b::7f00:1", "loopback"),
+        ("64:ff9b:1::a00:1", "NAT64"),  # RFC 8215's local-use prefix
+        ("2002:a00:1::1", "private"),  # 6to4 of 10.0.0.1
+        ("::10.0.0.1", "private"),  # IPv4-compatible
+        ("::ffff:169.254.169.254", "link-local"),  # IPv4-mapped (held before)
+    ],
+)
+def test_ipv6_forms_of_inside_ipv4_addresses_are_refused(address: str, kind: str) -> None:
+    """FOUND: Python calls 64:ff9b::10.0.0.1, 2002:0a00:0001:: and ::10.0.0.1 global, so a
+    storage name resolving to one (a gateway's DNS, or DNS64) was connected to: through a
+    NAT64 gateway, the intranet. Now the IPv4 address they reach is judged."""
+    problem = address_problem(address)
+    assert problem is not None and kind in problem
+
+
+def test_ipv6_forms_of_public_ipv4_addresses_stay_allowed() -> None:
+    """DNS64 gives S3's public addresses as 64:ff9b::<ipv4>: an IPv6-only host still relays."""
+    for address in ("64:ff9b::3419:101", "2002:3419:101::1", "52.25.1.1", "2600:1f18::1"):
+        assert address_problem(address) is None, address
+
+
+async def test_the_resolver_refuses_a_name_for_a_nat64_intranet_address() -> None:
+    class DNS64(AbstractResolver):
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            return [
+                ResolveResult(
+                    hostname=host, host=address, port=port, family=socket.AF_INET6, proto=0,
+                    flags=socket.AI_NUMERICHOST,
+                )
+                for address in ("64:ff9b::3419:101", "64:ff9b::a00:1")
+            ]  # fmt: skip
+
+        async def close(self) -> None:
+            pass
+
+    resolver = GuardedResolver()
+    resolver._resolver = DNS64()  # the name service: what a hostile DNS answers
+    try:
+        with pytest.raises(RefusedAddress, match=r"storage.example resolves to 64:ff9b::a00:1"):
+            await resolver.resolve("storage.example", 443, socket.AF_UNSPEC)
+    finally:
+        await resolver.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil-example.com/k",  # a suffix, not a subdomain
+        "https://example.com.evil.net/k",
+        "https://xn--exmple-4nf.com/k",  # "example.com" with a Cyrillic "a", in punycode
+        "https://example.com%2eevil.net/k",
+        "https://0x7f000001/k",
+        "https://017700000001/k",
+        "https://[::ffff:7f00:1]/k",
+        "https://localhost./k",
+        "https://example.com@evil.net/k",
+    ],
+)
+def test_relay_hosts_suffix_and_ip_tricks_are_refused(url: str) -> None:
+    """HELD: relay_hosts ``example.com`` admits its subdomains only, however disguised."""
+    assert target_problem(URL(url, encoded=True), UPSTREAM, ("example.com",)) is not None
+
+
+def test_relay_hosts_ignores_case_and_a_trailing_dot() -> None:
+    """HELD: the same host written otherwise is still under relay_hosts."""
+    for url in ("https://S3.Example.COM/k", "https://s3.example.com./k"):
+        assert target_problem(URL(url, encoded=True), UPSTREAM, (".example.com.",)) is None

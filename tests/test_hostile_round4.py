@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
@@ -25,6 +28,8 @@ from proxy.sharing.relay_targets import (
     target_problem,
 )
 from proxy.sharing.shared_state import SharedState
+
+from .conftest import GatewayFactory, ProxyFactory
 
 UPSTREAM = URL("http://127.0.0.1:9000")
 
@@ -254,3 +259,47 @@ def test_relay_hosts_ignores_case_and_a_trailing_dot() -> None:
     """HELD: the same host written otherwise is still under relay_hosts."""
     for url in ("https://S3.Example.COM/k", "https://s3.example.com./k"):
         assert target_problem(URL(url, encoded=True), UPSTREAM, (".example.com.",)) is None
+
+
+# --- Object-URL answers a gateway should never give ---------------------------------------
+
+SIGNED = b"https://storage.example/k?X-Amz-Signature=SIGNATURE-NEVER-SHOWN"
+
+
+def _urls(tail: bytes = b"") -> bytes:
+    return b'{"urls": {"a": {"url": "' + SIGNED + b'"}}' + tail + b"}"
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "status", "words"),
+    [
+        # FOUND: a RecursionError, a 500 ("the proxy failed to handle the request").
+        (_urls(b', "x": ' + b"[" * 100_000 + b"]" * 100_000), None, 502, "nested too deeply"),
+        # HELD: a gzip bomb (16 MiB of spaces in 16 KiB) stops at the 4 MiB bound.
+        (gzip.compress(b" " * (16 * 1024 * 1024), 9), "gzip", 502, "larger than"),
+        # HELD: not JSON at all: passed as it is (no URL in it the relay could know as one).
+        (b"<html>maintenance</html>", None, 200, "maintenance"),
+    ],
+)
+async def test_hostile_object_url_answers(
+    gateway_factory: GatewayFactory,
+    proxy_factory: ProxyFactory,
+    body: bytes,
+    encoding: str | None,
+    status: int,
+    words: str,
+) -> None:
+    @web.middleware
+    async def answer(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "POST" and request.path == "/dap/object/url":
+            headers = {"Content-Encoding": encoding} if encoding else {}
+            return web.Response(body=body, content_type="application/json", headers=headers)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    gateway = await gateway_factory(lambda app: app.middlewares.append(answer))
+    proxy = await proxy_factory(gateway.url, DAP_PROXY_OBJECT_RELAY="true")
+    async with proxy.http.post(proxy.url + "/dap/object/url", json=[{"id": "x"}]) as response:
+        text = await response.text()
+        assert response.status == status, text[:300]
+    assert words in text and "SIGNATURE-NEVER-SHOWN" not in text

@@ -6,21 +6,40 @@ storage URLs disguised as public names. Everything listens on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gzip
+import hashlib
+import hmac
+import json
 import socket
+import string
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from proxy.config.records import SharedStateConfig
+from proxy.admission.access import AccessControl, Caller
+from proxy.admission.local_tokens import (
+    BAD_SIGNATURE,
+    MALFORMED,
+    UNKNOWN_KEY,
+    LocalClaims,
+    LocalTokenIssuer,
+)
+from proxy.admission.throttle import address_key
+from proxy.config.records import AccessConfig, SharedStateConfig
 from proxy.observe.background import Supervisor
+from proxy.server.fairness import address_group
+from proxy.server.keys import RELAY
 from proxy.sharing.redis_budgets import RedisBudgets
 from proxy.sharing.redis_cache import RedisCache
+from proxy.sharing.relay_seal import KeyRing, Sealed, SealUnknown
 from proxy.sharing.relay_targets import (
     GuardedResolver,
     RefusedAddress,
@@ -30,6 +49,8 @@ from proxy.sharing.relay_targets import (
 from proxy.sharing.shared_state import SharedState
 
 from .conftest import GatewayFactory, ProxyFactory
+from .connect_proxy import ConnectProxy
+from .relay_support import DATA, HOST, Storage, object_url, relay_proxy, start_storage
 
 UPSTREAM = URL("http://127.0.0.1:9000")
 
@@ -303,3 +324,157 @@ async def test_hostile_object_url_answers(
         text = await response.text()
         assert response.status == status, text[:300]
     assert words in text and "SIGNATURE-NEVER-SHOWN" not in text
+
+
+# --- Local tokens and the throttle --------------------------------------------------------
+
+SIGNING = {"default": b"d" * 32, "yale": b"y" * 32}
+
+
+def _hs256(header: dict[str, Any], claims: dict[str, Any], key: bytes) -> str:
+    """A JWT with any header at all (PyJWT refuses to write a kid that is not a string)."""
+
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    signed = f"{part(header)}.{part(claims)}"
+    signature = hmac.new(key, signed.encode(), hashlib.sha256).digest()
+    return f"{signed}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS512's forgery
+def test_local_tokens_under_another_algorithm_or_an_odd_kid_are_refused() -> None:
+    """HELD: the right key under HS512/HS384, a kid that is not a string, a kid naming
+    another profile's key for this profile, a token naming no profile under a profile's key:
+    each refused with why, never verified by the header's choice."""
+    issuer = LocalTokenIssuer()
+    issuer.rekey(SIGNING)
+    real = issuer.issue("tool", "default")
+    kid = jwt.get_unverified_header(real)["kid"]
+    claims = jwt.decode(real, options={"verify_signature": False})
+    yale_kid = jwt.get_unverified_header(issuer.issue("tool", "yale"))["kid"]
+    forged = [
+        jwt.encode(claims, SIGNING["default"], algorithm=alg, headers={"kid": kid})
+        for alg in ("HS512", "HS384")
+    ] + [
+        _hs256({"alg": "HS256", "typ": "JWT", "kid": odd}, claims, SIGNING["default"])
+        for odd in ([kid], 7, None, yale_kid)
+    ]  # fmt: skip
+    no_profile = {key: value for key, value in claims.items() if key != "prof"}
+    forged.append(jwt.encode(no_profile, SIGNING["default"], "HS256", headers={"kid": kid}))
+    for token in forged:
+        assert issuer.check(token) in (MALFORMED, UNKNOWN_KEY, BAD_SIGNATURE), token
+    assert isinstance(issuer.check(real), LocalClaims)
+
+
+def test_filling_the_verified_token_cache_costs_a_caller_only_a_signature_check() -> None:
+    """HELD: 5000 distinct valid tokens (anyone may log in when no credential is required)
+    evict a caller's verified token from the 4096-entry cache; its next request is checked
+    again and admitted with its own profile, as before."""
+    issuer = LocalTokenIssuer()
+    issuer.rekey(SIGNING)
+    access = AccessControl(AccessConfig(), issuer)
+    mine = issuer.issue("me", "yale")
+    assert access.admit(f"Bearer {mine}") == Caller(None, "yale")
+    for number in range(5000):
+        assert isinstance(access.admit(f"Bearer {issuer.issue(str(number), 'default')}"), Caller)
+    assert len(access._verified) <= 4096
+    assert access.admit(f"Bearer {mine}") == Caller(None, "yale")
+
+
+def test_the_throttle_and_the_shares_see_one_address_however_written() -> None:
+    """HELD: an IPv4 address and its IPv4-mapped IPv6 form (a dual-stack socket) are one
+    caller for the failed-login throttle and the connection shares; an IPv6 /64 is one."""
+    for written in ("192.0.2.7", "::ffff:192.0.2.7", "::ffff:c000:207"):
+        assert address_key(written) == "192.0.2.7"
+        assert address_group((written, 1)) == "192.0.2.7"
+    assert address_key("2001:db8::1") == address_key("2001:db8::ffff:1%eth0")
+    assert address_key("2001:db8::1") != address_key("2001:db8:0:1::1")
+
+
+# --- /-/relay/<id> with no credentials ----------------------------------------------------
+
+
+async def _raw(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)  # a hang guard only
+    finally:
+        writer.close()
+
+
+async def test_hostile_relay_requests_reach_nothing_and_tell_nothing(
+    gateway_factory: GatewayFactory,
+    proxy_factory: ProxyFactory,
+    aiohttp_server: Any,
+    tmp_path: Path,
+) -> None:
+    """HELD: a 100 KB id (414), traversal in the clear and percent-encoded, padding, a
+    changed last character, other methods on a real id: refused without a request to
+    storage, and no answer names storage's host or the signature. The same real id fetched
+    20 times at once: 20 whole objects, and the relay still holds its one key, nothing per id."""
+    storage = await start_storage(aiohttp_server, tmp_path)
+    egress = ConnectProxy()
+    await egress.start()
+    try:
+        await _hostile_relay_requests(gateway_factory, proxy_factory, storage, egress)
+    finally:
+        await egress.close()
+
+
+async def _hostile_relay_requests(
+    gateway_factory: GatewayFactory,
+    proxy_factory: ProxyFactory,
+    storage: Storage,
+    egress: ConnectProxy,
+) -> None:
+    _, proxy = await relay_proxy(gateway_factory, proxy_factory, storage, egress)
+    _, url = await object_url(proxy)
+    relay_id = URL(url).parts[-2]
+    changed = relay_id[:-9] + ("B" if relay_id[-9] != "B" else "C") + relay_id[-8:]
+    port = URL(proxy.url).port
+    assert port is not None
+    cases = [
+        (b"GET", b"/-/relay/" + b"A" * 100_000, 414),
+        (b"GET", b"/-/relay/../status", 404),
+        (b"GET", b"/-/relay/%2e%2e/status", 404),
+        (b"GET", b"/-/relay/" + relay_id.encode() + b"%2F..%2F..%2Fstatus", 404),
+        (b"GET", b"/-/relay/" + relay_id.encode() + b"==", 404),
+        (b"HEAD", b"/-/relay/" + changed.encode(), 404),
+        (b"GET", b"/-/relay/" + changed.encode(), 404),
+        (b"POST", b"/-/relay/" + relay_id.encode(), 404),
+        (b"DELETE", b"/-/relay/" + relay_id.encode(), 404),
+    ]
+    for method, target, status in cases:
+        head = b"%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n"
+        answer = await _raw(port, head % (method, target, port))
+        assert answer.startswith(b"HTTP/1.1 %d " % status), (method, target[:80], answer[:80])
+        for secret in (HOST.encode(), b"X-Amz", b"abc%2Fdef", b"uptime"):
+            assert secret not in answer.partition(b"\r\n\r\n")[2], (target[:80], secret)
+    assert storage.seen == []
+    relay = proxy.running.runner.app[RELAY]
+    held = relay.held()
+
+    async def fetch() -> bytes:
+        async with proxy.http.get(url) as response:
+            assert response.status == 200
+            return await response.read()
+
+    assert await asyncio.gather(*(fetch() for _ in range(20))) == [DATA] * 20
+    assert relay.held() == held == 1
+
+
+@pytest.mark.parametrize("length", [40, 41, 42])  # ids of every length modulo 4 but one
+def test_a_relay_id_has_one_text(length: int) -> None:
+    """FOUND: the last character of an id whose length is not a multiple of 4 has unused low
+    bits; changing them gave the same bytes, so a changed id opened (harmless: the same
+    object, but "any change is refused" was not so). Now only the id as sealed opens."""
+    ring = KeyRing({"default": "s" * 32})
+    relay_id = ring.seal(Sealed("https://s.example/" + "k" * length, "default", 2**40))
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    last = alphabet[alphabet.index(relay_id[-1]) ^ 1]  # the lowest bit: unused when present
+    assert ring.open(relay_id, 0).url.endswith("k" * length)
+    with pytest.raises(SealUnknown):
+        ring.open(relay_id[:-1] + last, 0)

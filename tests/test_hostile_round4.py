@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import hashlib
 import hmac
+import io
 import json
 import socket
 import string
@@ -478,3 +479,40 @@ def test_a_relay_id_has_one_text(length: int) -> None:
     assert ring.open(relay_id, 0).url.endswith("k" * length)
     with pytest.raises(SealUnknown):
         ring.open(relay_id[:-1] + last, 0)
+
+
+# --- Fairness: the floor is the client's pace, never the gateway's ------------------------
+
+
+async def test_min_request_rate_never_cuts_an_upload_the_gateway_reads_slowly(
+    gateway_factory: GatewayFactory, proxy_factory: ProxyFactory
+) -> None:
+    """HELD: the client sends 8 MiB at once (past every socket buffer); the gateway reads
+    it at about 3 MB/s, under a floor of 10 MB/s over 0.2 s. The proxy holds the client's
+    bytes back (reading paused), which is not the client's pace: the upload goes through
+    whole, streamed. (With the pause not counted, it is cut with a 408.)"""
+    read: list[int] = []
+
+    @web.middleware
+    async def slow_sink(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path != "/test/slow-sink":
+            response: web.StreamResponse = await handler(request)
+            return response
+        total = 0
+        while chunk := await request.content.read(65536):
+            total += len(chunk)
+            await asyncio.sleep(0.02)
+        read.append(total)
+        return web.json_response({"read": total})
+
+    gateway = await gateway_factory(lambda app: app.middlewares.append(slow_sink))
+    proxy = await proxy_factory(
+        gateway.url,
+        DAP_PROXY_MIN_REQUEST_RATE="10000000",
+        DAP_PROXY_MIN_REQUEST_RATE_WINDOW="0.2",
+        DAP_PROXY_REPLAY_BODY_LIMIT="10",  # streamed to the gateway as it comes
+    )
+    body = b"x" * (8 * 1024 * 1024)
+    async with proxy.http.post(proxy.url + "/test/slow-sink", data=io.BytesIO(body)) as response:
+        assert response.status == 200, await response.text()
+    assert read == [len(body)]

@@ -15,6 +15,7 @@ import io
 import json
 import socket
 import string
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,12 @@ from proxy.admission.local_tokens import (
     LocalTokenIssuer,
 )
 from proxy.admission.throttle import address_key
+from proxy.config import Config
 from proxy.config.records import AccessConfig, SharedStateConfig
 from proxy.observe.background import Supervisor
 from proxy.server.fairness import address_group
 from proxy.server.keys import RELAY
+from proxy.server.reload import Reloader
 from proxy.sharing.redis_budgets import RedisBudgets
 from proxy.sharing.redis_cache import RedisCache
 from proxy.sharing.relay_seal import KeyRing, Sealed, SealUnknown
@@ -52,8 +55,11 @@ from proxy.sharing.shared_state import SharedState
 from .conftest import GatewayFactory, ProxyFactory
 from .connect_proxy import ConnectProxy
 from .relay_support import DATA, HOST, Storage, object_url, relay_proxy, start_storage
+from .test_reload import KEY, OTHER, Keyed, keyed
+from .waiting import until
 
 UPSTREAM = URL("http://127.0.0.1:9000")
+__all__ = ["keyed"]  # the fixture, used by name
 
 # --- A "Redis" that says what it is told ------------------------------------------------
 
@@ -516,3 +522,37 @@ async def test_min_request_rate_never_cuts_an_upload_the_gateway_reads_slowly(
     async with proxy.http.post(proxy.url + "/test/slow-sink", data=io.BytesIO(body)) as response:
         assert response.status == 200, await response.text()
     assert read == [len(body)]
+
+
+# --- Reload: overlapping reloads apply in order -------------------------------------------
+
+
+async def test_a_slow_reload_never_restores_a_key_a_newer_one_revoked(keyed: Keyed) -> None:
+    """FOUND: a reload whose files were read first (a slow mount) applied after a newer one
+    that had already removed a key: the revoked key worked again. Now reloads read and apply
+    one at a time, in order, and a burst of SIGHUPs queues one reload at most."""
+    release = threading.Event()
+    calls = 0
+
+    def load() -> Config:
+        nonlocal calls
+        calls += 1
+        config = keyed.load()
+        if calls == 1:  # read before the key was revoked, then held up (in its thread)
+            release.wait(10)
+        return config
+
+    reloader = Reloader(keyed.running.runner.app, keyed.load(), load, interval=60)
+    older = asyncio.ensure_future(reloader.reload_off_loop())
+    await until(lambda: calls == 1)
+    keyed.keys.write_text(f"{KEY}\n")  # OTHER revoked
+    newer = asyncio.ensure_future(reloader.reload_off_loop())
+    await asyncio.sleep(0.1)
+    release.set()
+    assert await older and await newer
+    assert await keyed.status(OTHER) == 401
+    assert await keyed.status(KEY) == 200
+    for _ in range(10):
+        reloader._reload_on_signal()
+    assert len(reloader._signalled_tasks) == 2
+    await asyncio.gather(*reloader._signalled_tasks)

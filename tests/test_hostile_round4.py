@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import socket
 import string
 import threading
@@ -52,10 +53,12 @@ from proxy.sharing.relay_targets import (
 )
 from proxy.sharing.shared_state import SharedState
 
-from .conftest import GatewayFactory, ProxyFactory
+from .conftest import Gateway, GatewayFactory, ProxyFactory
 from .connect_proxy import ConnectProxy
 from .relay_support import DATA, HOST, Storage, object_url, relay_proxy, start_storage
 from .test_reload import KEY, OTHER, Keyed, keyed
+from .test_shared_state import plain
+from .test_sharing import TABLES, create_job, get, shaped
 from .waiting import until
 
 UPSTREAM = URL("http://127.0.0.1:9000")
@@ -95,10 +98,15 @@ def _closing(writer: asyncio.StreamWriter) -> Iterator[None]:
         writer.close()
 
 
+HELLO = b"%1\r\n+proto\r\n:3\r\n"  # Redis 6's answer, as much as the client reads of it
+
+
 @contextlib.asynccontextmanager
-async def fake_redis(scripts: Reply) -> AsyncIterator[SharedState]:
-    """A started ``SharedState`` on a loopback server answering PING and the like as Redis
-    does, and every script call (EVALSHA) with ``scripts(command)``."""
+async def resp_server(
+    scripts: Reply, *, hello: bytes = b"%1\r\n+proto\r\n:3\r\n"
+) -> AsyncIterator[int]:
+    """A loopback server answering PING and the like as Redis does, ``HELLO`` with ``hello``,
+    and every script call (EVALSHA) with ``scripts(command)``: its port."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with _closing(writer):
@@ -108,7 +116,7 @@ async def fake_redis(scripts: Reply) -> AsyncIterator[SharedState]:
                 if name == b"PING":
                     writer.write(b"+PONG\r\n")
                 elif name == b"HELLO":
-                    writer.write(b"%1\r\n+proto\r\n:3\r\n")
+                    writer.write(hello)
                 elif name == b"EVALSHA":
                     writer.write(scripts(command))
                 else:
@@ -116,16 +124,24 @@ async def fake_redis(scripts: Reply) -> AsyncIterator[SharedState]:
                 await writer.drain()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    state = SharedState(SharedStateConfig(URL(f"redis://127.0.0.1:{port}/0")), Supervisor())
-    await state.start()
     try:
-        assert state.up
-        yield state
+        yield server.sockets[0].getsockname()[1]
     finally:
-        await state.close()
         server.close()
         await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def fake_redis(scripts: Reply) -> AsyncIterator[SharedState]:
+    """A started ``SharedState`` on a ``resp_server``."""
+    async with resp_server(scripts) as port:
+        state = SharedState(SharedStateConfig(URL(f"redis://127.0.0.1:{port}/0")), Supervisor())
+        await state.start()
+        try:
+            assert state.up
+            yield state
+        finally:
+            await state.close()
 
 
 PASSWORD = "hostile-redis-password-0123"
@@ -175,26 +191,44 @@ async def test_a_redis_that_answers_hello_oddly_is_down_not_a_crash() -> None:
     raise AttributeError, which escaped ``SharedState.start`` (the proxy failed to start with
     a traceback) and would have escaped a request's call. Now it is down, and says why."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with _closing(writer):
-            while True:
-                await _command(reader)
-                writer.write(b"+OK\r\n")
-                await writer.drain()
+    async with resp_server(lambda _: b"+OK\r\n", hello=b"+OK\r\n") as port:
+        url = URL(f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
+        state = SharedState(SharedStateConfig(url), Supervisor())
+        try:
+            await state.start()
+            assert not state.up and state.problem is not None
+            assert "AttributeError" in state.problem and PASSWORD not in state.problem
+            assert await state.call(lambda redis: redis.ping()) is None
+        finally:
+            await state.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    url = URL(f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
-    state = SharedState(SharedStateConfig(url), Supervisor())
-    try:
-        await state.start()
-        assert not state.up and state.problem is not None
-        assert "AttributeError" in state.problem and PASSWORD not in state.problem
-        assert await state.call(lambda redis: redis.ping()) is None
-    finally:
-        await state.close()
-        server.close()
-        await server.wait_closed()
+
+async def test_a_proxy_on_a_redis_impostor_answers_every_request(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FOUND, whole: on a server that answers HELLO as Redis 6 does and every script with a
+    grant after forever, a job creation hung; on one that answers HELLO with +OK, the proxy
+    failed to start. Now: every request answered; the first counts errors (its answers are
+    not understood), the second is down in /-/status; the password is nowhere."""
+    caplog.set_level(logging.DEBUG)
+    forever = array(b":1\r\n", _bulk(b"inf"))
+    async with (
+        resp_server(lambda _: forever) as good_hello,
+        resp_server(lambda _: forever, hello=b"+OK\r\n") as bad_hello,
+    ):
+        for port, up in ((good_hello, 1), (bad_hello, 0)):
+            url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+            proxy = await proxy_factory(gateway.url, **shaped(DAP_PROXY_SHARED_STATE=url))
+            for _ in range(2):
+                assert (await asyncio.wait_for(create_job(proxy), 5))[0] in (200, 202)
+                assert (await asyncio.wait_for(get(proxy, TABLES), 5))[0] == 200
+            async with proxy.http.get(proxy.url + "/-/status") as response:
+                status = await response.text()
+            async with proxy.http.get(proxy.url + "/-/metrics") as response:
+                metrics = await response.text()
+            assert plain(metrics, "proxy_shared_state_up") == up
+            assert plain(metrics, "proxy_shared_state_errors_total") >= 1
+            assert PASSWORD not in status + metrics + caplog.text
 
 
 @pytest.mark.parametrize(

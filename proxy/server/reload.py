@@ -133,6 +133,10 @@ class Reloader:
         self._interval = interval
         self._stamps = {path: _stamp(path) for path in config.watched_files}
         self._signalled_tasks: set[asyncio.Future[None]] = set()
+        # Reloads read and apply one at a time, in order: two that overlapped could finish
+        # out of order, the one that read the files first applying last (a key revoked by
+        # the newer read restored by the older one, from a slow mount).
+        self._in_order = asyncio.Lock()
         self._figures = ReloadFigures.of(app)
 
     def reload(self) -> bool:
@@ -147,11 +151,12 @@ class Reloader:
     async def reload_off_loop(self) -> bool:
         """``reload``, the files read in a worker thread: a slow disk or network mount never
         holds up requests (a FIFO in a file's place is refused without waiting: files.py)."""
-        try:
-            new = await asyncio.to_thread(self._load)
-        except ConfigError as exc:
-            return self._failed(exc)
-        return self._apply(new)
+        async with self._in_order:
+            try:
+                new = await asyncio.to_thread(self._load)
+            except ConfigError as exc:
+                return self._failed(exc)
+            return self._apply(new)
 
     def _failed(self, exc: ConfigError) -> bool:
         """The running configuration stays; the failure shows in /-/status's ``problems``
@@ -204,6 +209,8 @@ class Reloader:
 
     def _reload_on_signal(self) -> None:
         # Off the signal handler: the reading happens in a thread, awaited by a task.
+        if len(self._signalled_tasks) >= 2:  # one reading, one to read after it: enough
+            return
         task = asyncio.ensure_future(self._signalled())
         self._signalled_tasks.add(task)
         task.add_done_callback(self._signalled_tasks.discard)

@@ -13,6 +13,7 @@ A gateway 429 sets the class's pause for every replica (``PAUSE``). Keys share a
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Mapping
 
@@ -78,7 +79,14 @@ class RedisBudgets:
             return None
         try:
             granted, wait = answer
-            return Reservation(granted == 1, max(0.0, float(wait)), ticket)
+            seconds = max(0.0, float(wait))
+            # RESERVE grants a slot only within max_wait: a longer (or infinite) wait is an
+            # answer a Redis impostor made up, and would hold the request forever.
+            if granted not in (0, 1) or not math.isfinite(seconds):
+                raise ValueError(granted, wait)
+            if granted == 1 and seconds > max_wait:
+                raise ValueError(granted, wait)
+            return Reservation(granted == 1, seconds, ticket)
         except (ValueError, TypeError):  # not what RESERVE answers: this replica's own budget
             self._state.errors += 1
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -72,9 +73,14 @@ class RedisCache:
             return None
         try:
             headers, body, age = found
+            seconds = max(0.0, float(age))
+            # PUT writes bytes and a finite time: an integer "body" would make bytes(n) (n
+            # zero bytes, or a MemoryError), an infinite age an OverflowError in Age.
+            if not isinstance(body, bytes) or not math.isfinite(seconds):
+                raise TypeError(type(body).__name__, age)
             pairs = [(str(name), str(value)) for name, value in json.loads(headers)]
-            return CIMultiDictProxy(CIMultiDict(pairs)), bytes(body), max(0.0, float(age))
-        except (ValueError, TypeError):  # not what PUT writes: a miss, never a 5xx
+            return CIMultiDictProxy(CIMultiDict(pairs)), body, seconds
+        except (ValueError, TypeError, RecursionError):  # not PUT's: a miss, never a 5xx
             self._state.errors += 1
             return None
 

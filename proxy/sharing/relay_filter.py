@@ -89,6 +89,11 @@ class RelayFilter:
             raise self.too_large(MAX_FILTERED_BODY) from None
         except (ValueError, zlib.error):
             return body  # not JSON: no URL in it the relay could know as one
+        except RecursionError:  # JSON, but nested past Python's stack: never passed unread
+            raise BodyRefused(
+                "the gateway's object-URL answer is JSON nested too deeply to read, and its "
+                "storage URLs are never handed out unrewritten: ask for the URLs again"
+            ) from None
         urls = document.get("urls") if isinstance(document, dict) else None
         if not isinstance(urls, dict):
             return body

@@ -110,8 +110,7 @@ class KeyRing:
         plain = _EXPIRY.pack(sealed.expires_at, len(profile)) + profile + sealed.url.encode()
         head = VERSION + key.kid
         nonce = os.urandom(_NONCE)  # random: far fewer than 2**32 seals per key
-        text = head + nonce + key.aead.encrypt(nonce, plain, head)
-        return base64.urlsafe_b64encode(text).rstrip(b"=").decode("ascii")
+        return _text(head + nonce + key.aead.encrypt(nonce, plain, head))
 
     def open(self, text: str, now: float) -> Sealed:
         """What ``text`` stands for; ``SealUnknown`` or ``SealExpired`` (as of ``now``)."""
@@ -119,6 +118,8 @@ class KeyRing:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError):
             raise SealUnknown from None
+        if _text(raw) != text:  # one text per id: not a last character's unused bits changed
+            raise SealUnknown
         key = self._by_kid.get(raw[len(VERSION) : _HEAD])
         if raw[:1] != VERSION or key is None or len(raw) < _HEAD + _NONCE + _TAG:
             raise SealUnknown
@@ -136,3 +137,7 @@ class KeyRing:
         if now >= expires_at:
             raise SealExpired
         return Sealed(url, profile, expires_at)
+
+
+def _text(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")

@@ -8,7 +8,8 @@ be ``https``, without userinfo (which would be sent to storage as Basic credenti
 by a host name (no IP literal, numeric forms such as ``2130706433`` included), and, when
 ``relay_hosts`` is set, under one of its suffixes. When the proxy connects directly (no egress
 proxy for that URL), every address the name resolves to must be public: not loopback,
-link-local, private, shared (CGNAT), multicast or reserved. The check is made on the very
+link-local, private, shared (CGNAT), multicast or reserved; an IPv6 address that reaches an
+IPv4 one (IPv4-mapped, NAT64, 6to4) is judged by that IPv4 address. The check is made on the very
 addresses the connection then uses (the resolver of the relay's own connector), so a name
 that resolves differently the second time (DNS rebinding) gains nothing. Through an egress
 proxy, the egress proxy resolves and decides.
@@ -84,8 +85,10 @@ def address_problem(address: str) -> str | None:
         ip: _Address = ipaddress.ip_address(address.partition("%")[0])
     except ValueError:
         return "not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return "a local-use NAT64 address (64:ff9b:1::/48)"
+        ip = _embedded_ipv4(ip) or ip
     for kind, test in (
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
@@ -97,6 +100,22 @@ def address_problem(address: str) -> str | None:
             return f"a {kind} address"
     if not ip.is_global:
         return "not a public address"
+    return None
+
+
+# Where a NAT64 gateway (AWS's, for IPv6-only subnets) reaches IPv4: 64:ff9b::10.0.0.1 is
+# the intranet's 10.0.0.1, though Python calls the IPv6 address global.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: embedding varies
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one reaches, judged in its place: IPv4-mapped, NAT64's
+    well-known prefix, 6to4, IPv4-compatible (``::10.0.0.1``, not ``::`` or ``::1``)."""
+    if ip.ipv4_mapped is not None or ip.sixtofour is not None:
+        return ip.ipv4_mapped or ip.sixtofour
+    if ip in _NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
 

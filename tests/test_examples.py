@@ -96,6 +96,12 @@ def test_the_compose_replicas_sit_behind_the_tested_nginx_configuration() -> Non
     conf = (EXAMPLES / mount.split(":")[0]).read_text(encoding="utf-8")
     for name in proxies:
         assert f"server {name}:8080 max_fails=1" in conf
+    # nginx ends its idle connections to a replica before the replica's shutdown_delay does.
+    [idle] = re.findall(r"^\s*keepalive_timeout (\d+)s;", conf, re.MULTILINE)
+    assert all(
+        float(idle) < float(services[name]["environment"]["DAP_PROXY_SHUTDOWN_DELAY"])
+        for name in proxies
+    )
     # The lines tests/test_rolling_restart.py proves, in the example as in the test.
     for line in UPSTREAM.splitlines():
         line = line.strip()

@@ -2,10 +2,13 @@
 gateway simulator process; a client loop sends requests without pause while each replica in
 turn gets SIGTERM, exits and is started again. Not one request may fail.
 
-What makes it work (server/drain.py): on SIGTERM a replica keeps serving for
-``shutdown_delay`` with every answer saying ``Connection: close`` (nginx keeps no idle
-connection to it), then stops accepting (nginx's ``proxy_next_upstream error`` sends the
-next request to the other replica), then drains what is in flight.
+What makes it work: on SIGTERM a replica answers 503 on /-/ready at once and keeps serving
+for ``shutdown_delay`` with every answer saying ``Connection: close`` (server/drain.py);
+the readiness controller (nginx_lb.Readiness, a kubelet probe and ingress-nginx in one) sees
+the 503 within a poll and reloads nginx without that replica; only then does the replica stop
+accepting and drain. Plain nginx without the controller can answer one POST in thousands
+with a 502 in the instant the listener closes (see nginx_lb.py): no proxy setting fixes
+that, a readiness-aware balancer does.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from proxy.server.serve import start
 from proxy.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 
 from .conftest import GatewayFactory, proxy_config
-from .nginx_lb import NGINX, lb_argv
+from .nginx_lb import NGINX, POLL, Readiness, lb_argv
 
 BOUND = 10  # seconds for any one process to start or stop
 LOCAL_CLIENT, LOCAL_SECRET = "etl", "rolling-restart-local-secret-0123456789"
@@ -77,6 +80,24 @@ class Cluster:
     lb: str = ""
     replicas: dict[int, asyncio.subprocess.Process] = field(default_factory=dict)
     others: list[asyncio.subprocess.Process] = field(default_factory=list)
+    readiness: Readiness | None = None
+    controller: asyncio.Task[None] | None = None
+
+    def routed(self) -> tuple[int, ...]:
+        """The replicas nginx routes to now, as the controller last set them."""
+        assert self.readiness is not None and self.controller is not None
+        if self.controller.done():
+            self.controller.result()  # its failure, if it failed
+            raise AssertionError("the readiness controller stopped")
+        return self.readiness.routed[-1]
+
+    async def routed_to_all(self) -> None:
+        """Until the controller routes to every replica again (the restarted one is back)."""
+        async with asyncio.timeout(BOUND):
+            while True:  # polled, as the controller itself polls
+                if set(self.routed()) == set(self.replicas):
+                    return
+                await asyncio.sleep(POLL / 2)
 
     async def replica(self, http: aiohttp.ClientSession, port: int) -> None:
         self.replicas[port] = await spawn(
@@ -108,7 +129,8 @@ async def cluster(tmp: Path, **env: str) -> AsyncIterator[tuple[Cluster, aiohttp
     env = {
         "DAP_CLIENT_ID": DEMO_CLIENT_ID,
         "DAP_CLIENT_SECRET": DEMO_CLIENT_SECRET,
-        "DAP_PROXY_SHUTDOWN_DELAY": "0.5",  # the examples use more; nginx needs little
+        # Covers a readiness poll (0.1 s) and nginx's reload many times over, on a busy CI.
+        "DAP_PROXY_SHUTDOWN_DELAY": "1.5",
         "DAP_PROXY_TIMEOUTS_SHUTDOWN": "5",
         "DAP_PROXY_RATE_LIMITS_ENABLED": "false",  # the loop is faster than the budgets
         "DAP_PROXY_CACHE_ENABLED": "false",  # every request goes to the gateway
@@ -125,14 +147,21 @@ async def cluster(tmp: Path, **env: str) -> AsyncIterator[tuple[Cluster, aiohttp
             for replica in ports:
                 await made.replica(http, replica)
             lb_port = free_port()
-            made.others.append(await spawn(tmp / "nginx.log", *lb_argv(tmp, lb_port, ports)))
+            nginx = await spawn(tmp / "nginx.log", *lb_argv(tmp, lb_port, ports))
+            made.others.append(nginx)
             made.lb = f"http://127.0.0.1:{lb_port}"
             await until_ready(http, made.lb)
+            made.readiness = Readiness(tmp, lb_port, ports, nginx.pid)
+            made.controller = asyncio.create_task(made.readiness.run())
             yield made, http
+            made.routed()  # the controller ran to the end
     finally:
+        if made.controller is not None:
+            made.controller.cancel()
+            await asyncio.gather(made.controller, return_exceptions=True)
         for process in [*made.replicas.values(), *made.others]:
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(signal.SIGINT)  # as Ctrl-C: no shutdown_delay to wait
         for process in [*made.replicas.values(), *made.others]:
             try:
                 async with asyncio.timeout(BOUND):
@@ -148,39 +177,53 @@ class Traffic:
 
 
 async def client_loop(
-    http: aiohttp.ClientSession, url: str, headers: dict[str, str], traffic: Traffic
+    fresh: aiohttp.ClientSession, url: str, headers: dict[str, str], traffic: Traffic
 ) -> None:
-    """Requests one after another, kept-alive connections to nginx: list the tables, and
-    every fifth a job creation (a POST, which nginx never sends twice once sent)."""
+    """Requests one after another: list the tables, and every fifth a job creation (a POST,
+    which nginx never sends twice once sent). Each on a new connection to nginx (``fresh``):
+    the controller's reload makes nginx's old worker close all its idle client connections
+    at once, and a request written into one at that instant is lost on the client's side of
+    nginx, a race of the emulation (ingress-nginx changes endpoints without a reload), not
+    of the proxy. nginx's connections to the replicas are kept alive all the same."""
     while True:
-        post = traffic.sent % 5 == 4
+        method, path = ("POST", JOB) if traffic.sent % 5 == 4 else ("GET", TABLES)
+        body = {"format": "jsonl"} if method == "POST" else None
         try:
-            if post:
-                response = http.post(url + JOB, json={"format": "jsonl"}, headers=headers)
-            else:
-                response = http.get(url + TABLES, headers=headers)
-            async with response as resp:
-                body = await resp.read()
+            async with fresh.request(method, url + path, json=body, headers=headers) as resp:
+                answer = await resp.read()
                 if resp.status >= 300:  # 200, and 202 for a job
-                    traffic.failures.append(f"{resp.status} {body[:200]!r}")
+                    traffic.failures.append(f"{method}: {resp.status} {answer[:200]!r}")
         except aiohttp.ClientError as exc:
-            traffic.failures.append(repr(exc))
+            traffic.failures.append(f"{method}: {exc!r}")
         traffic.sent += 1
+
+
+def failed(traffic: Traffic, tmp: Path) -> str:
+    """The failures, with what nginx logged about its upstreams (CI keeps no tmp dir)."""
+    log = (tmp / "error.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    errors = "\n".join([line for line in log if "[error]" in line or "[warn]" in line][-30:])
+    return f"{len(traffic.failures)} of {traffic.sent} failed: {traffic.failures[:5]}\n{errors}"
 
 
 async def rolling_restart(
     made: Cluster, http: aiohttp.ClientSession, headers: dict[str, str]
 ) -> Traffic:
     traffic = Traffic()
-    loops = [asyncio.create_task(client_loop(http, made.lb, headers, traffic)) for _ in range(4)]
+    fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+    loops = [asyncio.create_task(client_loop(fresh, made.lb, headers, traffic)) for _ in range(4)]
     try:
         await asyncio.sleep(0.5)
         for port in list(made.replicas):
             before = traffic.sent
             await made.restart(http, port)
-            # nginx takes a replica it saw refuse connections back after fail_timeout (1 s):
-            # only then may the next one go (Kubernetes waits for readiness the same way).
-            await asyncio.sleep(1.5)
+            # The stop was routed around, not merely survived: the controller took the
+            # replica out of nginx's list before it stopped listening.
+            assert made.readiness is not None
+            assert any(port not in routed for routed in made.readiness.routed), made.readiness
+            # The next replica goes only when this one is routed to again (Kubernetes waits
+            # for readiness the same way), and has served a little.
+            await made.routed_to_all()
+            await asyncio.sleep(0.3)
             assert traffic.sent > before, "the client loop stalled"
             if traffic.failures:
                 break  # seen: no need to restart the rest
@@ -188,6 +231,7 @@ async def rolling_restart(
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        await fresh.close()
     return traffic
 
 
@@ -196,7 +240,7 @@ async def test_a_rolling_restart_behind_nginx_fails_no_request(tmp_path: Path) -
     async with cluster(tmp_path) as (made, http):
         traffic = await rolling_restart(made, http, {})
     assert traffic.sent > 50, traffic
-    assert traffic.failures == [], f"{len(traffic.failures)} of {traffic.sent} failed"
+    assert traffic.failures == [], failed(traffic, tmp_path)
     assert time.monotonic() - started < 30
 
 
@@ -214,7 +258,7 @@ async def test_a_rolling_restart_keeps_a_local_token_valid(tmp_path: Path) -> No
             token = (await resp.json())["access_token"]
         traffic = await rolling_restart(made, http, {"Authorization": f"Bearer {token}"})
     assert traffic.sent > 50, traffic
-    assert traffic.failures == [], f"{len(traffic.failures)} of {traffic.sent} failed"
+    assert traffic.failures == [], failed(traffic, tmp_path)
 
 
 async def test_on_stop_ready_fails_at_once_requests_are_served_with_connection_close_then_refused(

@@ -235,6 +235,7 @@ async def rolling_restart(
     return traffic
 
 
+@pytest.mark.system
 async def test_a_rolling_restart_behind_nginx_fails_no_request(tmp_path: Path) -> None:
     started = time.monotonic()
     async with cluster(tmp_path) as (made, http):
@@ -244,6 +245,7 @@ async def test_a_rolling_restart_behind_nginx_fails_no_request(tmp_path: Path) -
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.system
 async def test_a_rolling_restart_keeps_a_local_token_valid(tmp_path: Path) -> None:
     """Access keys on: the client logs in once, through nginx, and keeps its local token
     across both replicas' restarts (the replicas share the credentials, so the key)."""

@@ -77,6 +77,20 @@ async def test_login_without_basic_credentials_is_401(aiohttp_client) -> None:  
         assert body["error"]["type"] == "AuthenticationError"
 
 
+async def test_a_client_id_longer_than_the_bound_is_refused(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    """Each local token carries its client id; the verified-token cache holds 4,096 tokens:
+    kilobyte-long ids (any id logs in without authentication) would make it tens of MB."""
+    client = await login_client(aiohttp_client, LocalTokenIssuer())
+    form = {"grant_type": "client_credentials"}
+    resp = await client.post(LOGIN, data=form, headers={"Authorization": basic("x" * 257, "s")})
+    assert resp.status == 401
+    assert (await resp.json())["error"]["message"] == (
+        "the client id is longer than 256 characters"
+    )
+    resp = await client.post(LOGIN, data=form, headers={"Authorization": basic("x" * 256, "s")})
+    assert resp.status == 200
+
+
 async def test_login_with_wrong_grant_type_is_400(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
     client = await login_client(aiohttp_client, LocalTokenIssuer())
     for data in ({}, {"grant_type": "password"}):

@@ -32,6 +32,9 @@ __all__ = ["LoginHandler"]
 log = logging.getLogger("proxy.login")
 
 MAX_LOGIN_BODY = 64 * 1024  # "grant_type=client_credentials" is 29 bytes
+# A gateway client id ("us-east-1#" and a UUID) is under 50; the id is in every local token
+# (``sub``), and the verified-token cache holds 4,096 of them: the bound keeps that small.
+MAX_CLIENT_ID = 256
 
 
 class LoginHandler:
@@ -66,6 +69,12 @@ class LoginHandler:
             )
         if not basic.login:
             return refuse(401, "AuthenticationError", "the client id must not be empty")
+        if len(basic.login) > MAX_CLIENT_ID:
+            return refuse(
+                401,
+                "AuthenticationError",
+                f"the client id is longer than {MAX_CLIENT_ID} characters",
+            )
         address = request.remote or "local"
         wait = self._throttle.shut_out(address)
         if wait > 0:

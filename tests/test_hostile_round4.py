@@ -108,7 +108,10 @@ async def resp_server(
     """A loopback server answering PING and the like as Redis does, ``HELLO`` with ``hello``,
     and every script call (EVALSHA) with ``scripts(command)``: its port."""
 
+    connections: set[asyncio.StreamWriter] = set()
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.add(writer)
         with _closing(writer):
             while True:
                 command = await _command(reader)
@@ -128,6 +131,10 @@ async def resp_server(
         yield server.sockets[0].getsockname()[1]
     finally:
         server.close()
+        # From Python 3.12, wait_closed() waits for every connection: a proxy still running
+        # holds its pool's open, so they are cut first.
+        for writer in connections:
+            writer.transport.abort()
         await server.wait_closed()
 
 

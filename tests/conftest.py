@@ -28,6 +28,9 @@ from proxy.tokens.manager import TokenManager
 
 from .gateway_routes import Hangups, add_test_routes
 
+# The object relay's fixtures (storage, egress_proxy), for every relay test module.
+pytest_plugins = ("tests.relay_support",)
+
 
 @dataclass
 class Gateway:

@@ -10,11 +10,12 @@ so the tests can see that no credential reached it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
@@ -158,3 +159,17 @@ async def error_of(proxy: Proxy, method: str, url: str, **kwargs: Any) -> tuple[
         body = await response.json()
         assert set(body) == {"error"} and set(body["error"]) == {"type", "uuid", "message"}
         return response.status, response.headers, body["error"]
+
+
+# The fixtures every relay test module takes (imported there by name: pytest finds them).
+@pytest.fixture
+async def storage(aiohttp_server: Any, tmp_path: Path) -> Storage:
+    return await start_storage(aiohttp_server, tmp_path)
+
+
+@pytest.fixture
+async def egress_proxy() -> AsyncIterator[ConnectProxy]:
+    connect_proxy = ConnectProxy()
+    await connect_proxy.start()
+    yield connect_proxy
+    await connect_proxy.close()

@@ -8,9 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from multidict import CIMultiDict
@@ -32,21 +30,7 @@ from .relay_support import (
     object_url,
     object_url_route,
     relay_proxy,
-    start_storage,
 )
-
-
-@pytest.fixture
-async def storage(aiohttp_server: Any, tmp_path: Path) -> Storage:
-    return await start_storage(aiohttp_server, tmp_path)
-
-
-@pytest.fixture
-async def egress_proxy() -> AsyncIterator[ConnectProxy]:
-    connect_proxy = ConnectProxy()
-    await connect_proxy.start()
-    yield connect_proxy
-    await connect_proxy.close()
 
 
 async def test_object_urls_are_rewritten_and_relayed_through_the_egress_proxy(

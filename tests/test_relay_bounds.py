@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import types
 from collections import deque
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,24 +24,10 @@ from proxy.server.keys import RELAY
 from .conftest import GatewayFactory, ProxyFactory
 from .connect_proxy import ConnectProxy
 from .relay_support import DATA, HOST, OBJECT_ID, Storage, error_of, object_url, relay_proxy
-from .relay_support import start_storage as _start_storage
 
 KEY_A = "relay-key-a-0123456789"
 KEY_B = "relay-key-b-0123456789"
 SCHEMA_PATH = "/dap/query/canvas/table/accounts/schema"
-
-
-@pytest.fixture
-async def storage(aiohttp_server: Any, tmp_path: Path) -> Storage:
-    return await _start_storage(aiohttp_server, tmp_path)
-
-
-@pytest.fixture
-async def egress_proxy() -> AsyncIterator[ConnectProxy]:
-    connect_proxy = ConnectProxy()
-    await connect_proxy.start()
-    yield connect_proxy
-    await connect_proxy.close()
 
 
 def _reachable(root: object) -> int:

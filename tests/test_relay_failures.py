@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,7 +26,6 @@ from .relay_support import (
     object_url,
     object_url_route,
     relay_proxy,
-    start_storage,
 )
 
 PASSWORD = "squid-pw-0123"
@@ -71,19 +68,6 @@ class SquidRefusing:
             )  # fmt: skip
             await writer.drain()
         writer.close()
-
-
-@pytest.fixture
-async def storage(aiohttp_server: Any, tmp_path: Path) -> Storage:
-    return await start_storage(aiohttp_server, tmp_path)
-
-
-@pytest.fixture
-async def egress_proxy() -> AsyncIterator[ConnectProxy]:
-    connect_proxy = ConnectProxy()
-    await connect_proxy.start()
-    yield connect_proxy
-    await connect_proxy.close()
 
 
 def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -6,9 +6,6 @@ stay valid until they expire."""
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from yarl import URL
@@ -19,7 +16,7 @@ from proxy.sharing.relay_seal import KEYS_PER_PROFILE, KeyRing, Sealed, SealExpi
 
 from .conftest import GatewayFactory, ProxyFactory
 from .connect_proxy import ConnectProxy
-from .relay_support import DATA, Storage, error_of, object_url, relay_proxy, start_storage
+from .relay_support import DATA, Storage, error_of, object_url, relay_proxy
 
 NOW = 1_800_000_000.0
 URL_A = "https://s3.example/bucket/part-00000.tsv.gz?X-Amz-Signature=secret-signature"
@@ -75,19 +72,6 @@ def test_after_a_rotation_old_values_open_until_the_ring_lets_their_key_go() -> 
     with pytest.raises(SealUnknown):
         ring.open(old, NOW)
     assert ring.open(new, NOW).url == URL_A
-
-
-@pytest.fixture
-async def storage(aiohttp_server: Any, tmp_path: Path) -> Storage:
-    return await start_storage(aiohttp_server, tmp_path)
-
-
-@pytest.fixture
-async def egress_proxy() -> AsyncIterator[ConnectProxy]:
-    connect_proxy = ConnectProxy()
-    await connect_proxy.start()
-    yield connect_proxy
-    await connect_proxy.close()
 
 
 async def test_a_url_minted_by_one_proxy_downloads_through_another_and_after_a_restart(

@@ -7,8 +7,6 @@ addresses the connection would use. The upstream's own origin is the one excepti
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +31,6 @@ from .relay_support import (
     object_url,
     object_url_route,
     relay_proxy,
-    start_storage,
 )
 
 UPSTREAM = URL("http://127.0.0.1:9000")
@@ -95,19 +92,6 @@ async def test_the_resolver_refuses_a_name_for_loopback() -> None:
             await resolver.resolve("localhost", 443, socket.AF_UNSPEC)
     finally:
         await resolver.close()
-
-
-@pytest.fixture
-async def storage(aiohttp_server: Any, tmp_path: Path) -> Storage:
-    return await start_storage(aiohttp_server, tmp_path)
-
-
-@pytest.fixture
-async def egress_proxy() -> AsyncIterator[ConnectProxy]:
-    connect_proxy = ConnectProxy()
-    await connect_proxy.start()
-    yield connect_proxy
-    await connect_proxy.close()
 
 
 async def test_a_refused_target_fails_the_object_url_answer_without_leaking_it(

@@ -9,6 +9,7 @@ so the tests can see that no credential reached it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,13 @@ SIGNED_QUERY = (
     "&X-Amz-Signature=abc%2Fdef"
 )
 HOST = "storage.invalid"
-_CA = PrivateCA()
+
+
+@functools.cache
+def _ca() -> PrivateCA:
+    # Made on first use: conftest registers this module for every test environment, the
+    # official client's too (scripts/check), which has no trustme.
+    return PrivateCA()
 
 
 @dataclass
@@ -61,7 +68,7 @@ class Storage:
 
 
 async def start_storage(aiohttp_server: Any, tmp_path: Path) -> Storage:
-    stored = Storage(ca_file=_CA.pem_file(tmp_path))
+    stored = Storage(ca_file=_ca().pem_file(tmp_path))
     path = tmp_path / "part-00000.tsv.gz"
     path.write_bytes(DATA)
 
@@ -87,7 +94,7 @@ async def start_storage(aiohttp_server: Any, tmp_path: Path) -> Storage:
 
     app = web.Application()
     app.router.add_get("/bucket/job-1/{name}", download)  # GET and HEAD
-    server = await aiohttp_server(app, ssl=_CA.server_context(HOST, "localhost"))
+    server = await aiohttp_server(app, ssl=_ca().server_context(HOST, "localhost"))
     stored.port = server.port
     return stored
 

@@ -264,7 +264,7 @@ CAMPAIGN: dict[str, tuple[bytes, int, str]] = {
         431,
         "HeaderTooLarge",
     ),
-    # CONNECT: refused by refuse_unroutable (a middleware), whatever its target
+    # CONNECT: refused (refusals.unroutable), whatever its target
     "CONNECT host:port": (
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
         405,
@@ -427,17 +427,37 @@ async def test_connect_followed_by_tunnel_bytes_logs_none_of_them(
     await still_serving(proxy)
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"GET http://user:" + SECRET + b"@example.com/x HTTP/1.1",
+        b"CONNECT user:" + SECRET + b"@example.com:443 HTTP/1.1",
+        b"CONNECT " + SECRET + b".example.com:443 HTTP/1.1",
+    ],
+    ids=["absolute-form with userinfo", "authority-form with userinfo", "authority-form"],
+)
+async def test_a_target_that_is_not_a_path_is_refused_and_not_logged(
+    gateway: Gateway, proxy: Proxy, caplog: pytest.LogCaptureFixture, line: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    code, body = await exchange(port_of(proxy), line + b"\r\n" + HOST + b"\r\n")
+    assert code in (400, 405), body
+    assert gateway_shaped(body)["type"] in ("BadRequest", "MethodNotAllowed")
+    assert SECRET.decode() not in caplog.text
+    await still_serving(proxy)
+
+
 async def test_connect_to_a_url_neither_hangs_nor_logs_it(
     gateway: Gateway, proxy: Proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """aiohttp 3.13's request loop dies on it (yarl cannot read the URL as host:port) and
-    the connection used to hang, holding a slot; 3.14 answers 400. Either way it ends."""
+    """aiohttp 3.13's request loop died on it (yarl cannot read the URL as host:port) and
+    the connection used to hang, holding a slot; the request factory now routes it to its
+    refusal before yarl reads it (405, as any CONNECT); 3.14's parser answers 400 first."""
     caplog.set_level(logging.DEBUG)
     data = b"CONNECT http://example.com:443/x" + SECRET + b" HTTP/1.1\r\n" + HOST + b"\r\n"
     code, body = await exchange(port_of(proxy), data)
-    assert code in (None, 400), body
-    if code is not None:
-        assert gateway_shaped(body)["type"] == "BadRequest"
+    assert code in (400, 405), body
+    assert gateway_shaped(body)["type"] == {400: "BadRequest", 405: "MethodNotAllowed"}[code]
     assert SECRET.decode() not in caplog.text
     assert "Traceback" not in caplog.text
     await still_serving(proxy)

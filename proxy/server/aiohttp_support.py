@@ -2,8 +2,9 @@
 
 The proxy reaches below aiohttp's public API where aiohttp has no hook: its server's
 connection handler (``protocol.py``), the words of its parser's error messages (the C parser
-says which rule a request broke only in its text), its client's connection
-(``upstream/answer.py``) and how its client wraps an error raised by a request body
+says which rule a request broke only in its text), its client's connection and when a
+response's head is written (``upstream/answer.py``), how its client adds headers
+(``upstream/session.py``) and wraps an error raised by a request body
 (``upstream/forward.py``). A release that changes one of them would break the proxy only
 later, on a malformed request or at the first SIGTERM. So ``check_aiohttp()`` looks for each
 name in ``INTERNALS`` when the runner is made, and raises ``UnsupportedAiohttp`` naming the
@@ -89,6 +90,7 @@ def _text(exception: str, words: str, why: str) -> Internal:
 
 
 # Tests that exercise an internal's behaviour (a file's name alone: this test module).
+_AS_SENT = "test_forwarding.py::test_no_header_is_invented_on_the_way"
 _BROKEN_CHUNK = "test_hardening.py::" + (
     "test_a_broken_chunk_mid_upload_is_400_at_once_and_aborts_the_upstream_request"
 )
@@ -207,6 +209,17 @@ INTERNALS: tuple[Internal, ...] = (
         "closed",
         "answer.py: a future that tells a reset from a clean close of such an answer",
         tested_by=_RESET,
+    ),
+    *_on(
+        "client_reqrep.ClientRequest",
+        ("update_auto_headers", "overridden: session.py's AsSent invents no header", _AS_SENT),
+        ("_skip_auto_headers", "where AsSent leaves the names aiohttp must not add", _AS_SENT),
+    ),
+    Internal(
+        "web.StreamResponse",
+        "_send_headers_immediately",
+        "answer.py: an answer that came whole sends its head with its body, in one write",
+        tested_by="test_forwarding.py::test_an_answer_that_came_whole_goes_out_in_one_write",
     ),
     Internal(
         "aiohttp.ClientError",

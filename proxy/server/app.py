@@ -195,6 +195,7 @@ def _upstream(
                 replay_body_limit=config.replay_body_limit,
                 replay_memory=config.replay_memory,  # one budget: app[METRICS] counts it
                 client_timeout=timeouts.client,
+                read_timeout=timeouts.read,
                 metrics=app[METRICS],
                 access_log=app[ACCESS_LOG],
                 profile=name,

@@ -7,8 +7,8 @@ most ``per_address`` (fairness.py); ``head_timeout`` seconds to send the first r
 head (later heads wait at most aiohttp's keep-alive timeout); a head or body arriving slower
 than ``rate_floor`` is cut (408). It stops as drain.py orders: once ``stopping`` is set,
 every answer closes its connection, and ``shutdown`` lets the request in flight finish. The
-head limits are aiohttp's public settings, set here (``MAX_*``), and ``refuse_unroutable``
-(a middleware) answers CONNECT, ``OPTIONS *``, other HTTP versions and unplaceable targets.
+head limits are aiohttp's public settings, set here (``MAX_*``); CONNECT, ``OPTIONS *``,
+other HTTP versions and unplaceable targets are routed to one answer (refusals.py).
 
 For the rest aiohttp offers no public hook, so ``ProxyRunner`` swaps in this handler class
 (one ``__class__`` assignment on its server). Every aiohttp internal used here is listed in
@@ -30,8 +30,8 @@ from ..responses import error_response
 from . import aiohttp_support as support
 from .drain import Stopping
 from .fairness import AddressShares, RateFloor, RateWatch, address_group
+from .refusals import UNROUTABLE, answer_unroutable, in_flight_last, last_when_stopping, raw_answer
 from .refusals import classify as _classify
-from .refusals import in_flight_last, last_when_stopping, raw_answer, refuse_unroutable
 
 __all__ = ["MAX_HEADERS", "MAX_HEADER_FIELD", "MAX_REQUEST_LINE", "ProxyRunner"]
 
@@ -274,9 +274,9 @@ class _ProxyServer(web.Server):
 class ProxyRunner(web.AppRunner):
     """``ProxyRunner(app, max_connections=1000, per_address=500, rate_floor=RateFloor(...),
     head_timeout=30, stopping=Stopping(), ...)``: an ``AppRunner`` whose connections use the
-    handler above, with the head limits above and ``refuse_unroutable`` added to ``app``'s
-    middlewares. Raises ``UnsupportedAiohttp`` at once if the installed aiohttp lacks what
-    this module relies on."""
+    handler above, with the head limits above and the route of ``UNROUTABLE`` added to
+    ``app``'s (refusals.py). Raises ``UnsupportedAiohttp`` at once if the installed aiohttp
+    lacks what this module relies on."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         support.check_aiohttp()
@@ -287,8 +287,8 @@ class ProxyRunner(web.AppRunner):
         kwargs.setdefault("max_line_size", MAX_REQUEST_LINE)
         kwargs.setdefault("max_field_size", MAX_HEADER_FIELD)
         kwargs.setdefault("max_headers", MAX_HEADERS)
-        if refuse_unroutable not in app.middlewares:
-            app.middlewares.append(refuse_unroutable)
+        if not any(resource.canonical == UNROUTABLE for resource in app.router.resources()):
+            app.router.add_route("*", UNROUTABLE, answer_unroutable)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:

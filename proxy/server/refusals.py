@@ -3,9 +3,10 @@
 aiohttp answers malformed requests itself, with a plain-text body that quotes the offending
 bytes. Those bytes can hold a client's credentials (a control character inside an
 ``Authorization`` header is enough), so ``classify`` gives each a status, the gateway's
-error type and a fixed message; ``refuse_unroutable`` (a middleware) answers what parses but
-is no request for a path; ``raw_answer`` is the bytes written to a connection that never
-reached a handler (a refused or cut connection), in the gateway's shape too.
+error type and a fixed message; ``unroutable`` decides what parses but is no request for a
+path, and ``answer_unroutable`` answers it; ``raw_answer`` is the bytes written to a
+connection that never reached a handler (a refused or cut connection), in the gateway's
+shape too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, http_exceptions, web, web_protocol
-from aiohttp.typedefs import Handler
+from yarl import URL
 
 from ..aiohttp_compat import RequestKey
 from ..errors import BROKEN_CHUNK
@@ -23,20 +24,27 @@ from . import aiohttp_support as support
 from .drain import Stopping
 
 __all__ = [
-    "REFUSED_VERSION",
+    "REFUSAL",
     "SUPPORTED_VERSIONS",
+    "UNROUTABLE",
+    "answer_unroutable",
     "classify",
     "in_flight_last",
     "last_when_stopping",
     "raw_answer",
-    "refuse_unroutable",
+    "unroutable",
 ]
 
 SUPPORTED_VERSIONS = (HttpVersion11, HttpVersion10)
 
-# The version a request line named when it is neither 1.0 nor 1.1 (protocol.py puts it here
-# and answers the request as HTTP/1.1, so the status line is one the client can read).
-REFUSED_VERSION = RequestKey("refused_version", str)
+Refusal = tuple[int, str, str]  # status, the gateway's error type, a fixed message
+
+# Where a request ``unroutable`` refuses is routed (protocol.py adds the route), and its
+# refusal. A request of another HTTP version is answered as HTTP/1.1, so the status line is
+# one the client can read.
+UNROUTABLE = "/-/unroutable"
+_UNROUTABLE_URL = URL(UNROUTABLE)
+REFUSAL = RequestKey("refusal", tuple)
 
 # The line LineTooLong quotes is the request line's: the C parser quotes the target, the
 # Python parser the whole line. Anything else it quotes is a header's (with the C parser, a
@@ -75,28 +83,30 @@ def classify(exc: BaseException | None, status: int) -> tuple[int, str, str]:
     return 400, "BadRequest", "a malformed HTTP request"
 
 
-@web.middleware
-async def refuse_unroutable(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A request line of another HTTP than 1.0 or 1.1 (505), ``OPTIONS *`` (501), CONNECT
-    (405) and a target no route can place (400), in the gateway's shape. Every path has a
-    route (app.py's catch-all), so what matches none is not a path: ``CONNECT host:port``
-    (aiohttp gives it an empty path); aiohttp 3.13 and 3.14 both run the middlewares on a
-    request no route matched. aiohttp's Python parser takes ``GET /x`` with no version for
-    HTTP/0.9 and ``HTTP/2.0`` as a version like any (protocol.py marks them)."""
-    if REFUSED_VERSION in request:
-        refusal = (
-            505,
-            "HTTPVersionNotSupported",
-            f"{_VERSION_TEXT}, not HTTP/{request[REFUSED_VERSION]}",
-        )
-    elif request.method == "OPTIONS" and request.raw_path == "*":
-        refusal = 501, "NotImplemented", "OPTIONS * is not supported: ask about a path"
-    elif request.method == "CONNECT":
-        refusal = 405, "MethodNotAllowed", "CONNECT is not supported"
-    elif request.match_info.http_exception is not None:
-        refusal = 400, "BadRequest", "the request target must be a path (origin-form), not a URL"
-    else:
-        return await handler(request)
+def unroutable(method: str, target: str, version: str | None) -> Refusal | None:
+    """Whether a request that parsed is still no request for a path, decided once for the
+    request factory below: a request line of another HTTP than 1.0 or 1.1 (505, ``version``
+    names it), ``OPTIONS *`` (501), CONNECT (405, whatever its target) and a target that is
+    not a path (400: ``CONNECT host:port``, absolute-form). None for every other request.
+    aiohttp's Python parser takes ``GET /x`` with no version for HTTP/0.9 and ``HTTP/2.0`` as
+    a version like any."""
+    if version is not None:
+        return 505, "HTTPVersionNotSupported", f"{_VERSION_TEXT}, not HTTP/{version}"
+    if method == "OPTIONS" and target == "*":
+        return 501, "NotImplemented", "OPTIONS * is not supported: ask about a path"
+    if method == "CONNECT":
+        return 405, "MethodNotAllowed", "CONNECT is not supported"
+    if not target.startswith("/"):
+        return 400, "BadRequest", "the request target must be a path (origin-form), not a URL"
+    return None
+
+
+async def answer_unroutable(request: web.Request) -> web.StreamResponse:
+    """The route of ``UNROUTABLE``: where the request factory sends what ``unroutable``
+    refuses (its own target kept for the access line), answered in the gateway's shape."""
+    refusal = request.get(REFUSAL)
+    if refusal is None:  # a client asking for the path itself
+        return error_response(404, "NotFound", "no such proxy endpoint")
     response = error_response(*refusal)
     if refusal[0] in (501, 505):
         response.force_close()  # what else such a client sends may not be HTTP/1.1
@@ -121,23 +131,41 @@ def last_when_stopping(factory: Any, stopping: Stopping) -> Any:
     """``web.Server.request_factory``, wrapped: once the proxy is stopping, every request is
     its connection's last (its answer says ``Connection: close``); a request line of another
     HTTP version, and one aiohttp could not parse, are answered as HTTP/1.1 (aiohttp would
-    echo the version: ``HTTP/2.0 505``), the version kept for ``refuse_unroutable``."""
+    echo the version: ``HTTP/2.0 505``); a request ``unroutable`` refuses is routed to
+    ``UNROUTABLE`` with its refusal. (A middleware could decide the same after routing, at
+    a cost to every request: two more coroutines each, about a twentieth of a small one.)"""
 
     def make(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> Any:
         version = message.version
         # Once per request: the common case first, by identity (the C parser reuses it).
-        if stopping.since is None and (
-            version is HttpVersion11 or (version in SUPPORTED_VERSIONS and message is not _ERROR)
+        if (
+            stopping.since is None
+            and (
+                version is HttpVersion11
+                or (version in SUPPORTED_VERSIONS and message is not _ERROR)
+            )
+            and message.path[:1] == "/"
+            and message.method != "CONNECT"
         ):
             return factory(message, payload, protocol, writer, task)
         refused = version not in SUPPORTED_VERSIONS
+        refusal = None
+        if message is not _ERROR:  # aiohttp routes that one to its own error handler
+            named = f"{version[0]}.{version[1]}" if refused else None
+            refusal = unroutable(message.method, message.path, named)
+        close = refused or message is _ERROR or stopping.since is not None
+        if refusal is not None:
+            close = close or refusal[0] in (501, 505)
+            # The access line shows a path or "*", never a URL (it may carry userinfo).
+            shown = message.path if message.path[:1] == "/" or message.path == "*" else "-"
+            message = message._replace(url=_UNROUTABLE_URL, path=shown)
         if refused or message is _ERROR:
-            message = message._replace(version=HttpVersion11, should_close=True)
-        elif not message.should_close:
+            message = message._replace(version=HttpVersion11)
+        if close and not message.should_close:
             message = message._replace(should_close=True)
         request: web.BaseRequest = factory(message, payload, protocol, writer, task)
-        if refused:
-            request[REFUSED_VERSION] = f"{version[0]}.{version[1]}"
+        if refusal is not None:
+            request[REFUSAL] = refusal
         return request
 
     return make

@@ -37,6 +37,7 @@ from ..upstream.body_filter import BodyRefused
 from ..upstream.egress import host_port, proxy_for
 from ..upstream.failures import connection_failure, describe
 from ..upstream.session import upstream_session
+from ..upstream.silence import Silence
 from ..upstream.token_client import TokenClient
 from .relay_filter import RelayFilter, url_lifetime
 from .relay_seal import KeyRing, Sealed, SealExpired, SealUnknown
@@ -70,6 +71,7 @@ class ObjectRelay:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
+        self._silence = Silence(config.timeouts.read)  # storage's silence, as the gateway's
         self._metrics = metrics
         # The token clients hold each profile's current secret (a reload replaces it there).
         self._clients = clients
@@ -172,10 +174,12 @@ class ObjectRelay:
         )
         via = host_port(egress) if egress is not None else None
         started = time.monotonic()
+        wait = self._silence.wait()
         try:
-            answer = await session.request(
-                request.method, url, headers=outgoing, proxy=egress, allow_redirects=False
-            )
+            async with wait:
+                answer = await session.request(
+                    request.method, url, headers=outgoing, proxy=egress, allow_redirects=False
+                )
         except TimeoutError:
             return refuse(
                 504, "GatewayTimeout", f"object storage at {url.host} timed out", "storage:timeout"
@@ -199,6 +203,7 @@ class ObjectRelay:
                 answer,
                 passed_headers(answer.headers),
                 None,
+                wait,
                 on_complete=lambda sent: self._count(request, answer.status, sealed.profile, sent),
             )
         finally:

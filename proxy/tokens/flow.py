@@ -23,8 +23,6 @@ class Reply(Protocol):
     @property
     def status(self) -> int: ...
 
-    async def read(self) -> bytes: ...
-
     def release(self) -> object: ...
 
 
@@ -44,9 +42,10 @@ async def send_with_token(
         replacement = await tokens.replace(token)
         if replacement is None or not replayable:
             return first  # the next request uses the new token, if one comes
-        await first.read()  # small; read whole so its connection can be reused
     except BaseException:
         first.release()  # refused, or cancelled while waiting: it must not leak
         raise
+    # Not read: its connection is kept if the (small) body is in already, else closed; a
+    # read here would wait on the gateway untimed (the forwarder times only its own waits).
     first.release()
     return await send(replacement)

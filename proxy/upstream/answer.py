@@ -3,7 +3,11 @@
 Headers are out before the body: if the gateway fails mid-body, the only honest signal left
 is to reset the client's connection (``abort``), so a truncated body is never taken for a
 complete one. That includes a body the gateway ends by closing its connection (neither
-``Content-Length`` nor chunked): a reset there resets the client's too.
+``Content-Length`` nor chunked): a reset there resets the client's too. An answer whose body
+arrived whole with its head (most API answers) goes out in one write, head and body.
+
+The gateway may stay silent ``timeouts.read`` seconds between pieces of the body (``Wait``,
+silence.py); past that, it has failed mid-body.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..paths import masked_path
 from ..responses import proxy_error_response
 from .body_filter import MAX_FILTERED_BODY, BodyFilter, BodyRefused, WholeBodyFilter
 from .failures import describe
+from .silence import Wait
 
 __all__ = ["UPSTREAM_READ_ERRORS", "abort", "relay_answer"]
 
@@ -41,53 +46,60 @@ async def relay_answer(
     answer: aiohttp.ClientResponse,
     relayed: Any,
     body_filter: BodyFilter | None,
+    wait: Wait,
     *,
     on_complete: Callable[[int], None] | None = None,
 ) -> web.StreamResponse:
     """Send ``answer`` with the ``relayed`` headers (already chosen: headers.py).
-    ``on_complete(bytes)`` is called once the body went out whole (never after an abort)."""
+    ``on_complete(bytes)`` is called once the body went out whole (never after an abort).
+    ``wait`` times the gateway's silence."""
     # Taken before anything awaits: once a close-delimited body has ended, the
     # connection is released and how it ended can no longer be asked.
     closed = _closing(answer)
     prefix = b""  # what a filter read before finding the body too large to take whole
     if body_filter is not None and body_filter.wants(answer.status, relayed):
-        filtered = await _filtered(request, answer, relayed, body_filter, closed)
+        filtered = await _filtered(request, answer, relayed, body_filter, closed, wait)
         if not isinstance(filtered, bytes):
             return filtered
         prefix = filtered
-    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=relayed)
-    await response.prepare(request)
     reader = answer.content
+    whole = reader.is_eof()  # the body came with the head: nothing left to wait for
+    response = (_WholeAnswer if whole else web.StreamResponse)(
+        status=answer.status, reason=answer.reason, headers=relayed
+    )
+    await response.prepare(request)
     sent = 0  # body bytes, for the access line of a client that hangs up mid-way
     last = b""  # a framed body's final chunk, sent with the end of the response
     try:
-        if prefix:
-            await response.write(prefix)
-            sent = len(prefix)
-        while True:
-            try:
-                chunk = await reader.readany()
-                if not chunk and closed is not None and closed.done():
-                    closed.result()  # raises if the connection ended by error (a reset)
-            except UPSTREAM_READ_ERRORS as exc:  # headers are out: abort (the docstring says why)
-                log.warning(
-                    "upstream failed mid-response: %s %s: %s; aborting the client connection",
-                    request.method,
-                    masked_path(request.path),
-                    describe(exc),
-                )
-                abort(request)
-                return response
-            if not chunk:
-                break
-            if closed is None and reader.at_eof():
-                # A framed body is complete (its length or last chunk seen): its final
-                # bytes go out with the response's end, in one write. A small answer is
-                # one such chunk. (A close-delimited body ends only as checked above.)
-                last = chunk
-                break
-            await response.write(chunk)
-            sent += len(chunk)
+        async with contextlib.nullcontext() if whole else wait:
+            if prefix:
+                wait.paused()
+                await response.write(prefix)
+                sent = len(prefix)
+                wait.heard()
+            while True:
+                try:
+                    chunk = await reader.readany()
+                    if not chunk and closed is not None and closed.done():
+                        closed.result()  # raises if the connection ended by error (a reset)
+                except UPSTREAM_READ_ERRORS as exc:  # headers are out: abort (see the top)
+                    _failed_mid_answer(request, exc)
+                    return response
+                if not chunk:
+                    break
+                if closed is None and reader.at_eof():
+                    # A framed body is complete (its length or last chunk seen): its final
+                    # bytes go out with the response's end, in one write. A small answer is
+                    # one such chunk. (A close-delimited body ends only as checked above.)
+                    last = chunk
+                    break
+                wait.paused()  # the client's turn
+                await response.write(chunk)
+                sent += len(chunk)
+                wait.heard()
+    except TimeoutError as exc:  # the gateway stayed silent too long mid-body
+        _failed_mid_answer(request, exc)
+        return response
     finally:
         request[BYTES_OUT] = sent
     await response.write_eof(last)
@@ -97,12 +109,31 @@ async def relay_answer(
     return response
 
 
+def _failed_mid_answer(request: web.Request, exc: BaseException) -> None:
+    log.warning(
+        "upstream failed mid-response: %s %s: %s; aborting the client connection",
+        request.method,
+        masked_path(request.path),
+        describe(exc),
+    )
+    abort(request)
+
+
+class _WholeAnswer(web.StreamResponse):
+    """An answer whose body arrived whole with its head: the head waits to go out with the
+    body, in one write (as aiohttp's own ``web.Response`` does; aiohttp_support.py lists
+    the switch). A streamed answer's head goes out at once, whenever its body comes."""
+
+    _send_headers_immediately = False
+
+
 async def _filtered(
     request: web.Request,
     answer: aiohttp.ClientResponse,
     relayed: Any,
     body_filter: BodyFilter,
     closed: asyncio.Future[None] | None,
+    wait: Wait,
 ) -> web.StreamResponse | bytes:
     """The answer read whole and filtered, as a response; or, when it is too large to
     take whole, the bytes read so far (it streams on, unfiltered), unless the filter must
@@ -116,13 +147,17 @@ async def _filtered(
     chunks: list[bytes] = []
     size = 0
     try:
-        while chunk := await answer.content.readany():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                return _too_large(request, body_filter, limit) if must_filter else b"".join(chunks)
-        if closed is not None and closed.done():
-            closed.result()  # raises if the connection ended by error (a reset)
+        async with wait:
+            while chunk := await answer.content.readany():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    if must_filter:
+                        return _too_large(request, body_filter, limit)
+                    return b"".join(chunks)
+                wait.heard()
+            if closed is not None and closed.done():
+                closed.result()  # raises if the connection ended by error (a reset)
     except UPSTREAM_READ_ERRORS as exc:
         log.warning(
             "upstream failed mid-response: %s %s: %s",

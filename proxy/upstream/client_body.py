@@ -14,6 +14,7 @@ from aiohttp import http_exceptions, web
 
 from ..errors import BROKEN_CHUNK, ClientTooSlow, MalformedBody
 from ..observe.logs import BYTES_IN, REQUEST_ID
+from .silence import Wait
 
 __all__ = ["request_body"]
 
@@ -22,8 +23,12 @@ log = logging.getLogger("proxy.forward")
 _TOO_SLOW = "the client stopped sending its request body"
 
 
-async def request_body(request: web.Request, client_timeout: float, *, whole: bool) -> Any:
-    """The body to send: read first when ``whole`` (so it can be sent twice), else streamed."""
+async def request_body(
+    request: web.Request, client_timeout: float, wait: Wait, *, whole: bool
+) -> Any:
+    """The body to send: read first when ``whole`` (so it can be sent twice), else streamed.
+    While a streamed body waits for the client, the gateway's silence is not timed (``wait``,
+    silence.py): it is waiting for the same bytes."""
     if not request.body_exists:
         return None
     if whole:
@@ -34,17 +39,19 @@ async def request_body(request: web.Request, client_timeout: float, *, whole: bo
             raise ClientTooSlow(_TOO_SLOW) from None
         request[BYTES_IN] = len(body)
         return body
-    return _stream(request, client_timeout)
+    return _stream(request, client_timeout, wait)
 
 
-async def _stream(request: web.Request, client_timeout: float) -> AsyncIterator[bytes]:
+async def _stream(request: web.Request, client_timeout: float, wait: Wait) -> AsyncIterator[bytes]:
     body = request.content
     received = 0
     try:
         while True:
             try:
+                wait.paused()
                 async with asyncio.timeout(client_timeout):
                     chunk = await body.readany()
+                wait.heard()
             except TimeoutError:
                 _cut_if_answering(request, _TOO_SLOW)
                 raise ClientTooSlow(_TOO_SLOW) from None

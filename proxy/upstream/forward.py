@@ -4,6 +4,9 @@ The target URL is the configured upstream's scheme, host and port with only the 
 path and query appended, byte for byte: no request line, ``Host`` header or path can send a
 request (or our token) anywhere else.
 
+The gateway may stay silent for ``timeouts.read`` seconds while the proxy waits for its
+answer's head and for each piece of its body (silence.py times every request at once).
+
 Bodies are never held whole, except one small enough to replay (a ``Content-Length`` up to
 ``replay_body_limit``): it is read first, so that when the gateway refuses a token we still
 hold we can refresh it once and send the same request again. Such bodies share one budget,
@@ -55,6 +58,7 @@ from .client_gone import ClientGone, client_gone, unless_client_goes
 from .egress import host_port
 from .failures import describe
 from .shaping import OverBudget, Shaper
+from .silence import Silence, Wait
 
 __all__ = ["Forwarder"]
 
@@ -73,6 +77,7 @@ class Forwarder:
         replay_body_limit: int,
         replay_memory: int,
         client_timeout: float,
+        read_timeout: float,
         metrics: Metrics,
         access_log: AccessLog,
         profile: str = "default",
@@ -87,6 +92,7 @@ class Forwarder:
         self._replay_body_limit = replay_body_limit
         self._replay_memory = replay_memory
         self._client_timeout = client_timeout
+        self._silence = Silence(read_timeout)
         self._metrics = metrics
         self._access_log = access_log
         self._profile = profile
@@ -115,11 +121,14 @@ class Forwarder:
         self._metrics.in_flight += 1
         started = time.perf_counter()
         held = self._hold(request)
+        wait = self._silence.wait()
         try:
             try:
                 replayable = held is not None  # read whole, or no body at all
-                body = await request_body(request, self._client_timeout, whole=replayable)
-                answer = await self._send_within_limits(request, target, body, replayable, endpoint)
+                body = await request_body(request, self._client_timeout, wait, whole=replayable)
+                answer = await self._send_within_limits(
+                    request, target, body, wait, replayable, endpoint
+                )
             except ProxyError as exc:
                 response = proxy_error_response(exc, request_id)
                 if isinstance(exc, MalformedBody):
@@ -128,7 +137,7 @@ class Forwarder:
             try:
                 relayed = headers.to_client(answer.headers, self._upstream, request, local_prefix)
                 relayed[REQUEST_ID_HEADER] = request_id
-                return await relay_answer(request, answer, relayed, body_filter)
+                return await relay_answer(request, answer, relayed, body_filter, wait)
             finally:
                 answer.release()
         except asyncio.CancelledError:
@@ -147,6 +156,7 @@ class Forwarder:
         request: web.Request,
         target: URL,
         body: Any,
+        wait: Wait,
         replayable: bool,
         endpoint: str | None,
     ) -> aiohttp.ClientResponse:
@@ -154,7 +164,7 @@ class Forwarder:
         rule is tokens/flow.py's). A gateway 429 pauses the endpoint's budget; the request
         waits for the pause to pass and goes again if its body allows and its wait has time
         left, else the 429 goes to the client as it is."""
-        send = functools.partial(self._send, request, target, body=body)
+        send = functools.partial(self._send, request, target, body=body, wait=wait)
         shaper = self._shaper
         if shaper is None or endpoint is None:
             return await send_with_token(self._tokens, send, replayable=replayable)
@@ -227,20 +237,21 @@ class Forwarder:
         )
 
     async def _send(
-        self, request: web.Request, target: URL, token: Token, body: Any
+        self, request: web.Request, target: URL, token: Token, body: Any, wait: Wait
     ) -> aiohttp.ClientResponse:
         outgoing = headers.to_upstream(request.headers, token.access_token)
         outgoing[REQUEST_ID_HEADER] = request[REQUEST_ID]  # the client may quote it upstream
         started = time.perf_counter()
         try:
-            answer = await self._session.request(
-                request.method,
-                target,
-                headers=outgoing,
-                data=body,
-                allow_redirects=False,
-                proxy=self._proxy,
-            )
+            async with wait:  # until the answer's head (a streamed body's own turns untimed)
+                answer = await self._session.request(
+                    request.method,
+                    target,
+                    headers=outgoing,
+                    data=body,
+                    allow_redirects=False,
+                    proxy=self._proxy,
+                )
         except TimeoutError:
             raise UpstreamTimeout("the gateway did not answer in time") from None
         except aiohttp.ClientError as exc:

@@ -8,13 +8,33 @@ environment.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from multidict import CIMultiDict
 
 from ..config import Config
 from .trust import ssl_context
 
-__all__ = ["upstream_session"]
+__all__ = ["AsSent", "upstream_session"]
+
+# The headers aiohttp's client would add when a request lacks them.
+_NOT_INVENTED: CIMultiDict[None] = CIMultiDict(
+    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+)
+
+
+class AsSent(aiohttp.ClientRequest):
+    """A request with the client's headers as they are: none of aiohttp's invented on the
+    way (``User-Agent``, ``Accept``, ``Accept-Encoding``, a body's ``Content-Type``).
+
+    The session's ``skip_auto_headers`` says the same at a price paid on every request
+    (a copy of its headers and the skip list built anew); this makes the decision once and
+    leaves the list where aiohttp reads it (aiohttp_support.py lists both)."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _NOT_INVENTED
 
 
 def upstream_session(
@@ -34,13 +54,10 @@ def upstream_session(
         cookie_jar=aiohttp.DummyCookieJar(),
         # Relay the gateway's bytes as they are: Content-Encoding is the client's business.
         auto_decompress=False,
-        # Let clients' own headers through as they are: no User-Agent, Content-Type, Accept
-        # or Accept-Encoding of aiohttp's invented on the way. (Set once here: per request
-        # it cost about 2 % of a small request.)
-        skip_auto_headers=("User-Agent", "Content-Type", "Accept", "Accept-Encoding"),
-        timeout=aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_read=timeouts.read
-        ),
+        # Let clients' own headers through as they are (AsSent).
+        request_class=AsSent,
+        # timeouts.read is timed by whoever sends, for all its requests at once (silence.py).
+        timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect),
         # Environment proxies and ~/.netrc are not read here: load_config reads the proxy
         # variables from the environment it is given, and egress.py decides per target.
         trust_env=False,

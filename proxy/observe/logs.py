@@ -79,6 +79,8 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     root.setLevel(level.upper())
 
 
+_LEVEL_NAMES = {logging.DEBUG: "DEBUG", logging.INFO: "INFO"}  # the access lines' levels
+
 # The status logged for a request its client abandoned (nginx's "client closed request").
 CLIENT_CLOSED = 499
 
@@ -140,7 +142,7 @@ class BufferedAccessLog(AccessLog):
 
     def write(self, level: int, message: str, fields: dict[str, Any] | None) -> None:
         stamp = self._time(time.time())
-        name = logging.getLevelName(level)
+        name = _LEVEL_NAMES.get(level) or logging.getLevelName(level)
         if self._json:
             record = {"time": stamp, "level": name.lower(), "logger": self.logger.name}
             record["message"] = message
@@ -182,7 +184,7 @@ def record_request(
     keys = set(request)
     bytes_in = request[BYTES_IN] if BYTES_IN in keys else None
     if bytes_in is None:  # not counted while forwarding: a local answer (login, errors)
-        bytes_in = request.content_length or 0
+        bytes_in = (request.content_length or 0) if request.body_exists else 0
     profile = request[PROFILE] if PROFILE in keys else "default"
     method = request.method
     if metrics is not None:

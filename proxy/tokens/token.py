@@ -25,6 +25,15 @@ class Token:
     obtained_at: float
     expires_at: float
     scope: str = ""
+    # Worked out once, not on every request that sends the token:
+    authorization: str = field(init=False, repr=False, compare=False)  # "Bearer ..."
+    _usable_until: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        set_once = object.__setattr__  # frozen: these two are derived, here only
+        set_once(self, "authorization", f"Bearer {self.access_token}")
+        # Sent until a safety gap before expiry, which covers the trip to the gateway.
+        set_once(self, "_usable_until", self.expires_at - min(5.0, self.lifetime / 10))
 
     @property
     def lifetime(self) -> float:
@@ -32,7 +41,7 @@ class Token:
 
     def usable(self, now: float) -> bool:
         """Sent until a safety gap before expiry, which covers the trip to the gateway."""
-        return now < self.expires_at - min(5.0, self.lifetime / 10)
+        return now < self._usable_until
 
     def refresh_due(self, margin: float) -> float:
         """When to start refreshing: ``margin`` before expiry, never past half the lifetime."""

@@ -239,7 +239,7 @@ class Forwarder:
     async def _send(
         self, request: web.Request, target: URL, token: Token, body: Any, wait: Wait
     ) -> aiohttp.ClientResponse:
-        outgoing = headers.to_upstream(request.headers, token.access_token)
+        outgoing = headers.to_upstream(request.headers, token.authorization)
         outgoing[REQUEST_ID_HEADER] = request[REQUEST_ID]  # the client may quote it upstream
         started = time.perf_counter()
         try:

@@ -73,10 +73,11 @@ def _without(headers: CIMultiDictProxy[str], always: tuple[istr, ...]) -> CIMult
     return kept
 
 
-def to_upstream(headers: CIMultiDictProxy[str], access_token: str) -> CIMultiDict[str]:
-    """The client's headers, less hop-by-hop and credentials, plus our bearer token."""
+def to_upstream(headers: CIMultiDictProxy[str], authorization: str) -> CIMultiDict[str]:
+    """The client's headers, less hop-by-hop and credentials, plus our ``authorization``
+    (``Token.authorization``: ``Bearer`` and the gateway token)."""
     forwarded = _without(headers, _UPSTREAM_NAMES)
-    forwarded["Authorization"] = f"Bearer {access_token}"
+    forwarded["Authorization"] = authorization
     return forwarded
 
 

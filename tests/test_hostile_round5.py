@@ -8,14 +8,19 @@ on 127.0.0.1.
 Found and fixed: one ``Wait`` served both the head and the body, so a streamed upload still
 going after the head came (its turns pause and restart the wait) left a silent gateway
 untimed, or restarted the wait while the proxy was blocked on a slow client and cut a
-healthy answer. The answer now has its own wait (forward.py)."""
+healthy answer. The answer now has its own wait (forward.py). A refused CONNECT kept its
+connection open, and the tunnel's bytes that followed were read as the next request (a
+request could ride behind a body aiohttp does not frame for CONNECT): the 405 now closes it
+(refusals.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import pytest
 
 from proxy.server.keys import FORWARDERS
@@ -23,6 +28,7 @@ from proxy.server.keys import FORWARDERS
 from .conftest import Gateway, Proxy, ProxyFactory
 from .waiting import until
 
+AIOHTTP = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
 LOGIN = "/ids/auth/login"
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]
 
@@ -72,6 +78,12 @@ class Scripted:
             self.closed += 1
             writer.close()
             self._tasks.discard(task)
+
+
+async def silent(reader: asyncio.StreamReader) -> None:
+    """Say nothing more, until the proxy hangs up (what it still sends is dropped)."""
+    while await reader.read(1 << 16):
+        pass
 
 
 async def raw(proxy: Proxy, data: bytes) -> bytes:
@@ -142,6 +154,7 @@ async def read_all(reader: asyncio.StreamReader, seconds: float) -> tuple[bytes,
 # --- one wait for the head, another for the body: a streamed upload may outlive the head --
 
 
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 UPLOAD_HEAD = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -216,3 +229,118 @@ async def test_an_upload_still_going_does_not_cut_an_answer_the_client_reads_slo
         assert got.endswith(b"y" * 65536) and len(got) > size, "the answer was cut"
     assert not [r for r in caplog.records if "mid-response" in r.getMessage()]
     no_tracebacks(caplog)
+
+
+# --- clients hanging up, many stalled at once --------------------------------------------
+
+
+@pytest.mark.parametrize("stall", ["head", "body"])
+async def test_a_client_hanging_up_while_the_gateway_is_silent_is_a_clean_499(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture, stall: str
+) -> None:
+    """The wait is cancelled by the hang-up, not expired: no TimeoutError, no 504 and no
+    traceback; the gateway's connection is closed and no wait is left on the clock."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: bytes) -> None:
+        if stall == "body":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        await silent(reader)
+        raise ConnectionError
+
+    caplog.set_level(logging.INFO)
+    async with Scripted(script) as upstream:
+        proxy = await scripted_proxy(proxy_factory, gateway, upstream, DAP_PROXY_TIMEOUTS_READ="5")
+        for _ in range(3):
+            _, writer = await connect(proxy)
+            writer.write(b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await until(lambda: silences(proxy) == 1, "the wait began")
+            await asyncio.sleep(0.05)
+            writer.close()
+        await until(lambda: silences(proxy) == 0, "the waits ended")
+        await until(lambda: upstream.closed == 3, "the gateway's connections closed")
+        await until(lambda: len(access_lines(caplog)) == 3, "three access lines")
+    assert [line.split(" ")[:3] for line in access_lines(caplog)] == [["GET", "/x", "499"]] * 3
+    no_tracebacks(caplog)
+
+
+async def test_many_stalled_requests_each_end_and_the_others_are_served(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """40 requests at once: a third find the gateway silent before its head, a third
+    mid-body, a third answered; and a gateway answering just as the wait runs out (0.2
+    to 0.4 s, the limit 0.3 s) gives a whole 200 or a clean 504, nothing in between. No wait
+    is left on the clock, and the proxy serves on."""
+    delays = iter([0.2 + 0.2 * n / 13 for n in range(14)])
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> None:
+        if head.startswith(b"GET /head"):
+            await silent(reader)
+        elif head.startswith(b"GET /body"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            await silent(reader)
+        else:
+            await asyncio.sleep(next(delays, 0))
+            writer.write(OK_HEAD)
+            return
+        raise ConnectionError
+
+    async def one(path: str) -> tuple[str, int, bytes]:
+        try:
+            async with proxy.http.get(proxy.url + path) as response:
+                return path, response.status, await response.read()
+        except aiohttp.ClientPayloadError:
+            return path, -1, b""
+
+    async with Scripted(script) as upstream:
+        proxy = await scripted_proxy(
+            proxy_factory, gateway, upstream, DAP_PROXY_TIMEOUTS_READ="0.3"
+        )
+        paths = ["/head", "/body", "/ok"] * 13 + ["/ok"]
+        results = await asyncio.gather(*(one(path) for path in paths))
+        await until(lambda: silences(proxy) == 0, "the waits ended")
+        assert await one("/after") == ("/after", 200, b"ok")
+    for path, status, body in results:
+        if path == "/head":
+            assert status == 504 and b"UpstreamTimeout" in body, (path, status, body)
+        elif path == "/body":
+            assert status == -1, (path, status, body)  # cut: the client connection reset
+        else:
+            assert (status, body) == (200, b"ok") or (
+                status == 504 and b"UpstreamTimeout" in body
+            ), (path, status, body)
+    no_tracebacks(caplog)
+
+
+# --- the request factory's refusals ------------------------------------------------------
+
+NEXT = b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+TLS_HELLO = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 32
+
+
+@pytest.mark.skipif(
+    AIOHTTP < (3, 14), reason="3.13 does not answer CONNECT followed by more bytes at all"
+)
+@pytest.mark.parametrize(
+    "after",
+    [b"\r\n" + NEXT, b"\r\n" + TLS_HELLO + NEXT, b"Content-Length: 7\r\n\r\nabcdefg" + NEXT],
+    ids=["a request", "a TLS hello", "a body"],
+)
+async def test_a_refused_connect_ends_its_connection(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture, after: bytes
+) -> None:
+    """What follows a CONNECT head is a tunnel's to the client (a TLS hello sent early, a
+    body framed by a Content-Length aiohttp's parser ignores for CONNECT): the 405 used to
+    keep the connection open and read those bytes as the next request (a 400 for the hello,
+    or a request smuggled behind the body). Now the 405 closes it, as 501 and 505 do."""
+    caplog.set_level(logging.INFO)
+    proxy = await proxy_factory(gateway.url)
+    out = await raw(proxy, b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1\r\n" + after)
+    assert out.count(b"HTTP/1.1 ") == 1, out
+    assert out.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    assert b"\r\nConnection: close\r\n" in out
+    assert [line.split(" ")[:3] for line in access_lines(caplog)] == [["CONNECT", "-", "405"]]
+    assert (
+        await raw(proxy, NEXT.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    ).startswith(b"HTTP/1.1 200 OK\r\n")

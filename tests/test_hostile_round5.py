@@ -11,7 +11,10 @@ untimed, or restarted the wait while the proxy was blocked on a slow client and 
 healthy answer. The answer now has its own wait (forward.py). A refused CONNECT kept its
 connection open, and the tunnel's bytes that followed were read as the next request (a
 request could ride behind a body aiohttp does not frame for CONNECT): the 405 now closes it
-(refusals.py)."""
+(refusals.py). A whole answer a gateway sent unasked on a pooled connection, after the one
+it was asked for had ended, was taken for the next request's answer (another client's),
+and the connection stayed one answer behind: such a connection is now closed unused
+(session.py's AsSent)."""
 
 from __future__ import annotations
 
@@ -344,3 +347,48 @@ async def test_a_refused_connect_ends_its_connection(
     assert (
         await raw(proxy, NEXT.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
     ).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+# --- a gateway that says more than it was asked ------------------------------------------
+
+SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nnot-yours!!"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_bytes_the_gateway_sends_unasked_answer_no_one(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture, method: str
+) -> None:
+    """The gateway ends an answer (its Content-Length met), the connection goes back to the
+    pool, then a whole second answer arrives on it unasked. aiohttp kept it and handed it to
+    the next request sent on that connection (another client's), and every later answer
+    on it to the request after its own. Now that connection is closed unused: a GET is
+    sent again on another (its own answer), a POST fails as a broken connection (502)."""
+    answered = 0
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        nonlocal answered
+        answered += 1
+        if answered == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+            await writer.drain()
+            await asyncio.sleep(0.05)  # released to the pool by now
+            writer.write(SMUGGLED)
+            return
+        await asyncio.sleep(0.02)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nown")
+
+    async with Scripted(script) as upstream:
+        proxy = await scripted_proxy(proxy_factory, gateway, upstream)
+        async with proxy.http.get(proxy.url + "/first") as response:
+            assert await response.read() == b"first"
+        await asyncio.sleep(0.1)
+        seen = []
+        for _ in range(3):
+            async with proxy.http.request(method, proxy.url + "/x", data=b"d") as response:
+                seen.append((response.status, await response.read()))
+    assert all(b"not-yours" not in body for _, body in seen), seen
+    if method == "GET":
+        assert seen == [(200, b"own")] * 3
+    else:
+        assert seen[0][0] == 502 and seen[1:] == [(200, b"own")] * 2, seen
+    no_tracebacks(caplog)

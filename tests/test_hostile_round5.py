@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -392,3 +392,150 @@ async def test_bytes_the_gateway_sends_unasked_answer_no_one(
     else:
         assert seen[0][0] == 502 and seen[1:] == [(200, b"own")] * 2, seen
     no_tracebacks(caplog)
+
+
+# --- what held (kept as guards) ----------------------------------------------------------
+
+
+async def test_a_slow_uploader_is_not_taken_for_a_silent_gateway(
+    gateway: Gateway, proxy_factory: ProxyFactory
+) -> None:
+    """Pauses longer than timeouts.read (0.3 s) but shorter than timeouts.client between
+    the pieces of a streamed upload: the wait is paused while the client is awaited."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: bytes) -> None:
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            data += await reader.read(1 << 16)
+        writer.write(OK_HEAD)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 10
+            await asyncio.sleep(0.45)
+
+    async with Scripted(script) as upstream:
+        proxy = await scripted_proxy(
+            proxy_factory, gateway, upstream, DAP_PROXY_TIMEOUTS_READ="0.3"
+        )
+        async with proxy.http.post(proxy.url + "/x", data=body()) as response:
+            assert (response.status, await response.read()) == (200, b"ok")
+        assert silences(proxy) == 0
+
+
+@pytest.mark.parametrize("first", [b"100 Continue", b"103 Early Hints", b"200 OK\r\nContent"])
+async def test_a_gateway_that_says_a_little_then_nothing_is_a_504(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture, first: bytes
+) -> None:
+    """An informational answer, or half a head, then silence: the head's wait runs out.
+    (A head trickled a byte at a time is timed whole, as a head: its bytes are no answer.)"""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: bytes) -> None:
+        writer.write(b"HTTP/1.1 " + first + (b"\r\n\r\n" if first[0:1] == b"1" else b""))
+        await silent(reader)
+        raise ConnectionError
+
+    async with Scripted(script) as upstream:
+        proxy = await scripted_proxy(
+            proxy_factory, gateway, upstream, DAP_PROXY_TIMEOUTS_READ="0.3"
+        )
+        async with proxy.http.get(proxy.url + "/x") as response:
+            assert response.status == 504
+            assert b"UpstreamTimeout" in await response.read()
+        await until(lambda: upstream.closed == 1, "the proxy hung up on the gateway")
+        assert silences(proxy) == 0
+    no_tracebacks(caplog)
+
+
+async def test_a_401_that_never_ends_is_not_read_before_the_replay(
+    gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refused answer is released unread (its connection closed, not pooled half
+    read) and the request sent again with a new token; the next requests are served."""
+    answered = 0
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        nonlocal answered
+        answered += 1
+        if answered == 1:
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n")
+            while True:
+                writer.write(b"10000\r\n" + b"z" * 65536 + b"\r\n")
+                await writer.drain()
+        writer.write(OK_HEAD)
+
+    async with Scripted(script) as upstream:
+        proxy = await scripted_proxy(proxy_factory, gateway, upstream, DAP_PROXY_TIMEOUTS_READ="5")
+        for _ in range(2):
+            async with proxy.http.post(proxy.url + "/x", data=b"abc") as response:
+                assert (response.status, await response.read()) == (200, b"ok")
+        await until(lambda: upstream.closed >= 1, "the 401's connection closed")
+        assert answered == 3 and silences(proxy) == 0
+    no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [("GET", b"204 No Content"), ("GET", b"304 Not Modified"), ("HEAD", b"200 OK")],
+)
+async def test_an_empty_answer_that_claims_a_length_keeps_the_connection_in_step(
+    gateway: Gateway, proxy_factory: ProxyFactory, method: str, status: bytes
+) -> None:
+    """An answer that has no body whatever its Content-Length says (taken whole, one
+    write): no body goes out, and the client's next request on the connection is answered
+    in turn."""
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        if head.startswith(b"GET /next"):
+            writer.write(OK_HEAD)
+        else:
+            writer.write(b"HTTP/1.1 " + status + b'\r\nContent-Length: 7\r\nETag: "a"\r\n\r\n')
+
+    async with Scripted(script) as upstream:
+        proxy = await scripted_proxy(proxy_factory, gateway, upstream)
+        out = await raw(
+            proxy,
+            method.encode() + b" /x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /next HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )
+    first, _, second = out.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 " + status + b"\r\n")
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n") and second.endswith(b"\r\n\r\nok"), out
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+async def test_an_answer_larger_than_a_read_that_came_whole_arrives_whole(
+    gateway: Gateway, proxy_factory: ProxyFactory, framing: str, version: bytes
+) -> None:
+    """300 KiB sent with its head in one write (what _WholeAnswer takes in one go when it
+    is all in), in each framing, to an HTTP/1.1 and an HTTP/1.0 client: every byte, once."""
+    body = bytes(range(256)) * 1200
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        if framing == "length":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        elif framing == "chunked":
+            chunk = b"%x\r\n%s\r\n" % (len(body), body)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + b"0\r\n\r\n"
+            )
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body)
+            raise ConnectionError  # ends the connection: the body's end
+
+    async with Scripted(script) as upstream:
+        proxy = await scripted_proxy(proxy_factory, gateway, upstream)
+        out = await raw(
+            proxy, b"GET /x HTTP/" + version + b"\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+    head, _, got = out.partition(b"\r\n\r\n")
+    if b"Transfer-Encoding: chunked" in head:
+        pieces, rest = [], got
+        while (size := int(rest.split(b"\r\n", 1)[0], 16)) > 0:
+            start = rest.index(b"\r\n") + 2
+            pieces.append(rest[start : start + size])
+            rest = rest[start + size + 2 :]
+        got = b"".join(pieces)
+    assert head.startswith(b"HTTP/" + version + b" 200 OK\r\n")
+    assert got == body

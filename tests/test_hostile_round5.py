@@ -1,5 +1,5 @@
 """Hostile input against the hot-path commit (8437c69): the gateway's silence timed by one
-clock for every request (upload/silence.py, its uses in forward.py, client_body.py,
+clock for every request (upstream/silence.py, its uses in forward.py, client_body.py,
 answer.py), answers that came whole (``_WholeAnswer``), the 401 replay that releases the
 refused answer unread, and the request factory's refusals (``/-/unroutable``). A scripted
 gateway on a raw loopback socket (``Scripted``) and raw client sockets; everything listens
@@ -14,7 +14,12 @@ request could ride behind a body aiohttp does not frame for CONNECT): the 405 no
 (refusals.py). A whole answer a gateway sent unasked on a pooled connection, after the one
 it was asked for had ended, was taken for the next request's answer (another client's),
 and the connection stayed one answer behind: such a connection is now closed unused
-(session.py's AsSent)."""
+(session.py's AsSent).
+
+Held, kept as guards: clients hanging up while the gateway is silent (a clean 499, no wait
+left), 40 stalls at once with answers straddling the deadline, slow uploaders, 1xx or half
+a head then silence, a never-ending 401 before the replay, bodiless answers that claim a
+length, whole answers over 64 KiB in each framing and HTTP version."""
 
 from __future__ import annotations
 

@@ -91,6 +91,7 @@ def _text(exception: str, words: str, why: str) -> Internal:
 
 # Tests that exercise an internal's behaviour (a file's name alone: this test module).
 _AS_SENT = "test_forwarding.py::test_no_header_is_invented_on_the_way"
+_UNASKED = "test_hostile_round5.py::test_bytes_the_gateway_sends_unasked_answer_no_one"
 _BROKEN_CHUNK = "test_hardening.py::" + (
     "test_a_broken_chunk_mid_upload_is_400_at_once_and_aborts_the_upstream_request"
 )
@@ -214,6 +215,11 @@ INTERNALS: tuple[Internal, ...] = (
         "client_reqrep.ClientRequest",
         ("update_auto_headers", "overridden: session.py's AsSent invents no header", _AS_SENT),
         ("_skip_auto_headers", "where AsSent leaves the names aiohttp must not add", _AS_SENT),
+        ("send", "overridden: AsSent sends on no connection holding unasked bytes", _UNASKED),
+    ),
+    *_on(
+        "client_proto.ResponseHandler",
+        ("should_close", "AsSent: a pooled connection that holds unasked bytes", _UNASKED),
     ),
     Internal(
         "web.StreamResponse",

@@ -45,6 +45,10 @@ Refusal = tuple[int, str, str]  # status, the gateway's error type, a fixed mess
 UNROUTABLE = "/-/unroutable"
 _UNROUTABLE_URL = URL(UNROUTABLE)
 REFUSAL = RequestKey("refusal", tuple)
+# The refusals that end their connection: what else such a client sends may not be HTTP/1.1
+# (after CONNECT, a tunnel's bytes: a TLS hello, or a body its Content-Length never framed,
+# would be read as the next request).
+_CLOSING = (405, 501, 505)
 
 # The line LineTooLong quotes is the request line's: the C parser quotes the target, the
 # Python parser the whole line. Anything else it quotes is a header's (with the C parser, a
@@ -108,8 +112,8 @@ async def answer_unroutable(request: web.Request) -> web.StreamResponse:
     if refusal is None:  # a client asking for the path itself
         return error_response(404, "NotFound", "no such proxy endpoint")
     response = error_response(*refusal)
-    if refusal[0] in (501, 505):
-        response.force_close()  # what else such a client sends may not be HTTP/1.1
+    if refusal[0] in _CLOSING:
+        response.force_close()
     return response
 
 
@@ -155,7 +159,7 @@ def last_when_stopping(factory: Any, stopping: Stopping) -> Any:
             refusal = unroutable(message.method, message.path, named)
         close = refused or message is _ERROR or stopping.since is not None
         if refusal is not None:
-            close = close or refusal[0] in (501, 505)
+            close = close or refusal[0] in _CLOSING
             # The access line shows a path or "*", never a URL (it may carry userinfo).
             shown = message.path if message.path[:1] == "/" or message.path == "*" else "-"
             message = message._replace(url=_UNROUTABLE_URL, path=shown)

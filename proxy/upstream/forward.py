@@ -137,7 +137,10 @@ class Forwarder:
             try:
                 relayed = headers.to_client(answer.headers, self._upstream, request, local_prefix)
                 relayed[REQUEST_ID_HEADER] = request_id
-                return await relay_answer(request, answer, relayed, body_filter, wait)
+                # The answer's own wait: a streamed upload may still be going on, and its
+                # turns (client_body.py) belong to the wait for the head, not to this one.
+                answer_wait = self._silence.wait()
+                return await relay_answer(request, answer, relayed, body_filter, answer_wait)
             finally:
                 answer.release()
         except asyncio.CancelledError:

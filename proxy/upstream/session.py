@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
+from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
 from ..config import Config
@@ -35,6 +36,17 @@ class AsSent(aiohttp.ClientRequest):
 
     def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
         self._skip_auto_headers = _NOT_INVENTED
+
+    async def send(self, conn: Connection) -> aiohttp.ClientResponse:
+        """Not on a pooled connection that already holds bytes: a gateway that sent more
+        than its answer's framing said, after the answer had ended, would have them read as
+        this request's answer (and every later answer on it as the one before's: another
+        client's). Refused as a connection the gateway broke: aiohttp closes it, and tries
+        a GET once more on another."""
+        protocol = conn.protocol
+        if protocol is not None and protocol.should_close:
+            raise aiohttp.ServerDisconnectedError("the gateway sent bytes nobody asked for")
+        return await super().send(conn)
 
 
 def upstream_session(

@@ -105,3 +105,14 @@ async def test_thousands_of_waits_are_released_and_the_clock_stops_when_none_is_
     assert len(silence) == 0
     await asyncio.sleep(LIMIT / 2)  # the next tick finds nothing and does not re-arm
     assert silence._timer is None
+
+
+async def test_a_tiny_limit_does_not_spin_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    silence = Silence(1e-9)  # accepted by the config (positive), and absurd
+    checks: list[float] = []
+    check = silence._check
+    monkeypatch.setattr(silence, "_check", lambda: (checks.append(0.0), check())[1])
+    async with silence.wait() as wait:
+        wait.paused()  # held, so the clock keeps ticking for it
+        await asyncio.sleep(0.2)
+    assert 5 <= len(checks) <= 25, len(checks)  # every 10 ms at most, not every loop turn

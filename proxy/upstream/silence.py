@@ -36,7 +36,8 @@ class Silence:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._tick = min(1.0, seconds / 4)
+        # Never under 10 ms: a limit of a few microseconds must not spin the loop.
+        self._tick = max(0.01, min(1.0, seconds / 4))
         self._waits: set[Wait] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

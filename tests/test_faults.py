@@ -856,6 +856,32 @@ async def test_upstream_stalling_mid_body_cuts_the_client_after_the_read_timeout
     assert_no_tracebacks(caplog)
 
 
+async def test_upstream_stalling_mid_body_of_an_answer_taken_whole_is_a_504(
+    gateway: Gateway,
+    broken: BrokenUpstream,
+    proxy_factory: ProxyFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A table list is taken whole for the metadata cache: nothing has gone to the client
+    # yet, so a silent gateway can still be told as what it is.
+    broken.mode = Mode.STALL_BODY
+    proxy = await upstream_proxy(
+        proxy_factory,
+        gateway,
+        broken,
+        DAP_PROXY_TIMEOUTS_READ=SHORT,
+        DAP_PROXY_CACHE_ENABLED="true",
+    )
+    error = (await fetch(proxy, "/dap/query/canvas/table")).error(504, "UpstreamTimeout")
+    assert error["message"] == "the gateway went silent mid-answer"
+    assert logged(caplog, "proxy.forward", logging.WARNING, "mid-response") == (
+        "upstream failed mid-response: GET /dap/query/canvas/table: timeout"
+    )
+    broken.mode = Mode.RELAY
+    await served(proxy)
+    assert_no_tracebacks(caplog)
+
+
 async def test_upstream_401_for_a_revoked_token_refreshes_once_and_replays(
     gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..errors import UpstreamUnreachable
+from ..errors import UpstreamTimeout, UpstreamUnreachable
 from ..observe.logs import BYTES_OUT, REQUEST_ID
 from ..paths import masked_path
 from ..responses import proxy_error_response
@@ -165,10 +165,12 @@ async def _filtered(
             masked_path(request.path),
             describe(exc),
         )
-        return proxy_error_response(
-            UpstreamUnreachable("the gateway dropped the connection mid-answer"),
-            request[REQUEST_ID],
+        error = (
+            UpstreamTimeout("the gateway went silent mid-answer")  # timeouts.read (silence.py)
+            if isinstance(exc, TimeoutError)
+            else UpstreamUnreachable("the gateway dropped the connection mid-answer")
         )
+        return proxy_error_response(error, request[REQUEST_ID])
     try:
         body = body_filter.apply(answer.status, relayed, b"".join(chunks))
     except BodyRefused as exc:

@@ -369,6 +369,7 @@ async def test_bytes_the_gateway_sends_unasked_answer_no_one(
     on it to the request after its own. Now that connection is closed unused: a GET is
     sent again on another (its own answer), a POST fails as a broken connection (502)."""
     answered = 0
+    first_read, smuggled = asyncio.Event(), asyncio.Event()
 
     async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
         nonlocal answered
@@ -376,8 +377,10 @@ async def test_bytes_the_gateway_sends_unasked_answer_no_one(
         if answered == 1:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
             await writer.drain()
-            await asyncio.sleep(0.05)  # released to the pool by now
+            await first_read.wait()  # the client has it all: the connection is in the pool
             writer.write(SMUGGLED)
+            await writer.drain()
+            smuggled.set()
             return
         await asyncio.sleep(0.02)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nown")
@@ -386,7 +389,9 @@ async def test_bytes_the_gateway_sends_unasked_answer_no_one(
         proxy = await scripted_proxy(proxy_factory, gateway, upstream)
         async with proxy.http.get(proxy.url + "/first") as response:
             assert await response.read() == b"first"
-        await asyncio.sleep(0.1)
+        first_read.set()
+        await asyncio.wait_for(smuggled.wait(), 5)
+        await asyncio.sleep(0.05)  # a few turns of the loop: the proxy has read them
         seen = []
         for _ in range(3):
             async with proxy.http.request(method, proxy.url + "/x", data=b"d") as response:

@@ -15,7 +15,7 @@ from proxy.upstream.silence import Silence
 LIMIT = 0.2  # seconds; the tick is a quarter of it
 
 
-async def test_a_wait_past_its_limit_ends_with_timeout_error_within_a_tick() -> None:
+async def test_a_wait_past_its_limit_ends_with_timeout_error_never_early() -> None:
     silence = Silence(LIMIT)
     loop = asyncio.get_running_loop()
     started = loop.time()

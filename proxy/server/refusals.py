@@ -111,10 +111,7 @@ async def answer_unroutable(request: web.Request) -> web.StreamResponse:
     refusal = request.get(REFUSAL)
     if refusal is None:  # a client asking for the path itself
         return error_response(404, "NotFound", "no such proxy endpoint")
-    response = error_response(*refusal)
-    if refusal[0] in _CLOSING:
-        response.force_close()
-    return response
+    return error_response(*refusal)  # the factory closes the connection when it must
 
 
 _REASONS = {408: "Request Timeout", 503: "Service Unavailable"}

@@ -121,13 +121,15 @@ class Forwarder:
         self._metrics.in_flight += 1
         started = time.perf_counter()
         held = self._hold(request)
-        wait = self._silence.wait()
+        head_wait = self._silence.wait()  # for the answer's head; the body's is its own
         try:
             try:
                 replayable = held is not None  # read whole, or no body at all
-                body = await request_body(request, self._client_timeout, wait, whole=replayable)
+                body = await request_body(
+                    request, self._client_timeout, head_wait, whole=replayable
+                )
                 answer = await self._send_within_limits(
-                    request, target, body, wait, replayable, endpoint
+                    request, target, body, head_wait, replayable, endpoint
                 )
             except ProxyError as exc:
                 response = proxy_error_response(exc, request_id)
@@ -137,10 +139,10 @@ class Forwarder:
             try:
                 relayed = headers.to_client(answer.headers, self._upstream, request, local_prefix)
                 relayed[REQUEST_ID_HEADER] = request_id
-                # The answer's own wait: a streamed upload may still be going on, and its
+                # The body's own wait: a streamed upload may still be going on, and its
                 # turns (client_body.py) belong to the wait for the head, not to this one.
-                answer_wait = self._silence.wait()
-                return await relay_answer(request, answer, relayed, body_filter, answer_wait)
+                body_wait = self._silence.wait()
+                return await relay_answer(request, answer, relayed, body_filter, body_wait)
             finally:
                 answer.release()
         except asyncio.CancelledError:

@@ -50,14 +50,19 @@ class Silence:
     def __len__(self) -> int:
         return len(self._waits)
 
-    def _begin(self, wait: Wait) -> asyncio.AbstractEventLoop:
+    def _begin(self, wait: Wait) -> float:
+        """Count ``wait`` in; its deadline."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         self._waits.add(wait)
         if self._timer is None:
             self._timer = loop.call_later(self._tick, self._check)
-        return loop
+        return loop.time() + self.seconds
+
+    def _deadline(self) -> float:
+        assert self._loop is not None  # noqa: S101 - set when the first wait began
+        return self._loop.time() + self.seconds
 
     def _check(self) -> None:
         self._timer = None
@@ -72,23 +77,20 @@ class Silence:
 class Wait:
     """One request's wait on the gateway (``Silence.wait``)."""
 
-    __slots__ = ("_cancelling", "_expired", "_loop", "_silence", "_task", "deadline")
+    __slots__ = ("_cancelling", "_expired", "_silence", "_task", "deadline")
 
     def __init__(self, silence: Silence) -> None:
         self._silence = silence
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._cancelling = 0
         self._expired = False
         self.deadline = _NEVER
 
     async def __aenter__(self) -> Wait:
-        silence = self._silence
-        self._loop = loop = silence._begin(self)
-        task = asyncio.current_task(loop)
+        self.deadline = self._silence._begin(self)
+        task = asyncio.current_task(self._silence._loop)
         assert task is not None  # noqa: S101 - awaited, so inside a task
         self._task, self._cancelling, self._expired = task, task.cancelling(), False
-        self.deadline = loop.time() + silence.seconds
         return self
 
     async def __aexit__(
@@ -112,8 +114,8 @@ class Wait:
 
     def heard(self) -> None:
         """The gateway made progress (or it is its turn again): the wait starts anew."""
-        if self._task is not None and self._loop is not None:
-            self.deadline = self._loop.time() + self._silence.seconds
+        if self._task is not None:  # inside its ``async with``
+            self.deadline = self._silence._deadline()
 
     def paused(self) -> None:
         """Waiting on someone else now (the client): the gateway's silence is not timed."""

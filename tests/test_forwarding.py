@@ -17,6 +17,7 @@ from proxy.upstream.answer import _WholeAnswer
 
 from .conftest import Gateway, Proxy, ProxyFactory
 from .gateway_routes import GZIPPED, headers_of, pattern, pattern_digest
+from .scripted import Scripted, scripted_proxy
 
 MB = 1024 * 1024
 
@@ -168,6 +169,48 @@ async def test_an_answer_that_came_whole_goes_out_in_one_write() -> None:
     assert writes[_WholeAnswer][0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert writes[_WholeAnswer][0].endswith(b"\r\n\r\nhello")
     assert len(writes[web.StreamResponse]) == 2, "the contrast: a head written at once"
+
+
+# What a scripted gateway answers, by request path: untyped (no Content-Type, no Server),
+# whole or chunked (streamed), or typed; /dap/query/x/table is cached (list_tables).
+_UNTYPED = {
+    b"/whole": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"/dap/query/x/table": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"/typed": (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nServer: gw/1\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    ),
+}
+
+
+@pytest.mark.parametrize("path", ["/whole", "/chunked", "/dap/query/x/table", "/typed"])
+async def test_no_header_is_invented_on_the_way_back(
+    proxy_factory: ProxyFactory, gateway: Gateway, path: str
+) -> None:
+    # aiohttp's server adds Content-Type: application/octet-stream to a body without one, and
+    # its own Server: answer.py takes both back off what the gateway did not send.
+    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        writer.write(_UNTYPED[head.split(b" ")[1]])
+        await writer.drain()
+
+    async with Scripted(answer) as upstream:
+        proxy = await scripted_proxy(
+            proxy_factory, gateway, upstream, DAP_PROXY_CACHE_ENABLED="true"
+        )
+        for _ in range(2):  # the cached path: filled, then answered from the cache
+            async with proxy.http.get(proxy.url + path) as resp:
+                assert resp.status == 200
+                assert await resp.read() == b"hello"
+                if path == "/typed":
+                    assert resp.headers["Content-Type"] == "text/csv"
+                    assert resp.headers["Server"] == "gw/1"
+                else:
+                    assert "Content-Type" not in resp.headers, resp.headers
+                    assert "Server" not in resp.headers, resp.headers
+                assert "Date" in resp.headers  # a proxy adds one (RFC 9110 section 6.6.1)
+    if path == "/dap/query/x/table":
+        assert len(upstream.heads) == 1, "the second came from the cache"
 
 
 async def test_response_headers_repeats_kept_hop_by_hop_dropped(proxy: Proxy) -> None:

@@ -228,6 +228,13 @@ INTERNALS: tuple[Internal, ...] = (
         tested_by="test_forwarding.py::test_an_answer_that_came_whole_goes_out_in_one_write",
     ),
     Internal(
+        "web.StreamResponse",
+        "_prepare_headers",
+        "answer.py: wrapped, so a relayed answer gets no Content-Type or Server the gateway "
+        "did not send (aiohttp adds both while preparing the head)",
+        tested_by="test_forwarding.py::test_no_header_is_invented_on_the_way_back",
+    ),
+    Internal(
         "aiohttp.ClientError",
         "__cause__",
         "forward.py: an error raised by a request body is the client error's __cause__ "

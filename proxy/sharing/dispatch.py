@@ -24,6 +24,7 @@ from ..config import Config
 from ..observe.background import Supervisor
 from ..observe.logs import BYTES_OUT, CACHE, PROFILE, REQUEST_ID
 from ..responses import REQUEST_ID_HEADER
+from ..upstream.answer import FilteredAnswer
 from ..upstream.body_filter import BodyFilter
 from ..upstream.forward import Forwarder
 from ..upstream.shaping import Shaper, endpoint_class
@@ -105,11 +106,11 @@ class Sharing:
             request, route.target, route.local_prefix, endpoint=endpoint, body_filter=body_filter
         )
 
-    def _from_cache(self, request: web.Request, answer: CachedAnswer) -> web.Response:
+    def _from_cache(self, request: web.Request, answer: CachedAnswer) -> FilteredAnswer:
         assert self.cache is not None  # noqa: S101 - only called with a cache
         headers = answer.headers.copy()
         headers[REQUEST_ID_HEADER] = request[REQUEST_ID]  # this request's, not the first's
         headers["Age"] = str(self.cache.age(answer))
         headers.pop("Content-Length", None)
         request[BYTES_OUT] = len(answer.body)
-        return web.Response(status=200, headers=headers, body=answer.body)
+        return FilteredAnswer(status=200, headers=headers, body=answer.body)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ..errors import UpstreamTimeout, UpstreamUnreachable
 from ..observe.logs import BYTES_OUT, REQUEST_ID
@@ -32,7 +32,7 @@ from .body_filter import MAX_FILTERED_BODY, BodyFilter, BodyRefused, WholeBodyFi
 from .failures import describe
 from .silence import Wait
 
-__all__ = ["UPSTREAM_READ_ERRORS", "abort", "relay_answer"]
+__all__ = ["UPSTREAM_READ_ERRORS", "FilteredAnswer", "abort", "relay_answer"]
 
 log = logging.getLogger("proxy.forward")
 
@@ -64,7 +64,7 @@ async def relay_answer(
         prefix = filtered
     reader = answer.content
     whole = reader.is_eof()  # the body came with the head: nothing left to wait for
-    response = (_WholeAnswer if whole else web.StreamResponse)(
+    response = (_WholeAnswer if whole else _AsAnswered)(
         status=answer.status, reason=answer.reason, headers=relayed
     )
     await response.prepare(request)
@@ -119,12 +119,35 @@ def _failed_mid_answer(request: web.Request, exc: BaseException) -> None:
     abort(request)
 
 
-class _WholeAnswer(web.StreamResponse):
+# What aiohttp's server adds to a response that lacks it, and a relayed answer must not get:
+# a Content-Type (application/octet-stream) on a body the gateway sent untyped would stop a
+# client from looking at the bytes to tell what they are; a Server names aiohttp, not the
+# gateway. (Date is added: RFC 9110 section 6.6.1 has a proxy add one.)
+_NOT_INVENTED = (hdrs.CONTENT_TYPE, hdrs.SERVER)
+
+
+class _AsAnswered(web.StreamResponse):
+    """The gateway's answer, its head as the gateway sent it (aiohttp_support.py lists the
+    method this wraps)."""
+
+    async def _prepare_headers(self) -> None:
+        headers = self.headers
+        absent = [name for name in _NOT_INVENTED if name not in headers]
+        await super()._prepare_headers()
+        for name in absent:
+            headers.popall(name, None)
+
+
+class _WholeAnswer(_AsAnswered):
     """An answer whose body arrived whole with its head: the head waits to go out with the
     body, in one write (as aiohttp's own ``web.Response`` does; aiohttp_support.py lists
     the switch). A streamed answer's head goes out at once, whenever its body comes."""
 
     _send_headers_immediately = False
+
+
+class FilteredAnswer(_AsAnswered, web.Response):
+    """An answer taken whole and filtered (or from the cache): ``web.Response``'s arguments."""
 
 
 async def _filtered(
@@ -178,7 +201,7 @@ async def _filtered(
         return proxy_error_response(exc, request[REQUEST_ID])
     relayed.pop("Content-Length", None)
     request[BYTES_OUT] = len(body)
-    return web.Response(status=answer.status, reason=answer.reason, headers=relayed, body=body)
+    return FilteredAnswer(status=answer.status, reason=answer.reason, headers=relayed, body=body)
 
 
 def _too_large(request: web.Request, body_filter: BodyFilter, limit: int) -> web.Response:

@@ -4,10 +4,12 @@ chosen."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
-from benchmarks import procs
+from benchmarks import feature_budget, procs
+from benchmarks.lab import REPO
 from benchmarks.run import _parser
 
 
@@ -36,3 +38,14 @@ def test_chosen_ports_are_used_and_busy_ones_skipped(monkeypatch: pytest.MonkeyP
         free = probe.getsockname()[1]
     procs.use_ports(free, free)
     assert procs.free_port() == free
+
+
+def test_the_feature_budget_cuts_still_apply(tmp_path: Path) -> None:
+    # Each cut patches the proxy's own code; one that no longer applies must be noticed
+    # when that code changes, not when someone next measures.
+    if not (REPO / ".git").exists():
+        pytest.skip("needs the repository's history (git archive)")
+    copies = feature_budget.build("HEAD", tmp_path)
+    assert set(copies) == set(feature_budget.CUTS)
+    all_off = (copies["all-off"] / "proxy" / "server" / "serve.py").read_text(encoding="utf-8")
+    assert "web.AppRunner(app, access_log=None" in all_off

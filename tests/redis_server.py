@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -37,21 +38,30 @@ class RedisServer:
     """``await server.start()``, ``server.url``, ``await server.stop()``; ``freeze``/``thaw``
     stop and continue the process (a Redis that accepts connections and never answers)."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, password: str | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """``tls``: serve TLS only (``rediss://``), with the certificate and key written by
+        ``tls_files``; the context is how this helper's own probes trust it."""
         self.directory = directory
         self.password = password
+        self.tls = tls
         self.port = _free_port()
         self.process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(INSTALL_HINT)
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.tls:
+            argv[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            argv += ["--tls-cert-file", str(self.directory / "redis.pem")]
+            argv += ["--tls-key-file", str(self.directory / "redis.key")]
         argv += ["--appendonly", "no", "--dir", str(self.directory)]
         if self.password:
             argv += ["--requirepass", self.password]
@@ -66,7 +76,7 @@ class RedisServer:
 
     async def _answers(self) -> bool:
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port, ssl=self.tls)
         except OSError:
             return False
         try:
@@ -80,7 +90,7 @@ class RedisServer:
 
     async def command(self, *words: str) -> bytes:
         """One command, its first reply line (the tests' own look at what Redis holds)."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port, ssl=self.tls)
         try:
             if self.password:
                 writer.write(f"AUTH {self.password}\r\n".encode())

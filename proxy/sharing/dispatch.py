@@ -50,7 +50,9 @@ class Sharing:
         self.shared_state: SharedState | None = None
         budgets, answers = None, None
         if config.shared_state is not None and (limits.enabled or config.cache.enabled):
-            self.shared_state = state = SharedState(config.shared_state, supervisor or Supervisor())
+            self.shared_state = state = SharedState(
+                config.shared_state, supervisor or Supervisor(), config.trust
+            )
             namespaces = {name: namespace(profile) for name, profile in config.profiles.items()}
             budgets, answers = RedisBudgets(state, namespaces), RedisCache(state, namespaces)
         self.shaper = (

@@ -22,10 +22,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import Profile
-from ..config.records import SharedStateConfig
+from ..config.records import SharedStateConfig, TrustConfig
 from ..observe.background import Supervisor
 
 if TYPE_CHECKING:
@@ -79,8 +80,11 @@ class SharedState:
     """``await state.call(lambda redis: redis.ping())``: the answer, or ``None`` when Redis
     is down or does not answer within the timeout. ``start`` and ``close`` bracket its life."""
 
-    def __init__(self, config: SharedStateConfig, supervisor: Supervisor) -> None:
+    def __init__(
+        self, config: SharedStateConfig, supervisor: Supervisor, trust: TrustConfig | None = None
+    ) -> None:
         self.config = config
+        self.trust = trust or TrustConfig()  # for rediss://: the CAs besides OpenSSL's own
         self.shown = config.shown  # the URL, password masked
         self.up = False
         self.since = time.time()  # when the current state (up or down) began
@@ -113,7 +117,7 @@ class SharedState:
             db=int(url.path.strip("/") or 0),
             username=url.user or None,
             password=self.config.password or url.password or None,
-            connection_class=_connection_class(url.scheme == "rediss"),
+            **(_tls(self.trust) if url.scheme == "rediss" else {}),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # the caller falls back at once instead
@@ -208,10 +212,21 @@ class SharedState:
             delay = FIRST_RETRY if await self.check() else min(delay * 2, LAST_RETRY)
 
 
-def _connection_class(tls: bool) -> type:
-    from redis.asyncio.connection import Connection, SSLConnection
+def _tls(trust: TrustConfig) -> dict[str, Any]:
+    """A ``rediss://`` connection: Redis's certificate verified, its host name included
+    (redis-py before 6 checked no name by default), against OpenSSL's default store and the
+    configured bundles (``ca_file``: a private CA's Redis). ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` reach OpenSSL's defaults by themselves."""
+    from redis.asyncio.connection import SSLConnection
 
-    return SSLConnection if tls else Connection
+    bundles = [path for path in (trust.ca_file, trust.cert_file) if path]
+    pem = "\n".join(Path(path).read_text(encoding="utf-8") for path in bundles)
+    return {
+        "connection_class": SSLConnection,
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_data": pem or None,
+    }
 
 
 def _failures() -> tuple[type[BaseException], ...]:

@@ -4,6 +4,7 @@ real ``redis-server`` serving TLS only, on a loopback port; the CA is ``trustme`
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from proxy.config.records import SharedStateConfig, TrustConfig
 from proxy.observe.background import Supervisor
 from proxy.sharing.shared_state import SharedState
 
-from .redis_server import RedisServer
+from .redis_server import RedisServer, redis_server
+
+__all__ = ["redis_server"]  # the fixture, used by name below
 
 # redis-py before 6 reports a failed handshake as a timeout; since, in OpenSSL's words.
 SAYS_WHY = int(redis.__version__.split(".")[0]) >= 6
@@ -100,3 +103,19 @@ async def test_a_certificate_for_another_name_is_refused(
             await state.close()
     finally:
         await server.stop()
+
+
+async def test_a_plain_redis_at_a_rediss_url_is_down_not_hung(
+    redis_server: RedisServer,
+) -> None:
+    # The handshake meets a server that speaks no TLS: down within the call's timeout.
+    url = redis_server.url.replace("redis://", "rediss://")
+    state = SharedState(SharedStateConfig(URL(url), timeout=0.5), Supervisor(), TrustConfig())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await state.start()
+    try:
+        assert not state.up and state.problem is not None
+        assert loop.time() - started < 5
+    finally:
+        await state.close()

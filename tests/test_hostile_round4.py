@@ -23,6 +23,7 @@ from typing import Any
 
 import jwt
 import pytest
+import redis
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
@@ -193,6 +194,14 @@ async def test_a_redis_impostor_cache_entry_is_a_miss(answer: bytes) -> None:
         assert state.errors == 1
 
 
+# redis-py speaks RESP3 from 8 on, and opens with HELLO; before, with AUTH and PING, which
+# these impostors answer as a Redis would (so they are up, rightly): nothing to find there.
+_SENDS_HELLO = pytest.mark.skipif(
+    int(redis.__version__.split(".")[0]) < 8, reason="this redis-py sends no HELLO"
+)
+
+
+@_SENDS_HELLO
 async def test_a_redis_that_answers_hello_oddly_is_down_not_a_crash() -> None:
     """FOUND: a server answering ``HELLO`` with ``+OK`` (not Redis 6's map) made the client
     raise AttributeError, which escaped ``SharedState.start`` (the proxy failed to start with
@@ -210,6 +219,7 @@ async def test_a_redis_that_answers_hello_oddly_is_down_not_a_crash() -> None:
             await state.close()
 
 
+@_SENDS_HELLO
 async def test_a_proxy_on_a_redis_impostor_answers_every_request(
     gateway: Gateway, proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..config import Profile
 from ..config.records import SharedStateConfig, TrustConfig
@@ -70,10 +70,13 @@ class Script:
     ) -> Any:
         from redis.exceptions import NoScriptError  # loaded by then: start() imported redis
 
+        # Untyped here: redis-py's annotations of these changed between releases (5.x: every
+        # argument a str, the result maybe not awaitable), and the proxy supports both.
+        client: Any = redis
         try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await redis.eval(self.text, len(keys), *keys, *args)
+            return await client.eval(self.text, len(keys), *keys, *args)
 
 
 class SharedState:
@@ -111,19 +114,23 @@ class SharedState:
         from redis.backoff import NoBackoff
 
         url, timeout = self.config.url, self.config.timeout
-        pool = BlockingConnectionPool(
-            host=url.host or "",
-            port=url.port or 6379,
-            db=int(url.path.strip("/") or 0),
-            username=url.user or None,
-            password=self.config.password or url.password or None,
-            **(_tls(self.trust) if url.scheme == "rediss" else {}),
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # the caller falls back at once instead
-            max_connections=_CONNECTIONS,
-            timeout=timeout,  # waiting for a free connection counts against it too
-        )
+        # As a dict: redis-py 5.x annotates some of these narrower than it accepts (timeout
+        # an int, NoBackoff untyped); 6 and later as used here.
+        options: dict[str, Any] = {
+            "host": url.host or "",
+            "port": url.port or 6379,
+            "db": int(url.path.strip("/") or 0),
+            "username": url.user or None,
+            "password": self.config.password or url.password or None,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(cast(Any, NoBackoff)(), 0),  # the caller falls back at once instead
+            "max_connections": _CONNECTIONS,
+            "timeout": timeout,  # waiting for a free connection counts against it too
+        }
+        if url.scheme == "rediss":
+            options.update(_tls(self.trust))
+        pool = BlockingConnectionPool(**options)
         self._redis = Redis.from_pool(pool)
         if await self.check():
             log.info("shared state: %s; rate budgets and the metadata cache shared", self.shown)

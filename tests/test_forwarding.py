@@ -213,6 +213,36 @@ async def test_no_header_is_invented_on_the_way_back(
         assert len(upstream.heads) == 1, "the second came from the cache"
 
 
+@pytest.mark.parametrize(
+    ("method", "answer"),
+    [
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ("GET", b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n'),
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Type:\r\nContent-Length: 2\r\n\r\nhi"),
+    ],
+)
+async def test_bodiless_and_oddly_typed_answers_get_nothing_invented(
+    proxy_factory: ProxyFactory, gateway: Gateway, method: str, answer: bytes
+) -> None:
+    # The edges of the rule above: a HEAD's length without its body, 204 and 304, and a
+    # Content-Type the gateway sent empty (kept as sent, not replaced).
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        writer.write(answer)
+        await writer.drain()
+
+    async with Scripted(script) as upstream:
+        proxy = await scripted_proxy(proxy_factory, gateway, upstream)
+        for _ in range(2):  # the connection is still framed right for the next answer
+            async with proxy.http.request(method, proxy.url + "/x") as resp:
+                body = await resp.read()
+                assert resp.headers.getall("Content-Type", []) == (
+                    [""] if b"Content-Type:" in answer else []
+                ), resp.headers
+                assert "Server" not in resp.headers
+                assert body == (b"hi" if b"hi" in answer else b"")
+
+
 async def test_response_headers_repeats_kept_hop_by_hop_dropped(proxy: Proxy) -> None:
     async with proxy.http.get(proxy.url + "/test/cookies") as resp:
         assert resp.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]

@@ -226,8 +226,15 @@ def _tls(trust: TrustConfig) -> dict[str, Any]:
     ``SSL_CERT_DIR`` reach OpenSSL's defaults by themselves."""
     from redis.asyncio.connection import SSLConnection
 
-    bundles = [path for path in (trust.ca_file, trust.cert_file) if path]
-    pem = "\n".join(Path(path).read_text(encoding="utf-8") for path in bundles)
+    pems = []
+    for path in (trust.ca_file, trust.cert_file):
+        if path:
+            try:
+                pems.append(Path(path).read_text(encoding="utf-8"))
+            except (OSError, UnicodeError) as exc:  # gone since load_config read it
+                # Not a failed start: without it, the handshake fails and says so (/-/status).
+                log.warning("shared state: cannot read %s (%s); not trusted for Redis", path, exc)
+    pem = "\n".join(pems)
     return {
         "connection_class": SSLConnection,
         "ssl_cert_reqs": "required",

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from ..errors import UpstreamTimeout, UpstreamUnreachable
 from ..observe.logs import BYTES_OUT, REQUEST_ID
@@ -30,6 +30,7 @@ from ..paths import masked_path
 from ..responses import proxy_error_response
 from .body_filter import MAX_FILTERED_BODY, BodyFilter, BodyRefused, WholeBodyFilter
 from .failures import describe
+from .headers import NOT_INVENTED_DOWNSTREAM
 from .silence import Wait
 
 __all__ = ["UPSTREAM_READ_ERRORS", "FilteredAnswer", "abort", "relay_answer"]
@@ -109,30 +110,28 @@ async def relay_answer(
     return response
 
 
-def _failed_mid_answer(request: web.Request, exc: BaseException) -> None:
+def _failed_mid_answer(request: web.Request, exc: BaseException, *, aborting: bool = True) -> None:
+    """Say the gateway failed mid-answer; reset the client's connection if ``aborting`` (its
+    head is out), else an error answer follows (nothing went to the client yet)."""
     log.warning(
-        "upstream failed mid-response: %s %s: %s; aborting the client connection",
+        "upstream failed mid-response: %s %s: %s%s",
         request.method,
         masked_path(request.path),
         describe(exc),
+        "; aborting the client connection" if aborting else "",
     )
-    abort(request)
-
-
-# What aiohttp's server adds to a response that lacks it, and a relayed answer must not get:
-# a Content-Type (application/octet-stream) on a body the gateway sent untyped would stop a
-# client from looking at the bytes to tell what they are; a Server names aiohttp, not the
-# gateway. (Date is added: RFC 9110 section 6.6.1 has a proxy add one.)
-_NOT_INVENTED = (hdrs.CONTENT_TYPE, hdrs.SERVER)
+    if aborting:
+        abort(request)
 
 
 class _AsAnswered(web.StreamResponse):
-    """The gateway's answer, its head as the gateway sent it (aiohttp_support.py lists the
-    method this wraps)."""
+    """The gateway's answer, its head as the gateway sent it: none of what aiohttp's server
+    would add (``headers.NOT_INVENTED_DOWNSTREAM``; aiohttp_support.py lists the method this
+    wraps)."""
 
     async def _prepare_headers(self) -> None:
         headers = self.headers
-        absent = [name for name in _NOT_INVENTED if name not in headers]
+        absent = [name for name in NOT_INVENTED_DOWNSTREAM if name not in headers]
         await super()._prepare_headers()
         for name in absent:
             headers.popall(name, None)
@@ -182,12 +181,7 @@ async def _filtered(
             if closed is not None and closed.done():
                 closed.result()  # raises if the connection ended by error (a reset)
     except UPSTREAM_READ_ERRORS as exc:
-        log.warning(
-            "upstream failed mid-response: %s %s: %s",
-            request.method,
-            masked_path(request.path),
-            describe(exc),
-        )
+        _failed_mid_answer(request, exc, aborting=False)
         error = (
             UpstreamTimeout("the gateway went silent mid-answer")  # timeouts.read (silence.py)
             if isinstance(exc, TimeoutError)

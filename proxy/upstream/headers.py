@@ -16,7 +16,14 @@ from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-__all__ = ["HOP_BY_HOP", "retry_after_seconds", "to_client", "to_upstream"]
+__all__ = [
+    "HOP_BY_HOP",
+    "NOT_INVENTED_DOWNSTREAM",
+    "NOT_INVENTED_UPSTREAM",
+    "retry_after_seconds",
+    "to_client",
+    "to_upstream",
+]
 
 # Meaningful for one connection only; never forwarded, in either direction.
 HOP_BY_HOP = frozenset(
@@ -49,6 +56,14 @@ _DROPPED_DOWNSTREAM = HOP_BY_HOP | {
     "access-control-max-age",
 }
 
+
+# What aiohttp adds to a message that lacks it, and the proxy must not: on the way up, its
+# client's (session.py's AsSent leaves them out); on the way down, its server's (answer.py
+# takes them back off). A Content-Type invented on an untyped body would stop the receiver
+# from looking at the bytes to tell what they are; a Server would name aiohttp, not the
+# gateway. (Date is added on the way down: RFC 9110 section 6.6.1 has a proxy add one.)
+NOT_INVENTED_UPSTREAM = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+NOT_INVENTED_DOWNSTREAM = (istr("Content-Type"), istr("Server"))
 
 # The same names, for deleting from a CIMultiDict (case-insensitive lookups).
 _UPSTREAM_NAMES = tuple(istr(name) for name in sorted(_DROPPED_UPSTREAM))

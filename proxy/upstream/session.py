@@ -16,14 +16,13 @@ from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
 from ..config import Config
+from .headers import NOT_INVENTED_UPSTREAM
 from .trust import ssl_context
 
 __all__ = ["AsSent", "upstream_session"]
 
-# The headers aiohttp's client would add when a request lacks them.
-_NOT_INVENTED: CIMultiDict[None] = CIMultiDict(
-    (name, None) for name in ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
-)
+# Where aiohttp's client looks for the names it must not add (headers.py decides which).
+_NOT_INVENTED: CIMultiDict[None] = CIMultiDict((name, None) for name in NOT_INVENTED_UPSTREAM)
 
 
 class AsSent(aiohttp.ClientRequest):
